@@ -152,6 +152,10 @@ class VideoReader(MediaReader):
         s = self._container.streams.video[0]
         fps = float(s.average_rate or s.guessed_rate or 0) or None
         n = int(s.frames or 0)
+        if self._container.format.name == "gif" and n > 0 and s.duration and s.time_base:
+            # GIF delays are whole 1/100 s, so 15 fps is stored as 7, 6, 7, ... and FFmpeg's
+            # average_rate only looks at the first few; frames / duration is the true average.
+            fps = n / float(s.duration * s.time_base) or fps
         if n <= 0:
             n = self._count_packets()
         if n <= 0:

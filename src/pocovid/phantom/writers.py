@@ -1,0 +1,425 @@
+"""Writing frames to the real file formats lung-ultrasound recordings come in.
+
+- `write_video`: .mp4 / .m4v / .mov / .mkv (H.264, yuv420p), .avi (MPEG-4 part 2, or MJPEG with
+  `codec="mjpeg"`), .mpeg / .mpg (MPEG-2 in an MPEG program stream), .webm (VP9), .wmv (WMV2 in
+  ASF), .gif (one global 256-colour palette; exact for grey frames). All through PyAV (FFmpeg).
+- `write_image`: .png / .jpg / .jpeg / .bmp / .tif / .tiff (8-bit RGB, RGBA, grey, 16-bit grey).
+- `write_dicom`: a DICOM Part 10 ultrasound file, single- or multi-frame, uncompressed (Explicit VR
+  Little Endian) or JPEG Baseline, RGB or MONOCHROME2, with fake patient data in the header.
+- `write_phantom`: render a `PhantomConfig` and write it in the format the extension names.
+
+Frames are RGB uint8 (T, H, W, 3) arrays (grey (T, H, W) is accepted and written as grey RGB).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import fields, replace
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from pocovid.phantom.generator import Phantom, PhantomConfig, make_phantom
+
+# extension -> (FFmpeg container, default encoder)
+VIDEO_FORMATS = {
+    ".mp4": ("mp4", "libx264"),
+    ".m4v": ("mp4", "libx264"),
+    ".mov": ("mov", "libx264"),
+    ".mkv": ("matroska", "libx264"),
+    ".avi": ("avi", "mpeg4"),
+    ".mpeg": ("mpeg", "mpeg2video"),
+    ".mpg": ("mpeg", "mpeg2video"),
+    ".webm": ("webm", "libvpx-vp9"),
+    ".wmv": ("asf", "wmv2"),
+    ".gif": ("gif", "gif"),
+}
+IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+DICOM_FORMATS = {".dcm", ".dicom"}
+
+US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+US_MULTIFRAME_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
+
+
+# --------------------------------------------------------------------------------------------
+# video
+
+
+def _as_rgb_stack(frames) -> np.ndarray:
+    """(T, H, W, 3) uint8 from an array or a sequence of frames (grey or RGB)."""
+    from pocovid.media import to_rgb8
+
+    if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[3] == 3:
+        return np.ascontiguousarray(frames)
+    colour = isinstance(frames, np.ndarray) and frames.ndim == 3 and frames.shape[2] in (3, 4)
+    if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and not colour:
+        frames = frames[None] if frames.ndim == 2 else frames  # one grey frame, or (T, H, W) grey
+    elif isinstance(frames, np.ndarray) and frames.ndim == 3:
+        frames = frames[None]  # one RGB(A) frame
+    if len(frames) == 0:
+        raise ValueError("no frames to write")
+    out = np.stack([to_rgb8(np.asarray(f)) for f in frames])
+    if out.ndim != 4:
+        raise ValueError(f"frames must be a (T, H, W, 3) or (T, H, W) array or sequence; got {out.shape}")
+    return out
+
+
+def _rate(fps: float) -> Fraction:
+    fps = float(fps)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive; got {fps}")
+    ntsc = fps * 1001 / 1000  # 29.97 -> 30000/1001, 23.976 -> 24000/1001
+    if abs(ntsc - round(ntsc)) < 1e-3 and abs(fps - round(fps)) > 1e-3:
+        return Fraction(int(round(ntsc)) * 1000, 1001)
+    return Fraction(fps).limit_denominator(1001)
+
+
+def write_video(path, frames, fps, *, codec: str | None = None, quality: int | None = None) -> None:
+    """Write frames as a video; the container comes from the extension (see `VIDEO_FORMATS`).
+
+    `codec` overrides the encoder (e.g. "mjpeg" for .avi, "mpeg4" for .mp4). `quality` is the
+    H.264/VP9 CRF (lower is better; default 17) or the MPEG/MJPEG quantiser (1-31; default 3).
+    H.264, MPEG-2, MPEG-4 and WMV need even width and height: odd sizes raise ValueError.
+    """
+    import av
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in VIDEO_FORMATS:
+        raise ValueError(f"{path}: not a video extension (supported: {' '.join(sorted(VIDEO_FORMATS))})")
+    fmt, default_codec = VIDEO_FORMATS[ext]
+    codec = codec or default_codec
+    stack = _as_rgb_stack(frames)
+    T, H, W = stack.shape[:3]
+    rate = _rate(fps)
+    if codec == "gif":
+        _write_gif(path, stack, rate)
+        return
+    pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    if (H % 2 or W % 2) and codec != "mjpeg":
+        raise ValueError(f"{path}: {codec} ({pix_fmt}) needs an even width and height; got {W}x{H}")
+    options: dict[str, str] = {}
+    if codec in ("libx264", "h264"):
+        options = {"crf": str(17 if quality is None else quality), "preset": "veryfast"}
+    elif codec == "libvpx-vp9":
+        options = {"crf": str(24 if quality is None else quality), "b": "0", "deadline": "realtime", "cpu-used": "8"}
+    container = av.open(str(path), mode="w", format=fmt)
+    try:
+        stream = container.add_stream(codec, rate=rate, options=options)
+        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
+        cc = stream.codec_context
+        cc.time_base = Fraction(rate.denominator, rate.numerator)
+        if codec in ("mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "wmv2", "msmpeg4"):
+            q = 3 if quality is None else int(quality)
+            cc.qscale = q  # fixed quantiser: good quality whatever the frame size
+            cc.bit_rate = max(2_000_000, int(W * H * float(rate) * 2))
+        if codec == "mpeg2video":
+            cc.gop_size = 12
+        for i in range(T):
+            frame = av.VideoFrame.from_ndarray(stack[i], format="rgb24")
+            frame.pts = i
+            frame.time_base = cc.time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    except Exception as e:
+        container.close()
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        hint = " (MPEG-2 takes 10, 12.5, 15, 24, 25, 29.97, 30, 50 or 60 fps)" if codec == "mpeg2video" else ""
+        raise ValueError(f"{path}: {codec} cannot encode {W}x{H} at {float(rate):g} fps{hint}: "
+                         f"{' '.join(str(e).split())}") from None
+    container.close()
+
+
+def _palette(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (T, H, W) and one global 256-colour palette (256, 3) for the whole clip."""
+    if np.array_equal(stack[..., 0], stack[..., 1]) and np.array_equal(stack[..., 0], stack[..., 2]):
+        pal = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
+        return stack[..., 0].copy(), pal  # grey: exact
+    from PIL import Image
+
+    T = len(stack)
+    pick = stack[np.unique(np.linspace(0, T - 1, min(T, 4)).round().astype(int))]
+    sample = Image.fromarray(np.concatenate(list(pick), axis=0))
+    pimg = sample.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    idx = np.stack([np.asarray(Image.fromarray(f).quantize(palette=pimg, dither=Image.Dither.NONE)) for f in stack])
+    pal = np.zeros((256, 3), np.uint8)
+    p = np.asarray(pimg.getpalette()[:768], np.uint8).reshape(-1, 3)
+    pal[:len(p)] = p
+    return idx, pal
+
+
+def _write_gif(path: Path, stack: np.ndarray, rate: Fraction) -> None:
+    import av
+
+    T, H, W = stack.shape[:3]
+    idx, pal = _palette(stack)
+    argb = np.concatenate([np.full((256, 1), 255, np.uint8), pal], axis=1)
+    container = av.open(str(path), mode="w", format="gif", options={"loop": "0"})
+    try:
+        stream = container.add_stream("gif", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = W, H, "pal8"
+        cc = stream.codec_context
+        cc.time_base = Fraction(rate.denominator, rate.numerator)
+        for i in range(T):
+            frame = av.VideoFrame.from_ndarray((np.ascontiguousarray(idx[i]), argb), format="pal8")
+            frame.pts = i
+            frame.time_base = cc.time_base
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    finally:
+        container.close()
+
+
+# --------------------------------------------------------------------------------------------
+# still images
+
+
+def write_image(path, frame, *, quality: int = 95) -> None:
+    """Write one image: RGB (H, W, 3), RGBA (H, W, 4), grey (H, W) uint8, or 16-bit grey (H, W) uint16.
+
+    The format comes from the extension (any case): .png .jpg .jpeg .bmp .tif .tiff.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    ext = path.suffix.lower()
+    if ext not in IMAGE_FORMATS:
+        raise ValueError(f"{path}: not an image extension (supported: {' '.join(sorted(IMAGE_FORMATS))})")
+    fmt = IMAGE_FORMATS[ext]
+    a = np.asarray(frame)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim == 2 and a.dtype == np.uint16:
+        if fmt not in ("PNG", "TIFF"):
+            raise ValueError(f"{path}: 16-bit images can be written as PNG or TIFF only")
+        im = Image.fromarray(a)  # mode I;16
+    elif a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))):
+        if a.ndim == 3 and a.shape[2] == 4 and fmt == "JPEG":
+            raise ValueError(f"{path}: JPEG has no alpha channel; pass an RGB frame")
+        im = Image.fromarray(np.ascontiguousarray(a))
+    else:
+        raise ValueError(f"{path}: unsupported frame {a.shape} {a.dtype} (want uint8 grey/RGB/RGBA or uint16 grey)")
+    kw = {"quality": int(quality), "subsampling": 0} if fmt == "JPEG" else {}
+    im.save(path, format=fmt, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+
+
+def _dicom_stack(frames, monochrome: bool) -> np.ndarray:
+    a = np.asarray(frames)
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)):
+        a = a[None]  # one frame (grey, or RGB(A))
+    stack = _as_rgb_stack(a)
+    if monochrome:
+        # ITU-R BT.601 luma, as scanners store grey
+        g = stack.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+        return np.clip(np.rint(g), 0, 255).astype(np.uint8)
+    return stack
+
+
+def _jpeg_frame(a: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    # 4:2:2 chroma subsampling, as YBR_FULL_422 promises; grey frames are single-component JPEG
+    Image.fromarray(a).save(buf, format="JPEG", quality=quality, subsampling=1, optimize=False)
+    return buf.getvalue()
+
+
+def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PHANTOM^TEST",
+                patient_id="PH0001", monochrome: bool = False, quality: int = 92,
+                region_box: tuple[int, int, int, int] | None = None, cm_per_pixel: float | None = None,
+                **extra_tags) -> None:
+    """Write a DICOM Part 10 ultrasound file.
+
+    Several frames: US Multi-frame Image Storage with NumberOfFrames, CineRate, FrameTime (ms) and
+    FrameIncrementPointer; one frame: US Image Storage. 8-bit RGB (or MONOCHROME2 with
+    `monochrome=True`). `compressed=True` stores each frame as JPEG Baseline (YBR_FULL_422 for
+    colour), otherwise Explicit VR Little Endian. The header carries fake but complete patient,
+    study and institution data so de-identification has something to remove; `extra_tags` sets
+    (or, with None, removes) any further DICOM keyword. `region_box` (x0, y0, x1, y1; x1/y1
+    exclusive) adds a SequenceOfUltrasoundRegions item for the scan sector.
+    """
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.encaps import encapsulate
+    from pydicom.sequence import Sequence as DicomSequence
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
+    path = Path(path)
+    stack = _dicom_stack(frames, monochrome)
+    T, H, W = stack.shape[:3]
+    fps = float(fps)
+    if not fps > 0:
+        raise ValueError(f"fps must be positive; got {fps}")
+    multi = T > 1
+    sop_class = US_MULTIFRAME_IMAGE_STORAGE if multi else US_IMAGE_STORAGE
+    entropy = [str(patient_id), str(patient_name), path.name]
+    study_uid = generate_uid(entropy_srcs=entropy + ["study"])
+    series_uid = generate_uid(entropy_srcs=entropy + ["series"])
+    sop_uid = generate_uid(entropy_srcs=entropy + ["instance", str(T), str(H), str(W), str(compressed)])
+    tsyntax = JPEGBaseline8Bit if compressed else ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = tsyntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = "POCOVID_PHANTOM"
+
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SpecificCharacterSet = "ISO_IR 100"
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "ABDOMINAL", "0001"]
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = sop_uid
+    ds.StudyInstanceUID = study_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=entropy + ["frame of reference"])
+    # patient (all fake)
+    ds.PatientName = str(patient_name)
+    ds.PatientID = str(patient_id)
+    ds.PatientBirthDate = "19700101"
+    ds.PatientSex = "O"
+    ds.PatientAge = "050Y"
+    ds.PatientAddress = "1 Phantom Street, Testtown"
+    ds.PatientTelephoneNumbers = "+00 000 000000"
+    ds.OtherPatientIDs = "PH-OTHER-0001"
+    ds.EthnicGroup = "UNKNOWN"
+    # study, series, equipment, people
+    ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = "20200314"
+    ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "102231"
+    ds.AcquisitionDateTime = "20200314102231"
+    ds.AccessionNumber = "ACC0001"
+    ds.StudyID = "1"
+    ds.StudyDescription = "LUNG POCUS"
+    ds.SeriesDescription = "Lung"
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.Modality = "US"
+    ds.BodyPartExamined = "CHEST"
+    ds.ReferringPhysicianName = "DOE^JANE"
+    ds.PerformingPhysicianName = "SMITH^JOHN"
+    ds.OperatorsName = "SONO^GRAPHER"
+    ds.InstitutionName = "Phantom General Hospital"
+    ds.InstitutionAddress = "2 Hospital Road, Testtown"
+    ds.InstitutionalDepartmentName = "Emergency"
+    ds.StationName = "POCUS-01"
+    ds.Manufacturer = "pocovid"
+    ds.ManufacturerModelName = "Phantom-1"
+    ds.DeviceSerialNumber = "SN-0001"
+    ds.SoftwareVersions = "pocovid-phantom"
+    ds.ConversionType = "WSD"
+    ds.BurnedInAnnotation = "NO"
+    # image pixel module
+    ds.SamplesPerPixel = 1 if monochrome else 3
+    if compressed:
+        ds.PhotometricInterpretation = "MONOCHROME2" if monochrome else "YBR_FULL_422"
+    else:
+        ds.PhotometricInterpretation = "MONOCHROME2" if monochrome else "RGB"
+    if not monochrome:
+        ds.PlanarConfiguration = 0
+    ds.Rows, ds.Columns = H, W
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelRepresentation = 0
+    # cine
+    if multi:
+        ds.NumberOfFrames = T
+        ds.FrameIncrementPointer = tag_for_keyword("FrameTime")
+        ds.FrameTime = f"{1000.0 / fps:.6g}"  # milliseconds
+        ds.CineRate = int(round(fps))  # IS: a whole number of frames per second
+        ds.RecommendedDisplayFrameRate = int(round(fps))
+        ds.EffectiveDuration = f"{T / fps:.6g}"
+    if region_box is not None:
+        x0, y0, x1, y1 = (int(v) for v in region_box)
+        item = Dataset()
+        item.RegionSpatialFormat = 1  # 2D
+        item.RegionDataType = 1  # tissue
+        item.RegionFlags = 0
+        item.RegionLocationMinX0, item.RegionLocationMinY0 = x0, y0
+        item.RegionLocationMaxX1, item.RegionLocationMaxY1 = x1 - 1, y1 - 1  # inclusive in DICOM
+        item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 3  # cm
+        item.PhysicalDeltaX = item.PhysicalDeltaY = float(cm_per_pixel or 0.04)
+        item.ReferencePixelX0, item.ReferencePixelY0 = (x0 + x1) // 2, y0
+        ds.SequenceOfUltrasoundRegions = DicomSequence([item])
+    if compressed:
+        fr = [_jpeg_frame(stack[i], int(quality)) for i in range(T)]
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+        ds.LossyImageCompressionRatio = f"{stack.nbytes / max(1, sum(len(b) for b in fr)):.4g}"
+        ds.PixelData = encapsulate(fr)
+        ds["PixelData"].VR = "OB"
+        ds["PixelData"].is_undefined_length = True
+    else:
+        raw = stack.tobytes()
+        if len(raw) % 2:
+            raw += b"\x00"  # DICOM values have even length
+        ds.PixelData = raw
+        ds["PixelData"].VR = "OB"
+    for kw, value in extra_tags.items():
+        if tag_for_keyword(kw) is None:
+            raise ValueError(f"unknown DICOM keyword {kw!r}")
+        if value is None:
+            if kw in ds:
+                delattr(ds, kw)
+        else:
+            setattr(ds, kw, value)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+# --------------------------------------------------------------------------------------------
+# phantom -> file
+
+
+_CFG_FIELDS = {f.name for f in fields(PhantomConfig)}
+
+
+def write_phantom(path, cfg: PhantomConfig | None = None, **overrides) -> Phantom:
+    """Render a phantom and write it to `path`; returns what was written.
+
+    Keyword arguments that are `PhantomConfig` fields override `cfg`; the others go to the
+    writer (e.g. `compressed=True`, `monochrome=True`, `patient_name=...` for DICOM, `codec=` for
+    video). Still-image extensions write the first frame only; the returned Phantom then holds
+    that frame only. DICOM files get `BurnedInAnnotation` YES when overlays are drawn, and an
+    ultrasound region for the sector.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    cfg_kw = {k: v for k, v in overrides.items() if k in _CFG_FIELDS}
+    writer_kw = {k: v for k, v in overrides.items() if k not in _CFG_FIELDS}
+    cfg = replace(cfg, **cfg_kw) if cfg is not None else PhantomConfig(**cfg_kw)
+    if ext not in VIDEO_FORMATS and ext not in IMAGE_FORMATS and ext not in DICOM_FORMATS:
+        raise ValueError(f"{path}: unsupported extension {ext!r} (videos: {' '.join(sorted(VIDEO_FORMATS))}; "
+                         f"images: {' '.join(sorted(IMAGE_FORMATS))}; DICOM: .dcm)")
+    p = make_phantom(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if ext in IMAGE_FORMATS:
+        p = _first_frame(p)
+        write_image(path, p.frames[0], **writer_kw)
+    elif ext in DICOM_FORMATS:
+        writer_kw.setdefault("BurnedInAnnotation", "YES" if cfg.overlays else "NO")
+        writer_kw.setdefault("region_box", p.box)
+        top, bot = p.geometry["depth_rows"]
+        writer_kw.setdefault("cm_per_pixel", p.geometry["depth_cm"] / max(bot - top, 1.0))
+        write_dicom(path, p.frames, p.fps, **writer_kw)
+    else:
+        write_video(path, p.frames, p.fps, **writer_kw)
+    return p
+
+
+def _first_frame(p: Phantom) -> Phantom:
+    return replace(p, frames=p.frames[:1], finding_frames=p.finding_frames[:1],
+                   finding_masks=None if p.finding_masks is None else p.finding_masks[:1])
+
