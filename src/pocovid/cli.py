@@ -46,6 +46,100 @@ def info_cmd(files: list[str] = typer.Argument(..., help="Recordings (video, ima
         raise typer.Exit(1)
 
 
+# ------------------------------------------------------------------------------ data (index, split)
+
+_PROBE_HELP = "Keep these probes: convex, linear, unknown (comma-separated). Default: all."
+_CLASSES_HELP = "Keep these classes: covid, pneumonia, regular, viral (comma-separated). Default: all."
+
+
+@data_app.command("index")
+def data_index_cmd(
+    folder: str = typer.Argument(..., help="Dataset folder: the public POCUS layout or DIR/<class>/<files>."),
+    out: str = typer.Option(None, "--out", "-o", help="Write the index as CSV to this file."),
+    probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
+    classes: str = typer.Option(None, "--classes", help=_CLASSES_HELP),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any file could not be indexed."),
+):
+    """Index a dataset folder: label, probe, patient and facts of every recording.
+
+    Prints counts per class x probe x kind and lists files that could not be read. Exits 0 when
+    something was indexed (failures are listed), 1 when nothing was, or with --strict on any failure.
+    """
+    from pocovid.data import index_dataset, write_index
+
+    try:
+        idx = index_dataset(folder, probes=probe, classes=classes)
+    except PocovidError as e:
+        fail(str(e))
+    typer.echo(idx.summary())
+    if not idx.items:
+        fail(f"{folder}: nothing could be indexed" + (" (check --probe / --classes)" if probe or classes else ""))
+    if out:
+        write_index(idx, out)
+        typer.echo(f"index written: {out} ({len(idx.items)} rows)")
+    n_bad = len(idx.failures) + len(idx.skipped)
+    if strict and n_bad:
+        fail(f"--strict: {n_bad} file(s) not indexed (listed above)")
+
+
+@data_app.command("split")
+def data_split_cmd(
+    source: str = typer.Argument(..., help="Dataset folder, or an index CSV from `pocovid data index --out`."),
+    folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the shuffles; the same seed gives the same folds."),
+    probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
+    classes: str = typer.Option(None, "--classes", help=_CLASSES_HELP),
+    out: str = typer.Option("splits.json", "--out", "-o", help="Split file to write (JSON, docs/splits.md)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any file could not be indexed."),
+):
+    """Split a dataset into patient-grouped, class-stratified folds and write them as JSON."""
+    from pocovid.data import load_index, patient_folds
+
+    try:
+        idx = load_index(source, probes=probe, classes=classes)
+        if idx.failures or idx.skipped:
+            typer.echo(idx.summary())
+            if strict:
+                fail(f"--strict: {len(idx.failures) + len(idx.skipped)} file(s) not indexed (listed above)")
+        elif idx.warnings:
+            typer.echo(f"{len(idx.warnings)} warning(s) while indexing; `pocovid data index` lists them")
+        splits = patient_folds(idx, n_folds=folds, seed=seed)
+        splits.save(out)
+    except PocovidError as e:
+        fail(str(e))
+    n_pat = len({it.patient for it in splits.items()})
+    typer.echo(f"{len(splits.items())} recordings, {n_pat} patients, {folds} folds, seed {seed}"
+               + (f", probe {','.join(splits.probes)}" if splits.probes else "")
+               + f", classes {','.join(splits.classes)}")
+    typer.echo(splits.table())
+    typer.echo(f"split written: {out}")
+
+
+@data_app.command("check-split")
+def data_check_split_cmd(
+    split_file: str = typer.Argument(..., help="Split file written by `pocovid data split`."),
+    root: str = typer.Option(None, "--root", help="Resolve paths against this folder instead of the recorded root."),
+):
+    """Check a split: no patient in two folds, no file twice, every file present."""
+    from pocovid.data import check_split, load_splits
+
+    try:
+        splits = load_splits(split_file)
+        problems = check_split(splits, root=root)
+    except PocovidError as e:
+        fail(str(e))
+    if problems:
+        for p in problems[:50]:
+            typer.echo(f"problem: {p}", err=True)
+        if len(problems) > 50:
+            typer.echo(f"problem: ... and {len(problems) - 50} more", err=True)
+        fail(f"{split_file}: {len(problems)} problem(s)")
+    n_pat = len({it.patient for it in splits.items()})
+    typer.echo(f"OK: {split_file}: {len(splits.folds)} folds, {len(splits.items())} recordings, {n_pat} patients; "
+               f"no patient in two folds, no file twice, all files present under {root or splits.root}")
+    typer.echo(splits.table())
+
+
 def main() -> None:
     try:
         app()

@@ -1,0 +1,607 @@
+"""Index a lung-ultrasound dataset folder: one row per readable recording, with label, probe,
+patient group and the recording's facts; unreadable and unknown files listed with a reason.
+
+Two layouts are read, folder names in any letter case (docs/data.md):
+
+* the public POCUS dataset's: `pocus_videos/{convex,linear}/`, `pocus_images/{convex,linear}/`,
+  optional `dataset_metadata.csv` at the root, class given by the file-name prefix (`Cov`, `Pneu`,
+  `Reg`, `Vir`) and by the metadata's `Label` column;
+* plain class folders: `DIR/<class>/<files>` (`covid`, `pneumonia`, `regular`, `viral` or common
+  synonyms such as `healthy`, `normal`, `bacterial`); a folder inside a class folder is a patient
+  (`DIR/covid/patient07/clip1.mp4`); `convex`/`linear` folders anywhere on the path set the probe.
+
+Paths in the index are relative to its root, with '/' separators (`DatasetIndex.abspath` resolves
+them).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pocovid.data.labels import (
+    CLASSES,
+    PROBES,
+    is_uncertain_label,
+    label_from_filename,
+    normalize_label,
+    parse_classes,
+    parse_probes,
+    patient_from_filename,
+    probe_from_name,
+)
+from pocovid.errors import PocovidError
+from pocovid.media import MEDIA_EXTENSIONS, MediaError, probe
+
+METADATA_NAME = "dataset_metadata.csv"
+
+#: Findings columns: index name -> the public metadata's column.
+FINDINGS = {
+    "b_lines": "B-lines",
+    "a_lines": "A-lines",
+    "consolidations": "Consolidations",
+    "effusion": "Effusion",
+    "pleural_irregularities": "Pleural line irregularities",
+    "air_bronchogram": "Air bronchogram",
+}
+
+# Files that are part of a dataset folder but are not recordings: never listed.
+_SILENT_EXTENSIONS = {
+    ".md", ".txt", ".csv", ".tsv", ".json", ".yaml", ".yml", ".xlsx", ".xls", ".ods", ".pdf", ".doc",
+    ".docx", ".html", ".htm", ".rst", ".py", ".ipynb", ".log", ".ini", ".cfg", ".toml", ".xml", ".sh",
+    ".db", ".sqlite", ".lock", ".gitignore", ".gitattributes", ".gitkeep", ".keep",
+}
+_SILENT_NAMES = {"thumbs.db", "desktop.ini", "license", "licence", "readme", "notice", "copying",
+                 "changelog", "authors", "makefile"}
+_SKIP_DIRS = {"__macosx", "__pycache__", "node_modules"}
+_CONTAINER_DIRS = {"pocus_videos", "pocus_images", "videos", "images", "data", "dataset", "clips", "frames"}
+_RES_RE = re.compile(r"^\s*\d+\s*[xX×]\s*\d+\s*$")
+
+
+@dataclass
+class DatasetItem:
+    """One indexed recording. `path` is relative to the index root, '/'-separated."""
+
+    path: str
+    kind: str  # "video" | "image"
+    probe: str  # "convex" | "linear" | "unknown"
+    label: str  # "covid" | "pneumonia" | "regular" | "viral"
+    label_uncertain: bool = False  # `Vir_or_Pneu`: viral or bacterial, unknown which
+    patient: str = ""  # group id: src<S>-pat<P> (metadata), dir-<folder>, file-<key> (file-name rule)
+    fps: float | None = None
+    n_frames: int = 0
+    width: int = 0
+    height: int = 0
+    format: str = ""
+    source: str = ""  # metadata `Source ID`
+    findings: dict[str, int | None] = field(default_factory=dict)  # FINDINGS keys -> 0/1/None
+    severity: int | None = None  # metadata `Lung Severity Score` (0-3)
+    license: str = ""
+    label_from: str = ""  # "metadata" | "folder" | "filename"
+    group_from: str = ""  # "metadata" | "folder" | "filename"
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+
+@dataclass
+class DatasetIndex:
+    root: Path
+    items: list[DatasetItem] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): recordings not indexed
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason): not recordings
+    warnings: list[str] = field(default_factory=list)
+    layout: str = ""
+    metadata: str | None = None  # metadata file used, relative to root
+    probes: list[str] | None = None  # filters applied (None: all)
+    classes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def abspath(self, item: DatasetItem | str) -> Path:
+        p = item.path if isinstance(item, DatasetItem) else item
+        return Path(self.root) / p
+
+    def counts(self) -> Counter:
+        """Counter keyed by (label, probe, kind)."""
+        return Counter((it.label, it.probe, it.kind) for it in self.items)
+
+    def patients(self) -> list[str]:
+        return sorted({it.patient for it in self.items})
+
+    def filter(self, probes=None, classes=None) -> "DatasetIndex":
+        """A new index keeping the given probes / classes (lists or comma strings)."""
+        probes, classes = parse_probes(probes), parse_classes(classes)
+        keep = [it for it in self.items
+                if (probes is None or it.probe in probes) and (classes is None or it.label in classes)]
+        return DatasetIndex(Path(self.root), keep, list(self.failures), list(self.skipped),
+                            list(self.warnings), self.layout, self.metadata,
+                            probes if probes is not None else self.probes,
+                            classes if classes is not None else self.classes)
+
+    def summary(self, max_lines: int = 50) -> str:
+        """The table the CLI prints: counts per class x probe x kind, then failures and warnings."""
+        out = io.StringIO()
+        meta = f", metadata: {self.metadata}" if self.metadata else ", no metadata"
+        filt = []
+        if self.probes:
+            filt.append("probe " + ",".join(self.probes))
+        if self.classes:
+            filt.append("classes " + ",".join(self.classes))
+        out.write(f"dataset: {self.root} ({self.layout} layout{meta})"
+                  + (f"; filter: {'; '.join(filt)}" if filt else "") + "\n")
+        c = self.counts()
+        cols = [(p, k) for p in PROBES for k in ("video", "image") if any(key[1:] == (p, k) for key in c)]
+        labels = [lab for lab in CLASSES if any(key[0] == lab for key in c)]
+        if self.items:
+            w0 = max(9, *(len(x) for x in labels))
+            head = [f"{p} {k}" for p, k in cols] + ["total"]
+            ws = [max(len(h), 5) for h in head]
+            out.write("class".ljust(w0) + "  " + "  ".join(h.rjust(w) for h, w in zip(head, ws)) + "\n")
+            for lab in labels:
+                vals = [c[(lab, p, k)] for p, k in cols]
+                vals.append(sum(vals))
+                out.write(lab.ljust(w0) + "  " + "  ".join(str(v).rjust(w) for v, w in zip(vals, ws)) + "\n")
+            tot = [sum(c[(lab, p, k)] for lab in labels) for p, k in cols]
+            tot.append(sum(tot))
+            out.write("total".ljust(w0) + "  " + "  ".join(str(v).rjust(w) for v, w in zip(tot, ws)) + "\n")
+            unc = sum(it.label_uncertain for it in self.items)
+            src = Counter(it.group_from for it in self.items)
+            out.write(f"recordings: {len(self.items)}; patients: {len(self.patients())} (groups from "
+                      + ", ".join(f"{k} {v}" for k, v in sorted(src.items())) + ")"
+                      + (f"; uncertain labels: {unc}" if unc else "") + "\n")
+        else:
+            out.write("no recordings indexed\n")
+        for title, rows in (("failures (not indexed)", self.failures), ("skipped (not recordings)", self.skipped)):
+            if rows:
+                out.write(f"{title}: {len(rows)}\n")
+                for p, r in rows[:max_lines]:
+                    out.write(f"  {p}: {r}\n")
+                if len(rows) > max_lines:
+                    out.write(f"  ... and {len(rows) - max_lines} more\n")
+        if self.warnings:
+            out.write(f"warnings: {len(self.warnings)}\n")
+            for w in self.warnings[:max_lines]:
+                out.write(f"  {w}\n")
+            if len(self.warnings) > max_lines:
+                out.write(f"  ... and {len(self.warnings) - max_lines} more\n")
+        return out.getvalue().rstrip("\n")
+
+
+# --------------------------------------------------------------------------------------- metadata
+
+
+def _col(header: list[str], *names: str) -> str | None:
+    """The header's column for a name, matched without case and extra spaces."""
+    norm = {" ".join(h.strip().lower().split()): h for h in header}
+    for n in names:
+        h = norm.get(" ".join(n.lower().split()))
+        if h is not None:
+            return h
+    return None
+
+
+def _num_id(v: str | None) -> str:
+    """'36.0' -> '36', ' 7 ' -> '7', 'Anna B' -> 'Anna-B'; '' for empty / n/a."""
+    v = (v or "").strip()
+    if not v or v.lower() in ("nan", "n/a", "na", "none", "-", "?"):
+        return ""
+    try:
+        f = float(v)
+        if f.is_integer():
+            return str(int(f))
+    except ValueError:
+        pass
+    return re.sub(r"[^\w.]+", "-", v).strip("-")
+
+
+def _binary(v: str | None) -> tuple[int | None, bool]:
+    """(0/1/None, valid): '1', '1.0' -> 1; '' -> None; anything else -> (None, False)."""
+    v = (v or "").strip()
+    if not v or v.lower() in ("nan", "n/a", "na", "nd", "-", "?"):
+        return None, True
+    try:
+        f = float(v)
+    except ValueError:
+        return None, False
+    if f in (0.0, 1.0):
+        return int(f), True
+    return None, False
+
+
+@dataclass
+class _MetaRow:
+    filename: str
+    label_text: str = ""
+    probe: str | None = None
+    type: str = ""
+    source: str = ""
+    patient: str = ""
+    severity: int | None = None
+    license: str = ""
+    findings: dict[str, int | None] = field(default_factory=dict)
+
+
+def read_metadata(path: Path, warnings: list[str]) -> dict[str, _MetaRow]:
+    """Rows of a `dataset_metadata.csv` keyed by `Filename` (file name without extension)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig", errors="replace") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            rows = list(reader)
+    except OSError as e:
+        raise PocovidError(f"{path}: cannot read metadata ({e.strerror or e})") from None
+    except csv.Error as e:
+        raise PocovidError(f"{path}: not a readable CSV file ({e})") from None
+    if not header:
+        warnings.append(f"{path.name}: empty metadata file, ignored")
+        return {}
+    c_file = _col(header, "Filename", "File name", "file")
+    if c_file is None:
+        warnings.append(f"{path.name}: no 'Filename' column, metadata ignored")
+        return {}
+    pos = {h: i for i, h in enumerate(header)}
+    c = {k: _col(header, *names) for k, names in {
+        "label": ("Label",), "probe": ("Probe",), "type": ("Type",), "source": ("Source ID", "Source"),
+        "patient": ("Patient ID / Name", "Patient ID", "Patient"), "severity": ("Lung Severity Score",),
+        "license": ("License",), "resolution": ("Resolution",), "length": ("Length (frames)",),
+    }.items()}
+    c_find = {k: _col(header, v) for k, v in FINDINGS.items()}
+    out: dict[str, _MetaRow] = {}
+    for line_no, values in enumerate(rows, start=2):
+        if not any(v.strip() for v in values):
+            continue
+        values = values + [""] * (len(header) - len(values))
+        get = lambda col: values[pos[col]].strip() if col is not None else ""  # noqa: E731
+        name = get(c_file)
+        if not name:
+            continue
+        name = re.sub(r"\.[A-Za-z0-9]{2,5}$", "", name) if Path(name).suffix.lower() in MEDIA_EXTENSIONS else name
+        row = _MetaRow(filename=name, label_text=get(c["label"]), type=get(c["type"]).lower(),
+                       source=_num_id(get(c["source"])), patient=_num_id(get(c["patient"])),
+                       license=get(c["license"]))
+        pr = get(c["probe"])
+        row.probe = probe_from_name(pr) if pr else None
+        row.severity = _severity(get(c["severity"]))
+        shifted = (c["resolution"] is not None and c["length"] is not None and c["patient"] is not None
+                   and not _RES_RE.match(get(c["resolution"]) or "x") and _RES_RE.match(get(c["length"])))
+        if shifted:
+            # The row's columns Framerate .. Patient ID are shifted one to the right (the public
+            # metadata has such rows): the patient id is in the next column.
+            nxt = pos[c["patient"]] + 1
+            real = _num_id(values[nxt]) if nxt < len(values) else ""
+            warnings.append(f"{path.name} row {line_no} ({name}): columns Framerate..Patient ID are shifted one "
+                            f"to the right (Resolution '{get(c['resolution'])}', Length '{get(c['length'])}'); "
+                            f"patient read from the next column: {real or '?'} (not {row.patient or '?'}); "
+                            "findings of this row ignored")
+            row.patient = real
+        for k, col in c_find.items():
+            v, ok = _binary(get(col))
+            if shifted:
+                v = None
+            elif not ok:
+                warnings.append(f"{path.name} row {line_no} ({name}): '{FINDINGS[k]}' is "
+                                f"'{_clip(get(col))}', not 0/1; left empty")
+            row.findings[k] = v
+        if name in out:
+            warnings.append(f"{path.name} row {line_no}: Filename '{name}' listed twice; the first row is used")
+            continue
+        out[name] = row
+    return out
+
+
+def _severity(v: str) -> int | None:
+    """Lung Severity Score 0-3 as an int; None when empty or not a score."""
+    try:
+        f = float(v)
+    except ValueError:
+        return None
+    return int(f) if f.is_integer() and 0 <= f <= 3 else None
+
+
+def _clip(s: str, n: int = 40) -> str:
+    return s if len(s) <= n else s[: n - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------ walking
+
+
+def _is_silent(name: str) -> bool:
+    low = name.lower()
+    if low.startswith(".") or low.startswith("~$"):
+        return True
+    stem, ext = os.path.splitext(low)
+    return ext in _SILENT_EXTENSIONS or low in _SILENT_NAMES or stem in _SILENT_NAMES
+
+
+def _looks_like_dicom(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def _walk(root: Path):
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIP_DIRS)
+        for fn in sorted(filenames):
+            yield Path(dirpath) / fn
+
+
+@dataclass
+class _PathFacts:
+    probe: str | None = None
+    folder_label: str | None = None
+    folder_uncertain: bool = False
+    patient_dir: str | None = None
+
+
+def _path_facts(rel_dirs: tuple[str, ...]) -> _PathFacts:
+    """Probe, class and patient folder from the folders between the root and a file."""
+    f = _PathFacts()
+    recognised = False
+    for d in rel_dirs:
+        pr = probe_from_name(d)
+        if pr:
+            f.probe = pr
+            recognised = True
+            continue
+        if is_uncertain_label(d):
+            f.folder_label, f.folder_uncertain = normalize_label(d), True
+            recognised = True
+            continue
+        lab = normalize_label(d)
+        if lab:
+            f.folder_label = lab
+            recognised = True
+            continue
+        if d.lower() in _CONTAINER_DIRS:
+            recognised = True
+            continue
+        if recognised and f.patient_dir is None and (f.folder_label or f.probe):
+            f.patient_dir = d
+    return f
+
+
+def _find_metadata(root: Path) -> Path | None:
+    """`dataset_metadata.csv` in `root`, or above it when `root` is inside a public layout's
+    `pocus_videos` / `pocus_images` folder (indexing `pocus_videos/convex` alone still finds it)."""
+    parts = [d.lower() for d in root.parts]
+    searched = [root]
+    for depth in (1, 2):
+        if len(parts) > depth and parts[-depth] in ("pocus_videos", "pocus_images"):
+            searched.append(root.parents[depth - 1])
+    for folder in searched:
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.name.lower() == METADATA_NAME:
+                return p
+    return None
+
+
+def index_dataset(root: str | os.PathLike, probes=None, classes=None,
+                  metadata: str | os.PathLike | None = None) -> DatasetIndex:
+    """Index every recording under `root`, keeping the given probes / classes (lists or comma strings).
+
+    Each media file is opened with `pocovid.media.probe` (a decode check). Files that cannot be read or
+    labelled are not indexed but listed in `.failures` with a one-line reason; files of unknown type in
+    `.skipped`; documents (README, CSV, ...) are ignored. Raises `PocovidError` when `root` is not a folder
+    or holds no recording at all.
+    """
+    root_in = Path(root)
+    if not root_in.exists():
+        raise PocovidError(f"{root_in}: no such folder")
+    if not root_in.is_dir():
+        raise PocovidError(f"{root_in}: not a folder")
+    root = root_in.resolve()
+    probes, classes = parse_probes(probes), parse_classes(classes)
+    warnings: list[str] = []
+    meta_path = Path(metadata) if metadata is not None else _find_metadata(root)
+    meta = read_metadata(meta_path, warnings) if meta_path is not None else {}
+    meta_lower: dict[str, _MetaRow] = {}
+    for k, v in meta.items():
+        meta_lower.setdefault(k.lower(), v)
+
+    idx = DatasetIndex(root=root, probes=probes, classes=classes)
+    if meta_path is not None:
+        try:
+            idx.metadata = meta_path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            idx.metadata = str(meta_path)
+    dirs_seen: set[str] = set()
+    n_media = 0
+    matched_meta: set[str] = set()
+    for path in _walk(root):
+        rel = path.relative_to(root)
+        rel_s = rel.as_posix()
+        name = path.name
+        if meta_path is not None and path.resolve() == meta_path.resolve():
+            continue
+        ext = path.suffix.lower()
+        if ext not in MEDIA_EXTENSIONS:
+            if _is_silent(name):
+                continue
+            if ext == "" and _looks_like_dicom(path):
+                pass  # DICOM without an extension, as scanners write it
+            elif ext == "":
+                idx.skipped.append((rel_s, "no file extension and not a DICOM file"))
+                continue
+            else:
+                idx.skipped.append((rel_s, f"unsupported file type '{ext}'"))
+                continue
+        n_media += 1
+        facts = _path_facts(rel.parts[:-1])
+        dirs_seen.update(d.lower() for d in rel.parts[:-1])
+        stem = path.stem if ext else name
+        row = meta.get(stem) or meta_lower.get(stem.lower())
+        if row is not None:
+            matched_meta.add(row.filename)
+
+        # label: metadata, else class folder, else file-name prefix; disagreements are warned about
+        name_label, name_unc = label_from_filename(name)
+        meta_label = normalize_label(row.label_text) if row is not None else None
+        meta_unc = row is not None and is_uncertain_label(row.label_text)
+        if row is not None and row.label_text and meta_label is None:
+            warnings.append(f"{rel_s}: metadata label '{row.label_text}' is not a known class; ignored")
+        candidates = [("metadata", meta_label, meta_unc), ("folder", facts.folder_label, facts.folder_uncertain),
+                      ("file name", name_label, name_unc)]
+        given = [(src, lab, unc) for src, lab, unc in candidates if lab]
+        if not given:
+            idx.failures.append((rel_s, "no label: no metadata row, no class folder, and the file name has no "
+                                        "class prefix (Cov, Pneu, Reg, Vir)"))
+            continue
+        src, label, uncertain = given[0]
+        uncertain = uncertain or any(u for _, _, u in given)
+        others = {f"{s} says {lab}" for s, lab, _ in given[1:] if lab != label}
+        if others:
+            warnings.append(f"{rel_s}: label disagreement: {src} says {label}, " + ", ".join(sorted(others))
+                            + f"; using {src}")
+        label_from = {"file name": "filename"}.get(src, src)
+
+        # probe: folder, else metadata, else unknown
+        pr = facts.probe or (row.probe if row is not None else None) or "unknown"
+        if facts.probe and row is not None and row.probe and row.probe != facts.probe:
+            warnings.append(f"{rel_s}: probe disagreement: folder says {facts.probe}, metadata says {row.probe}; "
+                            "using the folder")
+
+        if probes is not None and pr not in probes:
+            continue
+        if classes is not None and label not in classes:
+            continue
+
+        # patient group: metadata, else patient folder, else the file-name rule
+        if row is not None and row.patient:
+            patient, group_from = (f"src{row.source}-pat{row.patient}" if row.source else f"pat{row.patient}"), \
+                "metadata"
+        elif facts.patient_dir:
+            patient, group_from = f"dir-{_num_id(facts.patient_dir) or facts.patient_dir}", "folder"
+        else:
+            key = f"file-{patient_from_filename(name)}"
+            patient = f"src{row.source}-{key}" if row is not None and row.source else key
+            group_from = "filename"
+
+        try:
+            info = probe(path)
+        except MediaError as e:
+            idx.failures.append((rel_s, e.reason))
+            continue
+        except Exception as e:  # a decoder bug must not stop a batch; report it like a bad file
+            idx.failures.append((rel_s, f"cannot read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"))
+            continue
+        if row is not None and row.type in ("video", "image") and row.type != info.kind:
+            warnings.append(f"{rel_s}: metadata Type says {row.type}, the file holds "
+                            f"{info.n_frames} frame(s): indexed as {info.kind}")
+        item = DatasetItem(
+            path=rel_s, kind=info.kind, probe=pr, label=label, label_uncertain=bool(uncertain), patient=patient,
+            fps=round(float(info.fps), 3) if info.fps else None, n_frames=int(info.n_frames),
+            width=int(info.width), height=int(info.height), format=info.format,
+            source=row.source if row is not None else "",
+            findings=dict(row.findings) if row is not None else {k: None for k in FINDINGS},
+            severity=row.severity if row is not None else None, license=row.license if row is not None else "",
+            label_from=label_from, group_from=group_from,
+        )
+        if row is None and meta:
+            warnings.append(f"{rel_s}: no row in {meta_path.name}; label from the {src}, patient by the "
+                            f"{group_from} rule")
+        idx.items.append(item)
+
+    if n_media == 0:
+        what = f" ({len(idx.skipped)} file(s) of other types)" if idx.skipped else ""
+        raise PocovidError(f"{root_in}: no recordings found (videos, images or DICOM){what}")
+    if meta and meta_path.resolve().parent == root:  # from a parent folder, rows of other folders are expected
+        unmatched = sorted(set(meta) - matched_meta)
+        if unmatched:
+            warnings.append(f"{meta_path.name}: {len(unmatched)} row(s) name no file in the folder: "
+                            + ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
+    lower_dirs = dirs_seen
+    if lower_dirs & {"pocus_videos", "pocus_images"}:
+        idx.layout = "public"
+    elif any(normalize_label(d) for d in lower_dirs):
+        idx.layout = "class folders"
+    else:
+        idx.layout = "flat"
+    idx.warnings = warnings
+    return idx
+
+
+# ------------------------------------------------------------------------------------------ CSV
+
+INDEX_COLUMNS = ["path", "kind", "probe", "label", "label_uncertain", "patient", "fps", "n_frames", "width",
+                 "height", "format", "source", "severity", "license", *FINDINGS.keys(), "label_from",
+                 "group_from", "root"]
+
+
+def write_index(index: DatasetIndex, path: str | os.PathLike) -> Path:
+    """Write the index as CSV (columns in docs/data.md); `read_index` reads it back."""
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(INDEX_COLUMNS)
+        for it in index.items:
+            w.writerow([
+                it.path, it.kind, it.probe, it.label, int(it.label_uncertain), it.patient,
+                "" if it.fps is None else repr(float(it.fps)), it.n_frames, it.width, it.height, it.format,
+                it.source, "" if it.severity is None else it.severity, it.license,
+                *("" if it.findings.get(k) is None else it.findings[k] for k in FINDINGS),
+                it.label_from, it.group_from, str(index.root),
+            ])
+    return path
+
+
+def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> DatasetIndex:
+    """Read an index CSV written by `write_index`. `root` overrides the recorded root."""
+    path = Path(path)
+    if not path.is_file():
+        raise PocovidError(f"{path}: no such file")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in ("path", "kind", "probe", "label", "patient") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise PocovidError(f"{path}: not a pocovid index (missing column(s) {', '.join(missing)})")
+        rows = list(reader)
+    items = []
+    roots = set()
+    for r in rows:
+        def opt_int(v):
+            return int(float(v)) if v not in (None, "") else None
+        items.append(DatasetItem(
+            path=r["path"], kind=r["kind"], probe=r["probe"], label=r["label"],
+            label_uncertain=str(r.get("label_uncertain", "0")).strip().lower() in ("1", "true", "yes"),
+            patient=r["patient"], fps=float(r["fps"]) if r.get("fps") else None,
+            n_frames=opt_int(r.get("n_frames")) or 0, width=opt_int(r.get("width")) or 0,
+            height=opt_int(r.get("height")) or 0, format=r.get("format", "") or "", source=r.get("source", "") or "",
+            severity=opt_int(r.get("severity")), license=r.get("license", "") or "",
+            findings={k: opt_int(r.get(k)) for k in FINDINGS},
+            label_from=r.get("label_from", "") or "", group_from=r.get("group_from", "") or "",
+        ))
+        if r.get("root"):
+            roots.add(r["root"])
+    if root is not None:
+        root_p = Path(root).resolve()
+    elif len(roots) == 1:
+        root_p = Path(roots.pop())
+    else:
+        root_p = path.resolve().parent
+    return DatasetIndex(root=root_p, items=items, layout="index CSV", metadata=None)
+
+
+def load_index(source: str | os.PathLike, probes=None, classes=None) -> DatasetIndex:
+    """A dataset folder (indexed now) or an index CSV (read), filtered by probes / classes."""
+    p = Path(source)
+    if p.is_file() and p.suffix.lower() == ".csv":
+        idx = read_index(p)
+        return idx.filter(probes, classes) if (probes or classes) else idx
+    return index_dataset(p, probes=probes, classes=classes)
