@@ -1,5 +1,5 @@
 # Two commands for a new user on a fresh machine:
-#   make demo   set up, then analyse a generated demo recording
+#   make demo   set up, then run the main job on generated demo data
 #   make test   set up, then run the test suite (what CI runs)
 PY ?= python3
 VENV ?= .venv
@@ -21,7 +21,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/pocovid demo --out demo
+	$(BIN)/pocovid phantom dataset demo/dataset
+	$(BIN)/pocovid data index demo/dataset --out demo/index.csv
+	$(BIN)/pocovid data split demo/dataset --folds 3 --out demo/splits.json
+	$(BIN)/pocovid data check-split demo/splits.json
 
 test: setup
 	$(BIN)/python -m pytest -q

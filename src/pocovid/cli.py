@@ -14,6 +14,9 @@ app = typer.Typer(help="pocovid: decision support for lung point-of-care ultraso
                   add_completion=False)
 data_app = typer.Typer(help="Index a dataset, split it by patient, check a split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+phantom_app = typer.Typer(help="Write synthetic lung-ultrasound clips and datasets (tests, demos).",
+                          no_args_is_help=True)
+app.add_typer(phantom_app, name="phantom")
 
 
 def fail(msg: str, code: int = 1) -> None:
@@ -138,6 +141,47 @@ def data_check_split_cmd(
     typer.echo(f"OK: {split_file}: {len(splits.folds)} folds, {len(splits.items())} recordings, {n_pat} patients; "
                f"no patient in two folds, no file twice, all files present under {root or splits.root}")
     typer.echo(splits.table())
+
+
+@phantom_app.command("clip")
+def phantom_clip_cmd(
+    out: str = typer.Argument(..., help="File to write: .mp4 .avi .mov .mpeg .gif .png .jpg .dcm ..."),
+    label: str = typer.Option("covid", "--label", help="regular (A-lines), covid (B-lines), pneumonia (consolidation)."),
+    probe: str = typer.Option("convex", "--probe", help="convex or linear."),
+    frames: int = typer.Option(60, "--frames", help="Number of frames."),
+    fps: float = typer.Option(20.0, "--fps", help="Frame rate."),
+    size: str = typer.Option("480x400", "--size", help="WIDTHxHEIGHT of the screen."),
+    overlays: bool = typer.Option(True, "--overlays/--no-overlays", help="Burn in scanner text, scale, logo."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write one synthetic lung-ultrasound recording."""
+    from pocovid.phantom import write_phantom
+
+    try:
+        w, h = (int(v) for v in size.lower().split("x"))
+        write_phantom(out, label=label, probe=probe, n_frames=frames, fps=fps, width=w, height=h,
+                      overlays=overlays, seed=seed)
+    except ValueError as e:
+        fail(str(e) if out in str(e) else f"{out}: {e}")
+    typer.echo(f"written: {out} ({label}, {probe}, {frames} frames at {fps:g} fps, {size})")
+
+
+@phantom_app.command("dataset")
+def phantom_dataset_cmd(
+    out: str = typer.Argument(..., help="Folder to write the dataset into."),
+    patients: int = typer.Option(3, "--patients", help="Patients per class."),
+    clips: int = typer.Option(2, "--clips", help="Clips per patient."),
+    layout: str = typer.Option("public", "--layout", help="public (pocus_videos/..., metadata CSV) or folders."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Write a small synthetic dataset in the public POCUS layout (or DIR/<class>/<files>)."""
+    from pocovid.phantom.dataset import write_demo_dataset
+
+    try:
+        root = write_demo_dataset(out, n_patients_per_class=patients, clips_per_patient=clips, layout=layout, seed=seed)
+    except ValueError as e:
+        fail(f"{out}: {e}")
+    typer.echo(f"written: {root}")
 
 
 def main() -> None:

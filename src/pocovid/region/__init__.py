@@ -11,3 +11,7 @@ from pocovid.region.transforms import CropToScanRegion
 
 __all__ = ["CropToScanRegion", "RegionParams", "ScanRegion", "crop_frames", "detect_scan_region",
            "scan_region_of"]
+
+from pocovid.region.frames import Clip, clip_region, iter_clip_frames, load_clip, resize_frame  # noqa: E402
+
+__all__ += ["Clip", "clip_region", "iter_clip_frames", "load_clip", "resize_frame"]

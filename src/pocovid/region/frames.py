@@ -1,0 +1,90 @@
+"""From a recording to the frames a model sees: scan region found once per clip, then every
+sampled frame cropped to it (and optionally resized), streamed so long clips stay in memory.
+
+    clip = load_clip("scan.mp4", rate_hz=3, max_frames=30, size=224)
+    clip.frames, clip.times, clip.region.to_dict()
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from pocovid.media import Frame, MediaError, MediaInfo, open_media, sample_indices
+from pocovid.region.detect import detect_scan_region
+from pocovid.region.scan import ScanRegion
+
+DETECT_LONG_SIDE = 800  # frames kept for detection are shrunk to this: a 4K clip costs no more than HD
+
+
+@dataclass
+class Clip:
+    path: str
+    info: MediaInfo
+    region: ScanRegion
+    frames: list[np.ndarray] = field(repr=False)  # cropped (and resized) RGB uint8
+    times: list[float]
+    indices: list[int]
+
+
+def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = True) -> ScanRegion:
+    """Scan region of a recording from up to `max_frames` frames spread over the whole clip."""
+    with open_media(path) as r:
+        info = r.info
+        if not enabled:
+            return ScanRegion.full(info.height, info.width, method="off")
+        idx = sample_indices(info.n_frames, info.fps, None, max_frames)
+        factor = max(1, int(np.ceil(max(info.width, info.height) / DETECT_LONG_SIDE)))
+        small = [f.image[::factor, ::factor] if factor > 1 else f.image for f in r.frames(idx)]
+    if not small:
+        return ScanRegion.full(info.height, info.width, method="fallback", note="no frame decoded")
+    region = detect_scan_region(small)
+    if factor == 1:
+        return region
+    if region.is_full or region.polygon is None:
+        return ScanRegion.full(info.height, info.width, method=region.method, note=region.note)
+    poly = np.asarray(region.polygon) * factor  # back to full-resolution pixel coordinates
+    return ScanRegion.from_polygon(poly, (info.height, info.width), region.shape, region.method, region.note)
+
+
+def resize_frame(image: np.ndarray, size: int | None) -> np.ndarray:
+    """Square `size` x `size` (area interpolation when shrinking), or unchanged when size is None."""
+    if size is None or image.shape[:2] == (size, size):
+        return image
+    shrink = image.shape[0] > size or image.shape[1] > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+def iter_clip_frames(path: str | os.PathLike, region: ScanRegion, rate_hz: float | None = None,
+                     max_frames: int | None = None, size: int | None = None) -> Iterator[Frame]:
+    """Sampled frames of a recording, each cropped to `region` (and resized), one at a time."""
+    with open_media(path) as r:
+        yield from _cropped(r, region, rate_hz, max_frames, size)
+
+
+def _cropped(reader, region, rate_hz, max_frames, size) -> Iterator[Frame]:
+    info = reader.info
+    if region.frame_size != (info.height, info.width):
+        raise ValueError(f"region is for {region.frame_size} frames, the recording has {(info.height, info.width)}")
+    for f in reader.frames(sample_indices(info.n_frames, info.fps, rate_hz, max_frames)):
+        yield Frame(f.index, f.time_s, resize_frame(region.crop(f.image), size))
+
+
+def load_clip(path: str | os.PathLike, rate_hz: float | None = None, max_frames: int | None = None,
+              size: int | None = None, crop: bool = True, region: ScanRegion | dict | None = None) -> Clip:
+    """A recording's sampled frames, cropped to its scan region (detected unless given or `crop`
+    is False), resized to `size` when given. The region is recorded in the result."""
+    if isinstance(region, dict):
+        region = ScanRegion.from_dict(region)
+    if region is None:
+        region = clip_region(path, enabled=crop)
+    with open_media(path) as r:
+        got = list(_cropped(r, region, rate_hz, max_frames, size))
+        info = r.info
+    if not got:
+        raise MediaError(path, "no frames could be decoded")
+    return Clip(str(path), info, region, [f.image for f in got], [f.time_s for f in got], [f.index for f in got])
