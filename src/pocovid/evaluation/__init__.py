@@ -1,0 +1,35 @@
+"""Metrics, plots and reports for frame- and clip-level predictions (see `docs/metrics.md`).
+
+Shared by training (out-of-fold predictions) and `pocovid evaluate`. No torch here.
+"""
+
+from pocovid.evaluation.metrics import (
+    AGGREGATION_METHODS,
+    aggregate_frames,
+    calibration,
+    classification_metrics,
+    clip_labels,
+    clip_predictions,
+    evaluation_result,
+    fold_summary,
+    frame_metrics,
+    to_jsonable,
+    video_metrics,
+)
+from pocovid.evaluation.report import format_summary, write_evaluation
+
+__all__ = [
+    "AGGREGATION_METHODS",
+    "aggregate_frames",
+    "calibration",
+    "classification_metrics",
+    "clip_labels",
+    "clip_predictions",
+    "evaluation_result",
+    "fold_summary",
+    "format_summary",
+    "frame_metrics",
+    "to_jsonable",
+    "video_metrics",
+    "write_evaluation",
+]
