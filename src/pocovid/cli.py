@@ -184,6 +184,84 @@ def phantom_dataset_cmd(
     typer.echo(f"written: {root}")
 
 
+@app.command("train")
+def train_cmd(
+    folder: str = typer.Argument(..., help="Dataset folder the split file refers to (public layout or DIR/<class>/)."),
+    splits: str = typer.Option(..., "--splits", help="Split file from `pocovid data split`."),
+    out: str = typer.Option(..., "--out", help="Run folder, e.g. runs/NAME (resumes if it exists)."),
+    final: bool = typer.Option(False, "--final", help="Also train the model on all data: OUT/model.pt."),
+    cv: bool = typer.Option(True, "--cv/--no-cv", help="Cross-validate over the folds (out-of-fold metrics)."),
+    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone name (`pocovid models`)."),
+    classes: str = typer.Option("covid,pneumonia,regular", "--classes", help="Classes to learn, comma-separated."),
+    probe: str = typer.Option("convex", "--probe", help="Probe to train on (convex, linear, or all)."),
+    rate: float = typer.Option(3.0, "--rate", help="Frames per second sampled from each clip (0: every frame)."),
+    max_frames: int = typer.Option(30, "--max-frames", help="At most this many frames per clip, evenly spread."),
+    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping on held-out patients)."),
+    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (AdamW)."),
+    batch_size: int = typer.Option(32, "--batch-size"),
+    n_heads: int = typer.Option(5, "--heads", help="Ensemble members sharing the frozen backbone."),
+    n_frozen: int = typer.Option(None, "--freeze", help="Backbone stages frozen (cached); default: all used."),
+    cut: int = typer.Option(None, "--cut", help="Backbone stages used; default: the backbone's default."),
+    n_aug: int = typer.Option(5, "--aug-copies", help="Augmented copies of each frame cached for training."),
+    vflip: bool = typer.Option(False, "--vflip/--no-vflip", help="Also flip vertically when augmenting."),
+    crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop frames to the detected scan region."),
+    weights: str = typer.Option(None, "--weights", help="Pretrained backbone weights (file or URL), e.g. for vgg16."),
+    no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Random backbone init (tests only)."),
+    seed: int = typer.Option(0, "--seed"),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+):
+    """Train and cross-validate a frame classifier; --final also trains the model to ship."""
+    from pocovid.data import load_splits
+    from pocovid.data.labels import parse_classes, parse_probes
+    from pocovid.evaluation import format_summary
+    from pocovid.training import AugmentConfig, TrainConfig, train_run
+
+    sp = load_splits(splits)
+    probes = parse_probes(probe) if probe and probe != "all" else None
+    cfg = TrainConfig(backbone=backbone, classes=tuple(parse_classes(classes)), probe=probes[0] if probes else None,
+                      rate_hz=rate or None, max_frames=max_frames, epochs=epochs, lr=lr, batch_size=batch_size,
+                      n_heads=n_heads, n_frozen=n_frozen, cut=cut, n_aug=n_aug, crop=crop, seed=seed,
+                      augment=AugmentConfig(vflip=vflip))
+    if not cv and not final:
+        fail("nothing to do: --no-cv without --final")
+    res = train_run(sp, out, cfg, final=final, cv=cv, root=folder, progress=not quiet, weights=weights,
+                    pretrained=not no_pretrained)
+    if res.metrics:
+        typer.echo(format_summary(res.metrics))
+        typer.echo(f"cross-validation results: {res.out_dir / 'cv'}")
+    for f in res.frames.failures:
+        typer.echo(f"  not used: {f}", err=True)
+    if res.model_path:
+        typer.echo(f"model written: {res.model_path}")
+    t = res.timings
+    typer.echo("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items()))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    folder: str = typer.Argument(..., help="Labelled folder (public POCUS layout or DIR/<class>/<files>)."),
+    model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
+    out: str = typer.Option(..., "--out", help="Folder for metrics.json, predictions.csv and plots."),
+    probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
+    classes: str = typer.Option(None, "--classes", help="Evaluate these of the model's classes only."),
+    aggregation: str = typer.Option("mean", "--aggregation", help="Frames -> clip: mean, vote, logmean, max."),
+    rate: float = typer.Option(None, "--rate", help="Frames per second sampled (default: as trained)."),
+    max_frames: int = typer.Option(None, "--max-frames", help="At most this many frames per clip (default: as trained)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Score a model on a labelled folder: frame and video metrics, predictions, plots."""
+    from pocovid.evaluation import evaluate_folder, format_summary
+
+    m = evaluate_folder(model, folder, out, probes=probe, classes=classes, aggregation=aggregation,
+                        rate_hz=rate, max_frames=max_frames, progress=not quiet)
+    typer.echo(format_summary(m))
+    if m["skipped"]:
+        typer.echo(f"skipped {len(m['skipped'])} recording(s):")
+        for s in m["skipped"]:
+            typer.echo(f"  {s}")
+    typer.echo(f"written: {out}/metrics.json, {out}/predictions.csv, plots")
+
+
 def main() -> None:
     try:
         app()

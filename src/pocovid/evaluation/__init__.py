@@ -33,3 +33,7 @@ __all__ = [
     "video_metrics",
     "write_evaluation",
 ]
+
+from pocovid.evaluation.evaluate import evaluate_folder  # noqa: E402  (imports torch only when called)
+
+__all__ += ["evaluate_folder"]

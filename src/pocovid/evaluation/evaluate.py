@@ -1,0 +1,80 @@
+"""Scoring a trained model on any labelled folder (an external test set, a hospital's own data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pocovid.errors import PocovidError
+
+
+def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                    *, probes=None, classes=None, aggregation: str = "mean", rate_hz: float | None = None,
+                    max_frames: int | None = None, progress: bool = True) -> dict:
+    """Predict every labelled recording under `root` (layouts of `pocovid data index`), compute frame-
+    and video-level metrics, and write them to `out_dir` (metrics.json, predictions.csv, plots).
+
+    Recordings whose label is not one of the model's classes (or of `classes`), and recordings that
+    cannot be read, are skipped and listed in `metrics["skipped"]`."""
+    from pocovid.data import index_dataset
+    from pocovid.data.labels import parse_classes, parse_probes
+    from pocovid.evaluation.metrics import evaluation_result
+    from pocovid.evaluation.report import write_evaluation
+    from pocovid.inference import load, predict_recording, sampling_of
+
+    model = load(model_spec)
+    model_classes = list(model.classes)
+    wanted = parse_classes(classes) if classes else model_classes
+    unknown = [c for c in wanted if c not in model_classes]
+    if unknown:
+        raise PocovidError(f"class(es) {', '.join(unknown)} not predicted by this model "
+                           f"(it knows {', '.join(model_classes)})")
+    idx = index_dataset(root, probes=parse_probes(probes) if probes else None)
+    s = sampling_of(model)
+    rate = rate_hz if rate_hz is not None else s["rate_hz"]
+    mx = max_frames if max_frames is not None else s["max_frames"]
+    skipped = [f"{p}: {why}" for p, why in idx.failures] + [f"{p}: {why}" for p, why in idx.skipped]
+    ys, probs, clip_ids, rows = [], [], [], []
+    items = []
+    for it in idx.items:
+        if it.label not in wanted:
+            skipped.append(f"{it.path}: label '{it.label}' is not among the evaluated classes ({', '.join(wanted)})")
+        else:
+            items.append(it)
+    if not items:
+        raise PocovidError(f"{root}: no labelled recording of the classes {', '.join(wanted)} to evaluate")
+    for ci, it in enumerate(tqdm(items, desc="evaluate", unit="clip", disable=not progress)):
+        try:
+            pred = predict_recording(model, idx.abspath(it), rate, mx, crop=s["crop"])
+        except PocovidError as e:
+            skipped.append(str(e))
+            continue
+        p = pred.frame_probs
+        ys.extend([model_classes.index(it.label)] * len(p))
+        probs.append(p)
+        clip_ids.extend([ci] * len(p))
+        clip_p = _aggregate(p, aggregation)
+        rows.append({"path": it.path, "label": it.label, "predicted": model_classes[int(np.argmax(clip_p))],
+                     **{f"p_{c}": round(float(v), 4) for c, v in zip(model_classes, clip_p)},
+                     "patient": it.patient, "probe": it.probe, "n_frames": len(p),
+                     "uncertainty": round(float(pred.members.mean(0).std(0).mean()), 4)})
+    if not probs:
+        raise PocovidError(f"{root}: none of the {len(items)} recordings could be read")
+    metrics = evaluation_result(np.array(ys), np.concatenate(probs), np.array(clip_ids), model_classes,
+                                method=aggregation)
+    metrics["skipped"] = skipped
+    metrics["model"] = str(model_spec)
+    metrics["sampling"] = {"rate_hz": rate, "max_frames": mx, "crop": s["crop"]}
+    if out_dir is not None:
+        write_evaluation(Path(out_dir), metrics=metrics, clip_table=rows, labels=model_classes, skipped=skipped)
+    return metrics
+
+
+def _aggregate(p: np.ndarray, method: str) -> np.ndarray:
+    from pocovid.evaluation.metrics import aggregate_frames
+
+    _, clip_p = aggregate_frames(p, np.zeros(len(p), int), method)
+    return clip_p[0]
