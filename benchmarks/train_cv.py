@@ -31,15 +31,11 @@ def baseline(frames, model, folds: np.ndarray) -> dict:
     from pocovid.evaluation import evaluation_result
     from pocovid.training.frames import grey_to_input
 
-    bb = model.backbone_stages_all() if hasattr(model, "backbone_stages_all") else None
     feats = []
     with torch.no_grad():
         for i in range(0, len(frames.frames), 64):
             x = model.normalize(grey_to_input(frames.frames[i:i + 64]))
-            h = x
-            for st in bb:
-                h = st(h)
-            feats.append(h.mean((2, 3)).numpy())
+            feats.append(model.forward_trunk(x).mean((2, 3)).numpy())  # trunk = the whole backbone
     X = np.concatenate(feats)
     y = frames.y
     probs = np.zeros((len(y), len(frames.classes)))
@@ -89,7 +85,10 @@ def main(argv=None) -> int:
     print(f"data: {len(res.frames.clips)} clips, {len(res.frames.frames)} frames, "
           f"{len({c['patient'] for c in res.frames.clips})} patients, 5 patient-grouped folds (seed {args.seed})")
     if not args.no_baseline:
-        base_model = create_model(cfg.backbone, list(cfg.classes), cut=None)
+        from pocovid.models import create_backbone
+
+        n_stages = len(create_backbone(cfg.backbone, pretrained=False).stages)
+        base_model = create_model(cfg.backbone, list(cfg.classes), cut=n_stages)
         print(line("baseline (frozen + LR)", baseline(res.frames, base_model, res.frames.fold)))
     print(line(f"pocovid ({cfg.backbone})", res.metrics))
     f = res.metrics.get("folds", {}).get("video", {})

@@ -197,6 +197,8 @@ def train_cmd(
     rate: float = typer.Option(3.0, "--rate", help="Frames per second sampled from each clip (0: every frame)."),
     max_frames: int = typer.Option(30, "--max-frames", help="At most this many frames per clip, evenly spread."),
     epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping on held-out patients)."),
+    val_fraction: float = typer.Option(0.2, "--val-fraction",
+                                       help="Share of training patients held out for early stopping (0: train all epochs)."),
     lr: float = typer.Option(1e-3, "--lr", help="Learning rate (AdamW)."),
     batch_size: int = typer.Option(32, "--batch-size"),
     n_heads: int = typer.Option(5, "--heads", help="Ensemble members sharing the frozen backbone."),
@@ -219,7 +221,7 @@ def train_cmd(
     sp = load_splits(splits)
     probes = parse_probes(probe) if probe and probe != "all" else None
     cfg = TrainConfig(backbone=backbone, classes=tuple(parse_classes(classes)), probe=probes[0] if probes else None,
-                      rate_hz=rate or None, max_frames=max_frames, epochs=epochs, lr=lr, batch_size=batch_size,
+                      rate_hz=rate or None, max_frames=max_frames, epochs=epochs, val_fraction=val_fraction, lr=lr, batch_size=batch_size,
                       n_heads=n_heads, n_frozen=n_frozen, cut=cut, n_aug=n_aug, crop=crop, seed=seed,
                       augment=AugmentConfig(vflip=vflip))
     if not cv and not final:
@@ -260,6 +262,124 @@ def evaluate_cmd(
         for s in m["skipped"]:
             typer.echo(f"  {s}")
     typer.echo(f"written: {out}/metrics.json, {out}/predictions.csv, plots")
+
+
+# ------------------------------------------------------------------------------ web service
+
+contributions_app = typer.Typer(help="Data contributions received by `pocovid serve`: list, export.",
+                                no_args_is_help=True)
+app.add_typer(contributions_app, name="contributions")
+
+_DATA_DIR_HELP = "The service's data folder (default: $POCOVID_DATA_DIR or ~/.local/share/pocovid/server)."
+
+
+def _server_missing(e: ImportError) -> None:
+    fail(f"the web service needs the 'serve' extra: pip install 'pocovid[serve]' ({e})")
+
+
+@app.command("serve")
+def serve_cmd(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Default: this machine only."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    data_dir: str = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
+    workers: int = typer.Option(1, "--workers", help="Analyses run at the same time."),
+    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Upload size limit in MB."),
+    cors_origin: list[str] = typer.Option(None, "--cors-origin",
+                                          help="Allow this origin by CORS (repeatable). Default: CORS off."),
+    threads: int = typer.Option(None, "--threads", help="Torch threads (default: CPU cores / workers)."),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
+):
+    """Run the web service: upload page at /, API under /api, API docs at /docs.
+
+    Deletion and the contributions admin endpoints need the bearer token in $POCOVID_API_TOKEN when it
+    is set (without it they answer requests from this machine only). See docs/server.md.
+    """
+    import logging
+    import os
+
+    try:
+        import uvicorn
+
+        from pocovid.server import ServerConfig, create_app
+        from pocovid.server.config import default_data_dir
+    except ImportError as e:
+        _server_missing(e)
+    try:
+        cfg = ServerConfig.from_env(data_dir=data_dir or default_data_dir(), model=model, workers=workers,
+                                    max_upload_mb=max_upload_mb, cors_origins=list(cors_origin or []))
+    except ValueError as e:
+        fail(str(e))
+    import torch
+
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
+    from pocovid.inference import model_path
+
+    model_path(model)  # a missing model file: one line now, not at the first upload
+    logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1") and cfg.token is None:
+        typer.echo(f"warning: serving on {host} without POCOVID_API_TOKEN: deletion and contributions admin "
+                   "answer this machine only; uploads are open to anyone who can reach the port", err=True)
+    typer.echo(f"pocovid: http://{host if ':' not in host else '[' + host + ']'}:{port}/  (data: {cfg.data_dir})")
+    uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level.lower(), access_log=True,
+                proxy_headers=False, server_header=False)
+
+
+@contributions_app.command("export")
+def contributions_export_cmd(
+    out: str = typer.Argument(..., help="Folder to write (the public POCUS layout; created)."),
+    data_dir: str = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+):
+    """Write accepted contributions in the public dataset's layout (pocus_videos|pocus_images/<probe>/,
+    dataset_metadata.csv) so that `pocovid data index OUT` reads them."""
+    from pocovid.server.config import default_data_dir
+    from pocovid.server.contributions import export_contributions
+    from pocovid.server.db import Database
+    from pocovid.server.storage import Storage
+
+    root = data_dir or default_data_dir()
+    from pathlib import Path
+
+    if not (Path(root) / Storage.DB_NAME).is_file():
+        fail(f"{root}: no pocovid service data here (no {Storage.DB_NAME})")
+    storage = Storage(root)
+    db = Database(storage.db_path)
+    try:
+        res = export_contributions(db, storage, out)
+    finally:
+        db.close()
+    for cid in res.missing:
+        typer.echo(f"warning: contribution {cid}: its file is missing, not exported", err=True)
+    typer.echo(f"{len(res.written)} accepted contribution(s) written to {out} (dataset_metadata.csv updated)")
+
+
+@contributions_app.command("list")
+def contributions_list_cmd(
+    data_dir: str = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
+    status: str = typer.Option(None, "--status", help="pending, accepted or rejected (default: all)."),
+):
+    """List the contribution queue (id, status, diagnosis, probe, license, source)."""
+    from pathlib import Path
+
+    from pocovid.server.config import default_data_dir
+    from pocovid.server.db import Database
+    from pocovid.server.storage import Storage
+
+    root = Path(data_dir or default_data_dir())
+    if not (root / Storage.DB_NAME).is_file():
+        fail(f"{root}: no pocovid service data here (no {Storage.DB_NAME})")
+    if status not in (None, "pending", "accepted", "rejected"):
+        fail(f"--status must be pending, accepted or rejected, not {status!r}")
+    db = Database(root / Storage.DB_NAME)
+    try:
+        total, rows = db.list_contributions(status, 0, 100000)
+    finally:
+        db.close()
+    for c in rows:
+        typer.echo(f"{c['id']}\t{c['status']}\t{c['diagnosis']}\t{c['probe']}\t{c['kind']}\t{c['license']}\t"
+                   f"{c['source']}")
+    typer.echo(f"{total} contribution(s)")
 
 
 def main() -> None:

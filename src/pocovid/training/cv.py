@@ -195,6 +195,11 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
         write_evaluation(out_dir / "cv", metrics=metrics, clip_table=_clip_rows(frames, oof, cfg),
                          labels=list(cfg.classes), skipped=frames.failures)
         _write_frame_predictions(out_dir / "cv" / "frame_predictions.csv", frames, oof, oof_members, cfg)
+        # every member's out-of-fold probabilities: what uncertainty thresholds are chosen from
+        np.savez_compressed(out_dir / "cv" / "oof_members.npz", members=oof_members, clip_of=frames.clip_of,
+                            y=frames.y, time_s=frames.time_s, classes=np.array(cfg.classes),
+                            paths=np.array([c["path"] for c in frames.clips]),
+                            folds=np.array([c["fold"] for c in frames.clips]))
     model_path = None
     if final:
         t2 = time.perf_counter()
@@ -206,12 +211,27 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
         summary = _metrics_summary(metrics) if metrics else None
         save_model(base, model_path, training_config=cfg.to_dict(), data_fingerprint=dfp, metrics=summary,
                    extra={"heads": rec, "n_clips": len(frames.clips), "n_frames": n_frames_all,
-                          "splits": {"n_folds": splits.n_folds, "seed": splits.seed}})
+                          "splits": {"n_folds": splits.n_folds, "seed": splits.seed},
+                          "feature_density": feature_density(feats)})
     timings["total_s"] = time.perf_counter() - t0
     _atomic_json({"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
                   "n_clips": len(frames.clips), "n_frames": n_frames_all, "failures": frames.failures},
                  out_dir / "run.json")
     return RunResult(out_dir, metrics, model_path, frames, oof, timings)
+
+
+def feature_density(feats) -> dict:
+    """Where the training frames lie in the trunk's pooled feature space (a Gaussian, Ledoit-Wolf
+    shrinkage): a new frame far from it (Mahalanobis distance) is not like anything trained on."""
+    from sklearn.covariance import LedoitWolf
+
+    pooled = np.stack([np.asarray(feats[0, i], np.float32).mean((1, 2)) for i in range(feats.shape[1])])
+    lw = LedoitWolf().fit(pooled)
+    d2 = lw.mahalanobis(pooled)
+    q = {name: float(np.percentile(d2, p)) for name, p in (("q50", 50), ("q95", 95), ("q99", 99), ("q999", 99.9))}
+    return {"mean": torch.from_numpy(lw.location_.astype(np.float32)),
+            "precision": torch.from_numpy(lw.precision_.astype(np.float32)),
+            "d2_train": q, "n": int(len(pooled))}
 
 
 def _clip_rows(frames: FrameSet, probs: np.ndarray, cfg: TrainConfig) -> list[dict]:

@@ -1,0 +1,168 @@
+"""Training, cross-validation and evaluation end to end on a small phantom dataset."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import pocovid.training.cv as cv_mod
+from pocovid.data import index_dataset, load_splits, patient_folds
+from pocovid.errors import PocovidError
+from pocovid.evaluation import evaluate_folder
+from pocovid.models import load_model
+from pocovid.phantom.dataset import write_demo_dataset
+from pocovid.training import TrainConfig, train_run
+
+SMALL = dict(size=96, n_heads=2, epochs=4, patience=2, n_aug=1, rate_hz=None, max_frames=3, batch_size=16)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train") / "ds"
+    write_demo_dataset(root, n_patients_per_class=4, clips_per_patient=2, seed=5)
+    splits = patient_folds(index_dataset(root), n_folds=3, seed=0)
+    path = splits.save(root.parent / "splits.json")
+    return root, load_splits(path)
+
+
+@pytest.fixture(scope="module")
+def run(dataset, tmp_path_factory):
+    root, splits = dataset
+    out = tmp_path_factory.mktemp("run")
+    return train_run(splits, out, TrainConfig(**SMALL), final=True, root=root, progress=False)
+
+
+def test_cross_validation_writes_honest_outputs(run, dataset):
+    root, splits = dataset
+    m = json.loads((run.out_dir / "cv" / "metrics.json").read_text())
+    for level in ("video", "frame"):
+        for key in ("n", "accuracy", "balanced_accuracy", "mcc", "per_class", "confusion_matrix", "labels"):
+            assert key in m[level]
+        assert set(m[level]["per_class"]) == {"covid", "pneumonia", "regular"}
+    assert m["video"]["n"] == len(splits.items())
+    assert m["folds"]["video"]["n_folds"] == 3
+    rows = (run.out_dir / "cv" / "predictions.csv").read_text().splitlines()
+    assert rows[0].startswith("path,label,predicted,p_covid,p_pneumonia,p_regular")
+    assert len(rows) == 1 + len(splits.items())
+    # B-lines are easy: out-of-fold, the phantom's COVID clips are recognised
+    assert m["video"]["per_class"]["covid"]["sensitivity"] >= 0.75
+    assert m["video"]["balanced_accuracy"] > 0.5
+
+
+def test_final_model_loads_and_records_its_training(run):
+    model = load_model(run.model_path)
+    assert model.classes == ["covid", "pneumonia", "regular"] and model.n_heads == 2
+    meta = model.meta
+    assert meta["training_config"]["max_frames"] == 3 and meta["data_fingerprint"]
+    assert meta["metrics"]["video"]["balanced_accuracy"] is not None
+
+
+def test_inner_validation_never_sees_the_test_fold(dataset, tmp_path, monkeypatch):
+    root, splits = dataset
+    seen = []
+    real = cv_mod.fit_head
+
+    def spy(head, feats, y, tr, va, **kw):
+        seen.append((tr, va))
+        return real(head, feats, y, tr, va, **kw)
+
+    monkeypatch.setattr(cv_mod, "fit_head", spy)
+    res = train_run(splits, tmp_path, TrainConfig(**SMALL | {"n_heads": 1, "epochs": 1}), root=root, progress=False)
+    fold_of_frame = res.frames.fold
+    patient_of_frame = res.frames.patient
+    assert len(seen) == splits.n_folds
+    for k, (tr, va) in enumerate(seen):
+        assert len(va) > 0
+        assert not np.any(fold_of_frame[np.concatenate([tr, va])] == k)
+        assert not set(patient_of_frame[tr]) & set(patient_of_frame[va])  # inner split is by patient too
+
+
+def test_run_resumes_without_retraining_finished_folds(dataset, tmp_path, monkeypatch):
+    root, splits = dataset
+    cfg = TrainConfig(**SMALL | {"n_heads": 1, "epochs": 1})
+    first = train_run(splits, tmp_path, cfg, root=root, progress=False)
+
+    def boom(*a, **k):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr(cv_mod, "fit_head", boom)
+    again = train_run(splits, tmp_path, cfg, root=root, progress=False)
+    assert again.metrics["video"]["accuracy"] == first.metrics["video"]["accuracy"]
+
+
+def test_killed_final_training_leaves_no_model(dataset, tmp_path, monkeypatch):
+    root, splits = dataset
+
+    def killed(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cv_mod, "fit_head", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(splits, tmp_path, TrainConfig(**SMALL), final=True, cv=False, root=root, progress=False)
+    assert not (tmp_path / "model.pt").exists()
+    assert not list(tmp_path.glob("*.tmp*"))
+
+
+def test_evaluate_scores_a_folder_and_lists_what_it_skipped(run, dataset, tmp_path):
+    root, _ = dataset
+    viral = root / "pocus_videos" / "convex" / "Vir_extra_clip1.mp4"
+    from pocovid.phantom import write_phantom
+
+    write_phantom(viral, label="covid", width=112, height=112, n_frames=6, seed=9)
+    (root / "pocus_videos" / "convex" / "Cov_broken.mp4").write_text("not a video")
+    try:
+        m = evaluate_folder(run.model_path, root, tmp_path / "eval", progress=False)
+    finally:
+        viral.unlink()
+        (root / "pocus_videos" / "convex" / "Cov_broken.mp4").unlink()
+    assert m["video"]["n"] == 24
+    assert any("Vir_extra_clip1" in s and "viral" in s for s in m["skipped"])
+    assert any("Cov_broken" in s for s in m["skipped"])
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["skipped"] == m["skipped"]
+    for png in ("confusion_video.png", "roc_video.png", "reliability_video.png"):
+        assert (tmp_path / "eval" / png).stat().st_size > 1000
+
+
+def test_split_without_a_class_cannot_train(dataset, tmp_path):
+    root, splits = dataset
+    with pytest.raises(PocovidError, match="viral"):
+        train_run(splits, tmp_path, TrainConfig(**SMALL | {"classes": ("covid", "viral")}), root=root, progress=False)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "pocovid.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("case", ["missing_split", "bad_json", "unknown_class", "no_model", "empty_folder"])
+def test_cli_errors_are_one_line(case, dataset, run, tmp_path):
+    root, _ = dataset
+    if case == "missing_split":
+        r = _cli("train", root, "--splits", tmp_path / "nope.json", "--out", tmp_path / "r")
+    elif case == "bad_json":
+        (tmp_path / "s.json").write_text("{not json")
+        r = _cli("train", root, "--splits", tmp_path / "s.json", "--out", tmp_path / "r")
+    elif case == "unknown_class":
+        r = _cli("train", root, "--splits", root.parent / "splits.json", "--out", tmp_path / "r", "--classes", "flu")
+    elif case == "no_model":
+        r = _cli("evaluate", root, "--model", tmp_path / "none.pt", "--out", tmp_path / "e")
+    else:
+        (tmp_path / "empty").mkdir()
+        r = _cli("evaluate", tmp_path / "empty", "--model", run.model_path, "--out", tmp_path / "e")
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    errs = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errs) == 1, r.stderr
+
+
+def test_empty_fold_is_refused(dataset, tmp_path):
+    root, splits = dataset
+    d = splits.to_dict()
+    d["folds"][1]["items"] = []
+    (tmp_path / "s.json").write_text(json.dumps(d))
+    with pytest.raises(PocovidError):
+        sp = load_splits(tmp_path / "s.json")
+        train_run(sp, tmp_path / "r", TrainConfig(**SMALL), root=root, progress=False)
