@@ -65,7 +65,8 @@ def test_inner_validation_never_sees_the_test_fold(dataset, tmp_path, monkeypatc
     real = cv_mod.fit_head
 
     def spy(head, feats, y, tr, va, **kw):
-        seen.append((tr, va))
+        if len(va):  # the early-stopping fit (the refit after it trains on tr + va)
+            seen.append((tr, va))
         return real(head, feats, y, tr, va, **kw)
 
     monkeypatch.setattr(cv_mod, "fit_head", spy)

@@ -35,6 +35,7 @@ class TrainConfig:
     batch_size: int = 32
     label_smoothing: float = 0.1
     val_fraction: float = 0.2  # share of training patients held out for early stopping
+    refit: bool = True  # then retrain on all training patients for the epochs early stopping chose
     n_aug: int = 5  # cached augmented copies per frame (plus the clean one)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     aggregation: str = "mean"  # frame probabilities -> clip

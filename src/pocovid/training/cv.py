@@ -11,6 +11,7 @@ Every step writes its result to `out_dir`, so a killed run resumes where it stop
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -121,13 +122,21 @@ def _train_ensemble(model, feats, frames: FrameSet, clip_idx: np.ndarray, cfg: T
             _bar.update(1)
             _bar.set_postfix({k: round(v, 3) for k, v in rec.items() if k != "epoch"})
 
-        r = fit_head(head, feats, y, tr, va, epochs=cfg.epochs, patience=cfg.patience, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                     label_smoothing=cfg.label_smoothing, seed=s, on_epoch=tick)
+        init = copy.deepcopy(head.state_dict())
+        kw = dict(patience=cfg.patience, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
+                  label_smoothing=cfg.label_smoothing, seed=s)
+        r = fit_head(head, feats, y, tr, va, epochs=cfg.epochs, on_epoch=tick, **kw)
         bar.update(cfg.epochs - len(r.history))
-        records.append({"head": m, "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss,
-                        "n_train_frames": int(len(tr)), "n_val_frames": int(len(va)),
-                        "epochs_run": len(r.history)})
+        rec = {"head": m, "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss,
+               "n_train_frames": int(len(tr)), "n_val_frames": int(len(va)), "epochs_run": len(r.history)}
+        if cfg.refit and len(va):
+            # The held-out patients chose the epoch count; now learn from them too (a fifth of
+            # the patients of a small class is too much to leave out of the model).
+            head.load_state_dict(init)
+            everything = np.concatenate([tr, va])
+            fit_head(head, feats, y, everything, np.array([], int), epochs=r.best_epoch, **kw)
+            rec["refit_frames"] = int(len(everything))
+        records.append(rec)
     bar.close()
     return records
 

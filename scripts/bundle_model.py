@@ -1,0 +1,69 @@
+"""Turn a finished training run into the model shipped inside the package.
+
+    python scripts/bundle_model.py runs/NAME [--out src/pocovid/assets/default_model.pt]
+
+Takes RUN/model.pt (trained with `pocovid train ... --final`), adds the review threshold chosen
+from the run's out-of-fold predictions (RUN/cv/oof_members.npz) and the command that made it,
+and writes it atomically together with a small JSON card (same name, .json) that the docs and the
+web service show.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--out", type=Path, default=Path("src/pocovid/assets/default_model.pt"))
+    ap.add_argument("--command", default="", help="The training command, recorded in the model file.")
+    args = ap.parse_args(argv)
+
+    from pocovid.analysis.uncertainty import uncertainty_threshold_from_oof
+    from pocovid.models import load_model, save_model
+
+    model = load_model(args.run / "model.pt")
+    meta = model.meta
+    unc = uncertainty_threshold_from_oof(args.run / "cv" / "oof_members.npz")
+    cv_metrics = json.loads((args.run / "cv" / "metrics.json").read_text())
+    run_info = json.loads((args.run / "run.json").read_text())
+    extra = dict(meta.get("extra") or {})
+    extra["uncertainty"] = unc
+    extra["training_command"] = args.command
+    extra["timings"] = run_info.get("timings")
+    save_model(model, args.out, training_config=meta["training_config"], data_fingerprint=meta["data_fingerprint"],
+               metrics=meta["metrics"], extra=extra)
+    v = cv_metrics["video"]
+    card = {
+        "model": args.out.name,
+        "backbone": meta["backbone"],
+        "classes": meta["classes"],
+        "n_heads": meta.get("n_heads"),
+        "created": meta.get("created"),
+        "training_command": args.command,
+        "training_config": meta["training_config"],
+        "data": {"n_clips": extra.get("n_clips"), "n_frames": extra.get("n_frames"),
+                 "fingerprint": meta["data_fingerprint"]},
+        "cross_validation": {
+            "video": {k: v[k] for k in ("n", "accuracy", "balanced_accuracy", "mcc")},
+            "video_per_class": {c: {k: x.get(k) for k in ("sensitivity", "specificity", "precision", "f1", "auc")}
+                                for c, x in v["per_class"].items()},
+            "frame": {k: cv_metrics["frame"][k] for k in ("n", "accuracy", "balanced_accuracy", "mcc")},
+            "video_folds_balanced_accuracy": cv_metrics.get("folds", {}).get("video", {}).get("balanced_accuracy"),
+        },
+        "uncertainty": unc,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
+    size = args.out.stat().st_size / 1e6
+    print(f"written: {args.out} ({size:.1f} MB) and {args.out.with_suffix('.json')}")
+    print(f"review threshold: {unc['method']} >= {unc['threshold']:.4f} (flags {unc['flag_rate']:.0%} of CV clips; "
+          f"accuracy all {unc['accuracy_all']:.3f}, unflagged {unc['accuracy_unflagged']:.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""The service's state in one SQLite file: analyses (the job queue and the history) and contributions.
+
+One connection, shared by the request handlers and the worker threads behind a lock; WAL journal,
+so a crash leaves the last committed state. Nothing here holds patient data: no upload file
+names, no DICOM tag values (uploads are stored under random ids; see storage.py).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS analyses (
+    id          TEXT PRIMARY KEY,
+    created     REAL NOT NULL,
+    updated     REAL NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('queued', 'running', 'done', 'failed')),
+    progress    REAL NOT NULL DEFAULT 0,
+    stage       TEXT NOT NULL DEFAULT '',
+    error       TEXT,
+    kind        TEXT NOT NULL,          -- video | image | dicom (sniffed)
+    format      TEXT NOT NULL,          -- mp4, png, dicom, ... (sniffed)
+    size        INTEGER NOT NULL,       -- bytes as stored
+    upload      TEXT NOT NULL,          -- path relative to the data folder
+    deidentified INTEGER NOT NULL DEFAULT 0,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    started     REAL,
+    finished    REAL,
+    model       TEXT,
+    result      TEXT,                   -- JSON: the analysis result (done)
+    files       TEXT                    -- JSON: artifact names, relative to the analysis folder
+);
+CREATE INDEX IF NOT EXISTS analyses_created ON analyses (created);
+CREATE INDEX IF NOT EXISTS analyses_status ON analyses (status);
+CREATE TABLE IF NOT EXISTS contributions (
+    id          TEXT PRIMARY KEY,
+    created     REAL NOT NULL,
+    status      TEXT NOT NULL CHECK (status IN ('pending', 'accepted', 'rejected')),
+    decided     REAL,
+    kind        TEXT NOT NULL,          -- video | image (what the file holds)
+    format      TEXT NOT NULL,
+    ext         TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    file        TEXT NOT NULL,          -- path relative to the data folder
+    deidentified INTEGER NOT NULL DEFAULT 0,
+    burned_in   TEXT,                   -- DICOM BurnedInAnnotation (YES / NO) when given
+    diagnosis   TEXT NOT NULL,
+    probe       TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    license     TEXT NOT NULL,
+    case_ref    TEXT,
+    findings    TEXT NOT NULL,          -- JSON {finding: 0/1/null}
+    severity    INTEGER,
+    note        TEXT                    -- reviewer's note on accept / reject
+);
+CREATE INDEX IF NOT EXISTS contributions_created ON contributions (created);
+"""
+
+ANALYSIS_COLUMNS = ("id", "created", "updated", "status", "progress", "stage", "error", "kind", "format", "size",
+                    "upload", "deidentified", "attempts", "started", "finished", "model", "result", "files")
+CONTRIBUTION_COLUMNS = ("id", "created", "status", "decided", "kind", "format", "ext", "size", "file", "deidentified",
+                        "burned_in", "diagnosis", "probe", "source", "license", "case_ref", "findings", "severity",
+                        "note")
+
+
+class Database:
+    """Thread-safe access to the state file. Rows come back as plain dicts (JSON columns decoded)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._con: sqlite3.Connection | None = None
+        self.open()
+
+    def open(self) -> None:
+        """Connect (again, after `close`); creates the tables on first use."""
+        with self._lock:
+            if self._con is not None:
+                return
+            con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            con.executescript(_SCHEMA)
+            con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            self._con = con
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None:
+                self._con.close()
+                self._con = None
+
+    def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._con.execute(sql, args)
+
+    # ------------------------------------------------------------------------------ analyses
+
+    def add_analysis(self, id_: str, *, kind: str, format: str, size: int, upload: str, deidentified: bool) -> dict:
+        now = time.time()
+        self._exec("INSERT INTO analyses (id, created, updated, status, stage, kind, format, size, upload, "
+                   "deidentified) VALUES (?, ?, ?, 'queued', 'waiting for a worker', ?, ?, ?, ?, ?)",
+                   (id_, now, now, kind, format, int(size), upload, int(deidentified)))
+        return self.get_analysis(id_)
+
+    def get_analysis(self, id_: str) -> dict | None:
+        row = self._exec("SELECT * FROM analyses WHERE id = ?", (id_,)).fetchone()
+        return _analysis(row) if row else None
+
+    def list_analyses(self, offset: int = 0, limit: int = 20) -> tuple[int, list[dict]]:
+        with self._lock:
+            total = self._con.execute("SELECT COUNT(*) FROM analyses").fetchone()[0]
+            rows = self._con.execute("SELECT * FROM analyses ORDER BY created DESC, id LIMIT ? OFFSET ?",
+                                     (int(limit), int(offset))).fetchall()
+        return total, [_analysis(r) for r in rows]
+
+    def analyses_with_status(self, *statuses: str) -> list[dict]:
+        q = ",".join("?" * len(statuses))
+        rows = self._exec(f"SELECT * FROM analyses WHERE status IN ({q}) ORDER BY created, id", statuses).fetchall()
+        return [_analysis(r) for r in rows]
+
+    def count_by_status(self) -> dict[str, int]:
+        rows = self._exec("SELECT status, COUNT(*) FROM analyses GROUP BY status").fetchall()
+        out = {s: 0 for s in ("queued", "running", "done", "failed")}
+        out.update({r[0]: r[1] for r in rows})
+        return out
+
+    def update_analysis(self, id_: str, **fields) -> bool:
+        """Set columns of one analysis; JSON columns take Python objects. False when it is gone."""
+        if not fields:
+            return True
+        bad = set(fields) - set(ANALYSIS_COLUMNS)
+        if bad:
+            raise KeyError(f"unknown column(s) {sorted(bad)}")
+        fields = dict(fields)
+        for k in ("result", "files"):
+            if k in fields and fields[k] is not None:
+                fields[k] = json.dumps(plain_json(fields[k]), allow_nan=False)
+        fields["updated"] = time.time()
+        cols = ", ".join(f"{k} = ?" for k in fields)
+        cur = self._exec(f"UPDATE analyses SET {cols} WHERE id = ?", (*fields.values(), id_))
+        return cur.rowcount > 0
+
+    def claim_analysis(self, id_: str) -> dict | None:
+        """queued -> running (attempts + 1); None when it is not queued any more (deleted, taken)."""
+        now = time.time()
+        with self._lock:
+            cur = self._con.execute(
+                "UPDATE analyses SET status = 'running', attempts = attempts + 1, started = ?, updated = ?, "
+                "progress = 0, stage = 'starting', error = NULL WHERE id = ? AND status = 'queued'", (now, now, id_))
+            if cur.rowcount == 0:
+                return None
+            return self.get_analysis(id_)
+
+    def delete_analysis(self, id_: str) -> dict | None:
+        with self._lock:
+            row = self.get_analysis(id_)
+            if row:
+                self._con.execute("DELETE FROM analyses WHERE id = ?", (id_,))
+            return row
+
+    # ------------------------------------------------------------------------------ contributions
+
+    def add_contribution(self, row: dict) -> dict:
+        row = dict(row)
+        row.setdefault("created", time.time())
+        row.setdefault("status", "pending")
+        row["findings"] = json.dumps(row.get("findings") or {})
+        cols = [c for c in CONTRIBUTION_COLUMNS if c in row]
+        self._exec(f"INSERT INTO contributions ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                   [row[c] for c in cols])
+        return self.get_contribution(row["id"])
+
+    def get_contribution(self, id_: str) -> dict | None:
+        row = self._exec("SELECT * FROM contributions WHERE id = ?", (id_,)).fetchone()
+        return _contribution(row) if row else None
+
+    def list_contributions(self, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
+        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+        with self._lock:
+            total = self._con.execute(f"SELECT COUNT(*) FROM contributions {where}", args).fetchone()[0]
+            rows = self._con.execute(f"SELECT * FROM contributions {where} ORDER BY created, id LIMIT ? OFFSET ?",
+                                     (*args, int(limit), int(offset))).fetchall()
+        return total, [_contribution(r) for r in rows]
+
+    def decide_contribution(self, id_: str, status: str, note: str | None = None) -> dict | None:
+        if status not in ("accepted", "rejected", "pending"):
+            raise ValueError(status)
+        cur = self._exec("UPDATE contributions SET status = ?, decided = ?, note = ? WHERE id = ?",
+                         (status, time.time(), note, id_))
+        return self.get_contribution(id_) if cur.rowcount else None
+
+
+def plain_json(o):
+    """`o` as plain JSON data: numpy scalars / arrays -> Python, paths -> str, NaN / inf -> None."""
+    if o is None or isinstance(o, (bool, str)):
+        return o
+    if isinstance(o, int):
+        return int(o)
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {str(k): plain_json(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple, set)):
+        return [plain_json(v) for v in o]
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "tolist"):  # numpy arrays and scalars
+        return plain_json(o.tolist())
+    if hasattr(o, "item"):
+        return plain_json(o.item())
+    return str(o)
+
+
+def _analysis(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["result"] = json.loads(d["result"]) if d.get("result") else None
+    d["files"] = json.loads(d["files"]) if d.get("files") else []
+    d["deidentified"] = bool(d["deidentified"])
+    return d
+
+
+def _contribution(row: sqlite3.Row) -> dict:
+    d = dict(row)
+    d["findings"] = json.loads(d["findings"]) if d.get("findings") else {}
+    d["deidentified"] = bool(d["deidentified"])
+    return d

@@ -1,0 +1,321 @@
+"""Analyses run in a bounded pool of worker threads, off the request path.
+
+* The model is loaded from disk once (`ModelProvider`), on first use; each worker thread gets its
+  own copy of it (explanations hook into the model's layers, so two threads must not share one).
+* A job is claimed in SQLite (queued -> running, attempts + 1) before it runs, so a job is never
+  run twice at once, and its progress (fraction, stage) is written back as it goes (throttled).
+* On start (`JobRunner.start`) jobs found `running` were cut off by a crash or kill: they are
+  queued again until they have been started `max_attempts` times, then marked failed with the
+  reason; `queued` jobs are submitted again in upload order. Nothing is silently lost.
+* On a clean stop (`shutdown`) running jobs are interrupted at their next progress report and put
+  back in the queue (the attempt is not counted); queued ones stay queued for the next start.
+* A failure is recorded with a one-line reason: the reader's reason for a recording it cannot
+  decode (`PocovidError`), or the exception's type for anything unexpected. The log gets ids,
+  statuses, times and tracebacks only, never file names or DICOM values.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from pocovid.errors import PocovidError
+from pocovid.server.db import Database, plain_json
+from pocovid.server.storage import Storage
+
+log = logging.getLogger("pocovid.server")
+
+
+class JobInterrupted(BaseException):
+    """Raised from the progress callback to stop an analysis (shutdown, deletion). A
+    BaseException, so that an analysis which catches `Exception` still lets it through."""
+
+
+class ModelProvider:
+    """The model, loaded once from `spec` ('default' or a file) or given ready; a copy per thread."""
+
+    def __init__(self, spec: str = "default", model: Any = None, loader: Callable[[str], Any] | None = None):
+        self.spec = spec
+        self._model = model
+        self._loader = loader
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._error: str | None = None
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def error(self) -> str | None:
+        return self._error
+
+    def get(self):
+        """The shared model (loads it on first call); raises PocovidError when it cannot be loaded."""
+        if self._model is None:
+            with self._lock:
+                if self._model is None:
+                    try:
+                        if self._loader is not None:
+                            m = self._loader(self.spec)
+                        else:
+                            from pocovid.inference import load
+
+                            m = load(self.spec)
+                    except PocovidError as e:
+                        self._error = str(e)
+                        raise
+                    m.eval()
+                    meta = getattr(m, "meta", None)
+                    if isinstance(meta, dict):  # the name the analysis writes into its result
+                        meta.setdefault("source", self.name)
+                    self._model = m
+                    self._error = None
+                    log.info("model loaded: %s", getattr(m, "meta", {}).get("backbone", type(m).__name__))
+        return self._model
+
+    def for_this_thread(self):
+        """The model for the calling worker thread: its own copy of the loaded model, made once
+        per thread from the loaded one, which itself never runs (so no hook or state of one
+        analysis can reach another)."""
+        m = getattr(self._local, "model", None)
+        if m is None:
+            base = self.get()
+            with self._lock:
+                m = copy.deepcopy(base)
+            self._local.model = m
+        return m
+
+    @property
+    def name(self) -> str:
+        """'default' or the model file's name (never a full path)."""
+        return self.spec if str(self.spec) == "default" else Path(str(self.spec)).name
+
+    def info(self) -> dict:
+        """Name, classes, versions and cross-validation figures from the model file's metadata."""
+        m = self.get()
+        meta = dict(getattr(m, "meta", None) or {})
+        name = self.name
+        return {
+            "name": name,
+            "backbone": meta.get("backbone") or getattr(m, "backbone_name", None) or type(m).__name__,
+            "classes": list(getattr(m, "classes", [])),
+            "n_heads": int(getattr(m, "n_heads", 1) or 1),
+            "input_size": int(getattr(m, "input_size", 0) or 0) or None,
+            "version": meta.get("pocovid_version"),
+            "format_version": meta.get("format_version"),
+            "created": meta.get("created"),
+            "data_fingerprint": meta.get("data_fingerprint"),
+            "training_config": plain_json(meta.get("training_config") or {}),
+            "metrics": plain_json(meta.get("metrics")),
+        }
+
+
+def default_analysis_config(overlay_video: bool = True):
+    """`pocovid.analysis.AnalysisConfig(overlay_video=...)`; None while that module is missing."""
+    try:
+        from pocovid.analysis import AnalysisConfig
+    except ImportError:
+        return None
+    try:
+        return AnalysisConfig(overlay_video=overlay_video)
+    except TypeError:
+        return AnalysisConfig()
+
+
+def real_analyze(*args, **kwargs):
+    """`pocovid.analysis.analyze_recording`, imported when first needed."""
+    try:
+        from pocovid.analysis import analyze_recording
+    except ImportError as e:
+        raise PocovidError(f"the analysis module is not available in this installation ({e})") from None
+    return analyze_recording(*args, **kwargs)
+
+
+def artifact_names(result: Any, out_dir: Path) -> list[str]:
+    """Every string in `result` that names a file inside `out_dir` (relative, no '..'), sorted;
+    plus result.json. These, and only these, are served under /api/analyses/{id}/files/."""
+    out_dir = out_dir.resolve()
+    found: set[str] = set()
+
+    def walk(o):
+        if isinstance(o, dict):
+            for v in o.values():
+                walk(v)
+        elif isinstance(o, (list, tuple)):
+            for v in o:
+                walk(v)
+        elif isinstance(o, str) and 0 < len(o) < 300 and "\x00" not in o:
+            p = Path(o)
+            if p.is_absolute() or ".." in p.parts:
+                return
+            full = (out_dir / p).resolve()
+            try:
+                rel = full.relative_to(out_dir)
+            except ValueError:
+                return
+            if full.is_file():
+                found.add(rel.as_posix())
+
+    walk(result)
+    if (out_dir / "result.json").is_file():
+        found.add("result.json")
+    return sorted(found)
+
+
+class JobRunner:
+    """Runs queued analyses with `analyze(path, model, out_dir, config=..., progress=...)`."""
+
+    def __init__(self, db: Database, storage: Storage, models: ModelProvider, *, analyze: Callable = real_analyze,
+                 workers: int = 1, config_factory: Callable[[], Any] = default_analysis_config,
+                 max_attempts: int = 2):
+        self.db = db
+        self.storage = storage
+        self.models = models
+        self.analyze = analyze
+        self.workers = workers
+        self.config_factory = config_factory
+        self.max_attempts = max(1, int(max_attempts))
+        self._pool: ThreadPoolExecutor | None = None
+        self._stopping = threading.Event()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._running: set[str] = set()
+
+    # ---------------------------------------------------------------------------- lifecycle
+    def start(self) -> dict:
+        """Recover jobs cut off by a stop, then submit every queued job. Returns what it did."""
+        self._stopping.clear()
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="pocovid-worker")
+        requeued = failed = 0
+        for row in self.db.analyses_with_status("running"):
+            if row["attempts"] >= self.max_attempts:
+                self.db.update_analysis(row["id"], status="failed", finished=time.time(), stage="interrupted",
+                                        error=f"interrupted: the server stopped during this analysis "
+                                              f"{row['attempts']} time(s); not tried again (upload it again to retry)")
+                failed += 1
+                log.warning("analysis %s: cut off %d time(s) by a stop, marked failed", row["id"], row["attempts"])
+            else:
+                self.db.update_analysis(row["id"], status="queued", progress=0.0,
+                                        stage="queued again after a server restart")
+                requeued += 1
+                log.warning("analysis %s: cut off by a stop, queued again", row["id"])
+        queued = self.db.analyses_with_status("queued")
+        for row in queued:
+            self.submit(row["id"])
+        return {"requeued": requeued, "failed": failed, "submitted": len(queued)}
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop taking jobs; interrupt running ones at their next progress report (they go back
+        to the queue for the next start); with `wait`, wait for the threads to finish."""
+        self._stopping.set()
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def submit(self, id_: str) -> None:
+        if self._pool is None or self._stopping.is_set():
+            return  # stays queued in the database; the next start submits it
+        self._pool.submit(self._run, id_)
+
+    def cancel(self, id_: str) -> None:
+        """Ask a running job to stop (its row has been deleted)."""
+        with self._lock:
+            if id_ in self._running:
+                self._cancelled.add(id_)
+
+    @property
+    def n_running(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    # ---------------------------------------------------------------------------- one job
+    def _run(self, id_: str) -> None:
+        if self._stopping.is_set():
+            return
+        row = self.db.claim_analysis(id_)
+        if row is None:
+            return  # deleted or taken meanwhile
+        with self._lock:
+            self._running.add(id_)
+        t0 = time.time()
+        log.info("analysis %s: running (attempt %d, %s, %d bytes)", id_, row["attempts"], row["kind"], row["size"])
+        out_dir = self.storage.analysis_dir(id_)
+        try:
+            upload = self.storage.resolve(row["upload"])
+            if not upload.is_file():
+                raise PocovidError(f"{upload}: the stored recording is missing")
+            shutil.rmtree(out_dir, ignore_errors=True)  # a re-run starts clean
+            out_dir.mkdir(parents=True)
+            self.db.update_analysis(id_, stage="loading the model")
+            model = self.models.for_this_thread()
+            config = self.config_factory()
+            result = self.analyze(upload, model, out_dir, config=config, progress=self._progress_cb(id_))
+            if not isinstance(result, dict):
+                raise TypeError(f"the analysis returned {type(result).__name__}, not a dict")
+            result = plain_json(result)
+            if isinstance(result.get("file"), str):  # the stored name (a random id), not a server path
+                result["file"] = upload.name
+            result_json = out_dir / "result.json"
+            result_json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+            files = artifact_names(result, out_dir)
+            model_name = self.models.name
+            if self.db.update_analysis(id_, status="done", progress=1.0, stage="done", result=result, files=files,
+                                       finished=time.time(), error=None, model=model_name):
+                log.info("analysis %s: done in %.1f s (%d files)", id_, time.time() - t0, len(files))
+        except JobInterrupted:
+            if id_ in self._cancelled:
+                log.info("analysis %s: stopped (deleted)", id_)
+            else:
+                self.db.update_analysis(id_, status="queued", progress=0.0, attempts=max(0, row["attempts"] - 1),
+                                        stage="queued again (the server stopped)")
+                log.info("analysis %s: interrupted by shutdown, back in the queue", id_)
+        except PocovidError as e:
+            reason = self._reason(e, row)
+            self.db.update_analysis(id_, status="failed", stage="failed", error=reason, finished=time.time())
+            log.info("analysis %s: failed after %.1f s (%s)", id_, time.time() - t0, type(e).__name__)
+        except Exception as e:  # a bug must fail the job with a reason, not kill the worker
+            self.db.update_analysis(id_, status="failed", stage="failed", finished=time.time(),
+                                    error=f"internal error during the analysis ({type(e).__name__}); see the server log")
+            log.error("analysis %s: internal error %s\n%s", id_, type(e).__name__,
+                      "".join(traceback.format_tb(e.__traceback__)))
+        finally:
+            with self._lock:
+                self._running.discard(id_)
+                cancelled = id_ in self._cancelled
+                self._cancelled.discard(id_)
+            if cancelled or self.db.get_analysis(id_) is None:
+                shutil.rmtree(out_dir, ignore_errors=True)  # deleted while it ran
+
+    def _reason(self, e: PocovidError, row: dict) -> str:
+        reason = getattr(e, "reason", None) or str(e)
+        for p in sorted({str(self.storage.resolve(row["upload"])), row["upload"]}, key=len, reverse=True):
+            reason = reason.replace(p + ": ", "").replace(p, "the recording")
+        reason = reason.replace(str(self.storage.root), "the data folder")
+        reason = " ".join(reason.split())
+        return reason[:500] or type(e).__name__
+
+    def _progress_cb(self, id_: str):
+        state = {"t": 0.0, "stage": None, "p": -1.0}
+
+        def progress(fraction=None, stage=None, *args, **kwargs):
+            if self._stopping.is_set() or id_ in self._cancelled:
+                raise JobInterrupted()
+            now = time.time()
+            try:
+                f = min(max(float(fraction), 0.0), 1.0) if fraction is not None else state["p"]
+            except (TypeError, ValueError):
+                f = state["p"]
+            stage_s = str(stage)[:200] if stage is not None else state["stage"]
+            if stage_s != state["stage"] or now - state["t"] >= 0.25 or (f >= 1.0 > state["p"]):
+                state.update(t=now, stage=stage_s, p=f)
+                self.db.update_analysis(id_, progress=max(f, 0.0), stage=stage_s or "")
+
+        return progress

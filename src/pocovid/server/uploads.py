@@ -1,0 +1,241 @@
+"""Multipart uploads read as a stream, never whole into memory and never past the size limit.
+
+`receive_form(request, storage, max_file_bytes=...)` reads the request body chunk by chunk with
+python-multipart's streaming parser, writes the file part to a temporary file under random name,
+and stops at once with `UploadError(413)` when the file passes the limit (a too-large
+Content-Length is refused before anything is read). The type comes from the first bytes
+(`sniff_media`), never from the client's file name or Content-Type: `UploadError(415)` as soon
+as they show something pocovid cannot read. Other refusals: 400 (not multipart, no file, empty
+file, truncated body, two files), 422 (a text field too long or not UTF-8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pocovid.server.storage import SNIFF_BYTES, SUPPORTED, MediaType, Storage, sniff_media
+
+log = logging.getLogger("pocovid.server")
+
+#: Room for the multipart framing on top of the file limit (plus the text fields' own limits).
+BODY_OVERHEAD = 64 * 1024
+
+
+class UploadError(Exception):
+    """A refused upload: HTTP status and a one-line reason for the client."""
+
+    def __init__(self, status: int, detail: str):
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+@dataclass
+class ReceivedFile:
+    path: Path  # temporary file in storage.tmp; move or delete it
+    size: int
+    media: MediaType
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+
+@dataclass
+class ReceivedForm:
+    fields: dict[str, str] = field(default_factory=dict)
+    file: ReceivedFile | None = None
+
+    def discard(self) -> None:
+        if self.file is not None:
+            self.file.discard()
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+class _Collector:
+    """python-multipart callbacks: one file part (streamed to disk), small text fields in memory."""
+
+    def __init__(self, storage: Storage, max_file_bytes: int, file_field: str, text_fields: frozenset[str],
+                 max_field_bytes: int):
+        self.storage = storage
+        self.max_file_bytes = max_file_bytes
+        self.file_field = file_field
+        self.text_fields = text_fields
+        self.max_field_bytes = max_field_bytes
+        self.form = ReceivedForm()
+        self.ended = False
+        self._hname = bytearray()
+        self._hvalue = bytearray()
+        self._headers: dict[str, bytes] = {}
+        self._part: str | None = None  # "file" | "text" | "skip"
+        self._name = ""
+        self._buf = bytearray()
+        self._fh = None
+        self._tmp: Path | None = None
+        self._size = 0
+        self._head = bytearray()
+        self._media: MediaType | None = None
+        self.n_parts = 0
+
+    # callbacks ------------------------------------------------------------------------------
+    def on_part_begin(self):
+        self._headers = {}
+        self._part = None
+        self.n_parts += 1
+        if self.n_parts > 64:
+            raise UploadError(400, "too many form parts")
+
+    def on_header_field(self, data, start, end):
+        self._hname += data[start:end]
+
+    def on_header_value(self, data, start, end):
+        self._hvalue += data[start:end]
+
+    def on_header_end(self):
+        self._headers[bytes(self._hname).decode("latin-1").strip().lower()] = bytes(self._hvalue)
+        self._hname.clear()
+        self._hvalue.clear()
+
+    def on_headers_finished(self):
+        from python_multipart.multipart import parse_options_header
+
+        _, params = parse_options_header(self._headers.get("content-disposition", b""))
+        name = params.get(b"name", b"").decode("utf-8", "replace")
+        self._name = name
+        if name == self.file_field:
+            if self.form.file is not None or self._fh is not None:
+                raise UploadError(400, f"only one file per upload (field '{self.file_field}')")
+            self._part = "file"
+            self._tmp = self.storage.tmp_path()
+            self._fh = open(self._tmp, "wb")
+            self._size = 0
+            self._head.clear()
+            self._media = None
+        elif name in self.text_fields:
+            self._part = "text"
+            self._buf.clear()
+        else:
+            self._part = "skip"  # unknown fields are read past (they count towards the body limit)
+
+    def on_part_data(self, data, start, end):
+        chunk = data[start:end]
+        if self._part == "file":
+            self._size += len(chunk)
+            if self._size > self.max_file_bytes:
+                raise UploadError(413, f"file too large: the limit is {_mb(self.max_file_bytes)}")
+            if self._media is None:
+                self._head += chunk[: SNIFF_BYTES - len(self._head)]
+                if len(self._head) >= SNIFF_BYTES:
+                    self._sniff()
+            self._fh.write(chunk)
+        elif self._part == "text":
+            self._buf += chunk
+            if len(self._buf) > self.max_field_bytes:
+                raise UploadError(422, f"form field '{self._name}' is too long (at most {self.max_field_bytes} bytes)")
+
+    def on_part_end(self):
+        if self._part == "file":
+            self._fh.close()
+            self._fh = None
+            if self._size == 0:
+                raise UploadError(400, "the file is empty (0 bytes)")
+            if self._media is None:
+                self._sniff()
+            self.form.file = ReceivedFile(self._tmp, self._size, self._media)
+            self._tmp = None
+        elif self._part == "text":
+            try:
+                self.form.fields[self._name] = bytes(self._buf).decode("utf-8")
+            except UnicodeDecodeError:
+                raise UploadError(422, f"form field '{self._name}' is not UTF-8 text") from None
+        self._part = None
+
+    def on_end(self):
+        self.ended = True
+
+    # ----------------------------------------------------------------------------------------
+    def _sniff(self):
+        m = sniff_media(bytes(self._head))
+        if m is None:
+            raise UploadError(415, f"unsupported file type: not a {SUPPORTED} file (the type is read "
+                                   "from the content, not the name)")
+        self._media = m
+
+    def cleanup(self):
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            self._tmp = None
+        self.form.discard()
+
+    def callbacks(self) -> dict:
+        return {k: getattr(self, k) for k in ("on_part_begin", "on_part_data", "on_part_end", "on_header_field",
+                                              "on_header_value", "on_header_end", "on_headers_finished", "on_end")}
+
+
+async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_field: str = "file",
+                       text_fields=(), max_field_bytes: int = 4096, require_file: bool = True) -> ReceivedForm:
+    """Read a multipart/form-data request body as it arrives (see the module docstring).
+
+    Returns the text fields named in `text_fields` and the file part (a temporary file the
+    caller moves or discards). Raises `UploadError`; nothing is left on disk then.
+    """
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    boundary = params.get(b"boundary")
+    if ctype != b"multipart/form-data" or not boundary:
+        raise UploadError(400, f"expected a multipart/form-data body with the recording in the field '{file_field}'")
+    text_fields = tuple(text_fields)
+    max_body = max_file_bytes + BODY_OVERHEAD + len(text_fields) * (max_field_bytes + 256)
+    cl = request.headers.get("content-length")
+    if cl is not None:
+        try:
+            n = int(cl)
+        except ValueError:
+            raise UploadError(400, "bad Content-Length header") from None
+        if n > max_body:
+            log.info("upload refused before reading: Content-Length %d > limit %d", n, max_body)
+            raise UploadError(413, f"file too large: the limit is {_mb(max_file_bytes)}")
+    col = _Collector(storage, max_file_bytes, file_field, frozenset(text_fields), max_field_bytes)
+    parser = MultipartParser(boundary, col.callbacks())
+    received = 0
+    try:
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            received += len(chunk)
+            if received > max_body:
+                raise UploadError(413, f"file too large: the limit is {_mb(max_file_bytes)}")
+            parser.write(chunk)
+        parser.finalize()
+        if not col.ended:
+            raise UploadError(400, "the upload is incomplete (the multipart body ends early)")
+        if require_file and col.form.file is None:
+            raise UploadError(400, f"no file in the upload (form field '{file_field}')")
+    except UploadError as e:
+        col.cleanup()
+        log.info("upload refused (%d) after reading %d bytes", e.status, received)
+        raise
+    except Exception as e:
+        col.cleanup()
+        if type(e).__name__ == "ClientDisconnect":
+            log.info("upload abandoned by the client after %d bytes", received)
+            raise UploadError(400, "the client closed the connection during the upload") from None
+        if type(e).__name__ in ("MultipartParseError", "FormParserError") or "multipart" in type(e).__module__:
+            raise UploadError(400, "malformed multipart/form-data body") from None
+        raise
+    except BaseException:
+        col.cleanup()
+        raise
+    return col.form

@@ -1,0 +1,270 @@
+"""The web page in a real browser: Playwright (Python) driving the system's headless chromium
+against `pocovid serve` on a loopback port, with the real analysis and a small phantom-trained model.
+
+Needs /usr/bin/chromium (Debian: `apt-get install -y chromium`; $POCOVID_CHROMIUM names another
+binary) and the `playwright` package; Playwright's own browser download is never used. Without
+them the tests skip, saying why. Screenshots go to $POCOVID_SCREENSHOTS when set."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the web service needs the 'serve' extra (pip install -e '.[test]')")
+httpx = pytest.importorskip("httpx", reason="needs httpx (pip install -e '.[test]')")
+sync_api = pytest.importorskip("playwright.sync_api", reason="needs playwright (pip install -e '.[test]')")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+CHROMIUM = os.environ.get("POCOVID_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--disable-dev-shm-usage"]
+CLASS_NAMES = ("COVID-19", "Bacterial pneumonia", "Healthy (regular)")
+
+if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
+    pytest.skip(f"no chromium at {CHROMIUM} (install it: apt-get install -y chromium; or set POCOVID_CHROMIUM)",
+                allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    pytest.importorskip("pocovid.analysis", reason="pocovid.analysis (issue 4) is not in this checkout")
+    from pocovid.analysis.quick_model import quick_phantom_model
+    from pocovid.models import save_model
+
+    m = quick_phantom_model(size=96, n_heads=2, steps=40)
+    p = tmp_path_factory.mktemp("model") / "phantom.pt"
+    save_model(m, p, training_config=m.training_config, data_fingerprint="phantom",
+               metrics={"video": {"balanced_accuracy": 0.9, "n": 9}}, extra=m.meta["extra"])
+    return p
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    data = tmp_path_factory.mktemp("srv")
+    port = _free_port()
+    cmd = [sys.executable, "-m", "pocovid.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+           "--data-dir", str(data), "--model", str(model_file), "--threads", "1", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
+        try:
+            if httpx.get(base + "/api/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.time() - t0 > 90:
+            proc.kill()
+            pytest.fail("server did not start in 90 s")
+        time.sleep(0.2)
+    yield base
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as p:
+        try:
+            b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        except Exception as e:  # a chromium that cannot start here (missing libraries, ...)
+            pytest.skip(f"chromium at {CHROMIUM} does not start: {str(e).splitlines()[0][:200]}")
+        yield b
+        b.close()
+
+
+def _shot(page, tmp_path, name):
+    path = tmp_path / name
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("POCOVID_SCREENSHOTS"):
+        d = Path(os.environ["POCOVID_SCREENSHOTS"])
+        d.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, d / name)
+    return path
+
+
+def _canvas_ink(page, selector):
+    """Share of the canvas' pixels that are not white / transparent (it was drawn on)."""
+    return page.eval_on_selector(selector, """c => {
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let n = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 3] > 0 && (d[i] < 230 || d[i + 1] < 230 || d[i + 2] < 230)) n++;
+        return n / (c.width * c.height);
+    }""")
+
+
+def test_upload_result_timeline_key_moments_overlay(server, browser, tmp_path):
+    from pocovid.phantom import write_phantom
+
+    clip = tmp_path / "scan.mp4"
+    write_phantom(clip, label="covid", n_frames=30, width=256, height=224, fps=10.0, seed=1, overlays=True,
+                  probe="convex")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = ctx.new_page()
+    errors, external = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith((server, "blob:", "data:")) else None)
+    page.goto(server + "/")
+    assert "not a diagnosis" in page.locator(".notice").inner_text()
+    # keyboard: the file picker is reachable with Tab, and has a label
+    assert page.locator("label[for=file-input]").inner_text().strip()
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement && document.activeElement.id") == "file-input":
+            break
+    else:
+        pytest.fail("the file input cannot be reached with the keyboard")
+    assert page.locator("#status").get_attribute("aria-live") == "polite"
+
+    page.set_input_files("#file-input", str(clip))
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    diag = page.locator("#diagnosis").inner_text().strip()
+    assert diag in CLASS_NAMES, diag
+    assert diag == "COVID-19"  # the phantom's B-lines, seen by a model trained on phantom clips
+    assert "Probability" in page.locator("#diagnosis-p").inner_text()
+    assert page.locator("#probs li").count() == 3
+    assert page.locator("#flags li").count() >= 1
+    assert "not a diagnosis" in page.locator(".diagnosis-card").inner_text()
+    # the timeline is drawn from result.frames
+    page.wait_for_function("() => document.getElementById('timeline').width > 0")
+    assert page.locator("#timeline").is_visible()
+    assert _canvas_ink(page, "#timeline") > 0.01
+    assert page.locator("#legend li").count() == 3
+    # key moments: images that loaded
+    kf = page.locator("#keyframes img")
+    assert kf.count() >= 1
+    page.wait_for_function("() => [...document.querySelectorAll('#keyframes img')].every(i => i.complete && i.naturalWidth > 0)")
+    # the video with the overlay, and the toggle to the original (the file picked here)
+    video = page.locator("#video")
+    assert video.is_visible() and "overlay.mp4" in video.get_attribute("src")
+    assert page.locator("#show-overlay").get_attribute("aria-pressed") == "true"
+    page.click("#show-original")
+    assert page.locator("#show-original").get_attribute("aria-pressed") == "true"
+    assert video.get_attribute("src").startswith("blob:")
+    page.click("#show-overlay")
+    assert "overlay.mp4" in video.get_attribute("src")
+    page.wait_for_function("() => document.getElementById('video').readyState >= 1 || !!document.getElementById('video').error",
+                           timeout=20_000)
+    playable = page.evaluate("() => !document.getElementById('video').error")
+    # clicking the timeline jumps there (the status says where, the video follows when playable)
+    box = page.locator("#timeline").bounding_box()
+    page.locator("#timeline").click(position={"x": box["width"] * 0.6, "y": box["height"] / 2})
+    assert page.locator("#timeline-readout").inner_text().startswith("At ")
+    page.focus("#timeline")
+    before = page.locator("#timeline-readout").inner_text()
+    page.keyboard.press("ArrowLeft")
+    assert page.locator("#timeline-readout").inner_text() != before
+    if playable:
+        page.wait_for_function("() => document.getElementById('video').currentTime > 1.0", timeout=10_000)
+    # links to the report; history lists the analysis as done
+    report = page.locator("#links a", has_text="report")
+    assert report.count() == 1 and "/files/report.html" in report.get_attribute("href")
+    page.wait_for_selector("#history-body .pill.done")
+    assert "COVID-19" in page.locator("#history-body").inner_text()
+    assert page.locator("#model-info").inner_text().startswith("Model: phantom.pt")
+    # every button has a name; nothing was fetched from outside; no script errors
+    names = page.eval_on_selector_all("button", "bs => bs.filter(b => b.offsetParent).map(b => (b.getAttribute('aria-label') || b.innerText).trim())")
+    assert all(names), names
+    assert external == [], external
+    assert errors == [], errors
+    page.evaluate("window.scrollTo(0, 0)")
+    _shot(page, tmp_path, "result_desktop.png")
+
+    # a tablet: no sideways scrolling, the result still readable
+    page.set_viewport_size({"width": 820, "height": 1180})
+    page.wait_for_timeout(200)
+    wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && e.offsetParent)
+        .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className + ' ' + Math.round(e.getBoundingClientRect().right))""")
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), wide
+    assert page.locator("#diagnosis").is_visible()
+    _shot(page, tmp_path, "result_tablet.png")
+    ctx.close()
+
+
+def test_contribution_form(server, browser, tmp_path):
+    from pocovid.phantom import write_phantom
+
+    img = tmp_path / "lung.png"
+    write_phantom(img, label="regular", width=256, height=224, seed=2)
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(server + "/#contribute")
+    page.wait_for_function("() => document.querySelectorAll('#c-license option').length > 3")
+    page.set_input_files("#c-file", str(img))
+    page.select_option("#c-diagnosis", "regular")
+    page.select_option("#c-probe", "linear")
+    page.fill("#c-source", "Phantom General")
+    page.select_option("#c-license", "CC BY-NC 4.0")
+    page.select_option("#c-f-a_lines", "yes")
+    page.select_option("#c-severity", "0")
+    page.click("#c-submit")  # without the consent box: refused in the page
+    assert "consent" in page.locator("#c-status").inner_text().lower()
+    assert page.evaluate("document.activeElement.id") == "c-consent"
+    page.check("#c-consent")
+    page.click("#c-submit")
+    page.wait_for_function("() => document.getElementById('c-status').textContent.includes('Thank you')", timeout=30_000)
+    _shot(page, tmp_path, "contribute.png")
+    page.close()
+    q = httpx.get(server + "/api/contributions").json()  # loopback, no token configured
+    assert q["total"] == 1 and q["items"][0]["diagnosis"] == "regular" and q["items"][0]["findings"]["a_lines"] == 1
+
+
+def test_api_docs_render_offline(server, browser):
+    page = browser.new_page()
+    external, errors = [], []
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith((server, "data:", "blob:")) else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)  # Swagger UI drew the endpoints
+    paths = page.locator(".opblock-summary-path").all_inner_texts()
+    assert any("/api/analyses" in p for p in paths), paths
+    assert external == [] and errors == [], (external, errors)
+    page.close()
+
+
+def test_drag_and_drop_upload(server, browser, tmp_path):
+    import base64
+
+    from pocovid.phantom import write_phantom
+
+    img = tmp_path / "drop.png"
+    write_phantom(img, label="pneumonia", width=256, height=224, seed=1, overlays=True)
+    page = browser.new_page(viewport={"width": 1000, "height": 800})
+    page.goto(server + "/")
+    b64 = base64.b64encode(img.read_bytes()).decode()
+    dt = page.evaluate_handle("""b64 => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], 'drop.png', { type: 'image/png' }));
+        return dt;
+    }""", b64)
+    page.dispatch_event("#dropzone", "dragover", {"dataTransfer": dt})
+    assert "over" in page.get_attribute("#dropzone", "class")
+    page.dispatch_event("#dropzone", "drop", {"dataTransfer": dt})
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    assert page.locator("#diagnosis").inner_text().strip() in (*CLASS_NAMES, "No diagnosis")
+    assert page.locator("#still").is_visible()  # an image: the key frame with its heatmap
+    page.close()
