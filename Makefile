@@ -1,11 +1,11 @@
 # Two commands for a new user on a fresh machine:
-#   make demo   set up, then run the main job on generated demo data
+#   make demo   set up, then analyse a generated demo clip with the bundled model
 #   make test   set up, then run the test suite (what CI runs)
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean chromium
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -21,12 +21,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/pocovid phantom dataset demo/dataset
-	$(BIN)/pocovid data index demo/dataset --out demo/index.csv
-	$(BIN)/pocovid data split demo/dataset --folds 3 --out demo/splits.json
-	$(BIN)/pocovid data check-split demo/splits.json
+	$(BIN)/pocovid phantom clip demo/demo_clip.mp4 --label covid --frames 60 --fps 20 --size 640x480
+	$(BIN)/pocovid analyze demo/demo_clip.mp4 --model default --out demo/analysis
+	@echo "open demo/analysis/demo_clip/report.html"
 
-test: setup
+# Browser tests drive Debian's chromium through Playwright (never a Playwright browser download);
+# installed when missing and apt-get is available, else tests/test_browser.py skips with the reason.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } || \
+	  echo "chromium could not be installed: tests/test_browser.py will skip"
+
+test: setup chromium
 	$(BIN)/python -m pytest -q
 
 bench: setup
