@@ -382,6 +382,87 @@ def contributions_list_cmd(
     typer.echo(f"{total} contribution(s)")
 
 
+@app.command("analyze")
+def analyze_cmd(
+    files: list[str] = typer.Argument(..., help="Recordings: video, image or DICOM (cropped to the scan region)."),
+    model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
+    out: str = typer.Option("analysis", "--out", "-o",
+                            help="Output folder: one sub-folder per file (DIR/<file stem>) and DIR/summary.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout (a JSON list for several "
+                                                       "files) and nothing else."),
+    rate: float = typer.Option(None, "--rate", help="Frames per second analysed (default: every frame)."),
+    overlay_video: bool = typer.Option(False, "--overlay-video", help="Also write overlay.mp4: the clip with heatmaps."),
+    key_frames: int = typer.Option(3, "--key-frames", help="Key moments to show (K)."),
+    explainer: str = typer.Option("cam", "--explainer", help="cam (class activation map) or gradcam (MONAI Grad-CAM)."),
+    gradcam_layer: str = typer.Option(None, "--gradcam-layer",
+                                      help="Grad-CAM target module, e.g. trunk.4 (default: each head's last map)."),
+    crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop to the detected scan region."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
+):
+    """Analyse recordings: clip diagnosis with probabilities and uncertainty, key moments with
+    heatmaps, timeline, report.html (decision support for trained clinicians, not a diagnosis)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads on shared CPUs
+    import json
+    from pathlib import Path
+
+    from pocovid.analysis import AnalysisConfig, analyze_files
+    from pocovid.analysis.analyze import resolve_model
+
+    cfg = AnalysisConfig(rate_hz=rate or None, key_frames=key_frames, explainer=explainer,
+                         overlay_video=overlay_video, crop=crop, gradcam_layer=gradcam_layer)
+    try:
+        cfg.check()
+        m, _ = resolve_model(model)
+    except PocovidError as e:
+        hint = " (pass --model FILE: a model written by `pocovid train --final`)" if model == "default" else ""
+        fail(f"{e}{hint}")
+    if not quiet:
+        typer.echo(f"pocovid {__version__}: decision support for trained clinicians, not a diagnosis", err=True)
+    results, failures = analyze_files(files, m, out, cfg, progress=None if quiet else _file_progress)
+    if json_out:
+        clean = [{k: v for k, v in r.items() if k != "out_dir"} for r in results]
+        if len(files) > 1:
+            typer.echo(json.dumps(clean, indent=2))
+        elif clean:
+            typer.echo(json.dumps(clean[0], indent=2))
+    else:
+        for r in results:
+            typer.echo(_analysis_line(r))
+        if results:
+            typer.echo("Decision support for trained clinicians, not a diagnosis: read the report "
+                       "(probabilities, uncertainty, key moments).")
+        typer.echo(f"summary: {Path(out) / 'summary.csv'}")
+    for f in failures:
+        typer.echo(f"error: {f}", err=True)
+    if failures:
+        typer.echo(f"{len(failures)} of {len(files)} file(s) failed", err=True)
+        raise typer.Exit(1)
+
+
+def _file_progress(i: int, n: int, path: str) -> None:
+    if path:
+        typer.echo(f"[{i + 1}/{n}] {path}", err=True)
+
+
+def _analysis_line(r: dict) -> str:
+    from pathlib import Path
+
+    p = r["prediction"]
+    u = r["uncertainty"]
+    report = r.get("report")
+    where = f" -> {Path(r['out_dir']) / report}" if report and r.get("out_dir") else ""
+    if r["out_of_distribution"]:  # no label, no probabilities: they are not a diagnosis here
+        return (f"{r['file']}: NOT LUNG ULTRASOUND of the kind the model knows? no diagnosis ("
+                + "; ".join(r["ood"]["reasons"]) + ")" + where)
+    probs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p["probabilities"].items(), key=lambda kv: -kv[1]))
+    flags = ""
+    if r["review_recommended"]:
+        flags = " REVIEW RECOMMENDED (" + "; ".join(r["review_reasons"]) + ")"
+    return (f"{r['file']}: most likely {p['label']} [{probs}] uncertainty {u['score']:.3f} ({u['method']}, "
+            f"review threshold {u['threshold']:.3f}){flags}{where}")
+
 def main() -> None:
     try:
         app()

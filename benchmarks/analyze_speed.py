@@ -1,0 +1,204 @@
+"""Speed and memory of `pocovid analyze`, and where the CAM heat lies on real recordings.
+
+    python benchmarks/analyze_speed.py [--model default|FILE] [--clip FILE] [--real ../shared/data/pocus]
+
+Target (issue 4): a 10 s, 30 fps clip at scanner resolution (800x600 phantom with scanner
+overlays, H.264 mp4): every frame classified, heatmaps for the key moments, report written, in
+<= 10 s wall on 2 cores with the default model; with --overlay-video <= 20 s; peak memory <= 1.5 GB.
+
+Prints:
+  model alone      frames/s of the model (trunk + every head + CAMs in one pass) on the clip's crops
+  end to end       wall time and peak memory (max RSS) of the `pocovid analyze` command in a fresh
+                   process (start-up, model load, everything), without and with --overlay-video;
+                   frames/s end to end; the time per stage from result.json (decode, region,
+                   crop/resize, model, CAM, key frames, timeline, report, video)
+  --real ROOT      share of the predicted class's CAM heat mass inside the scan-region mask over the
+                   real recordings (frames at 3 Hz, at most --real-frames per recording)
+Without the bundled model file (and no --model), a quick phantom-trained model at 224 px with
+5 heads stands in: same architecture and cost as the default model, not its accuracy.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see speed_models.py)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_clip(path: Path) -> Path:
+    from pocovid.phantom import write_phantom
+
+    if not path.exists():
+        write_phantom(path, label="covid", width=800, height=600, n_frames=300, fps=30, overlays=True,
+                      feature_frames=(60, 240), seed=1)
+    return path
+
+
+def model_file(spec: str | None, tmp: Path) -> tuple[str, str]:
+    """(model file, description)."""
+    from pocovid.inference import DEFAULT_MODEL_FILE
+
+    if spec and spec != "default":
+        return spec, spec
+    if DEFAULT_MODEL_FILE.is_file():
+        return "default", "default (bundled)"
+    from pocovid.analysis.quick_model import quick_phantom_model
+    from pocovid.models import save_model
+
+    p = tmp / "quick224.pt"
+    if not p.exists():
+        m = quick_phantom_model(size=224, n_heads=5, steps=40, seeds=(0, 1), n_frames=4)
+        save_model(m, p, training_config=m.training_config, data_fingerprint="phantom", extra=m.meta["extra"])
+    return str(p), "stand-in: phantom-trained efficientnet_lite0, 224 px, 5 heads (bundled model missing)"
+
+
+def model_alone(model_spec: str, clip: Path) -> float:
+    from pocovid.analysis.analyze import _input_size, grey_to_input, to_grey
+    from pocovid.analysis.explain import fast_trunk, forward_with_cams
+    from pocovid.inference import load
+    from pocovid.region import load_clip
+
+    model = load(model_spec)
+    size = _input_size(model)
+    c = load_clip(clip, size=size)
+    grey = np.stack([to_grey(f) for f in c.frames])
+    out = {}
+    t = time.perf_counter()
+    trunk = fast_trunk(model, size)
+    out["compile_s"] = time.perf_counter() - t
+    for name, tr, chunk in (("eager, 32 frames a call", None, 32), ("compiled, 32 a call", trunk, 32),
+                            ("eager, 4 a call", None, 4), ("compiled, 4 a call (analyze)", trunk, 4)):
+        forward_with_cams(model, model.normalize(grey_to_input(grey[:32])), tr, chunk)  # warm-up
+        t = time.perf_counter()
+        for i in range(0, len(grey), 32):
+            forward_with_cams(model, model.normalize(grey_to_input(grey[i:i + 32])), tr, chunk)
+        out[name] = len(grey) / (time.perf_counter() - t)
+    return out
+
+
+_WRAP = """
+import atexit, sys, runpy
+out = sys.argv[1]
+def _hwm():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(out, "w").write(line.split()[1])
+atexit.register(_hwm)
+sys.argv = ["pocovid"] + sys.argv[2:]
+runpy.run_module("pocovid.cli", run_name="__main__")
+"""
+
+
+def run_cli(args: list[str], tmp: Path) -> tuple[float, float, int, str]:
+    """(wall s, peak memory GB, exit code, stderr) of `pocovid analyze ...` in a fresh process. The
+    peak is the process's own VmHWM (/proc): the max RSS that wait4 reports would also count the
+    memory of this benchmark process it was forked from."""
+    hwm = tmp / "vmhwm.txt"
+    hwm.unlink(missing_ok=True)
+    t = time.perf_counter()
+    p = subprocess.run([sys.executable, "-c", _WRAP, str(hwm), "analyze", *args], capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    peak = int(hwm.read_text()) / 2**20 if hwm.exists() else float("nan")
+    return wall, peak, p.returncode, p.stderr
+
+
+def cam_inside_real(root: Path, model_spec: str, frames_per_recording: int = 5) -> dict:
+    """Share of the predicted class's positive CAM heat mass (mapped to the crop box) that lies
+    inside the scan-region mask, per recording of the real data."""
+    from pocovid.analysis.analyze import _input_size, grey_to_input, to_grey
+    from pocovid.analysis.explain import forward_with_cams, mass_inside
+    from pocovid.data import index_dataset
+    from pocovid.errors import PocovidError
+    from pocovid.inference import load
+    from pocovid.region import load_clip
+
+    model = load(model_spec)
+    size = _input_size(model)
+    idx = index_dataset(root)
+    shares, full = [], 0
+    for it in idx.items:
+        try:
+            c = load_clip(idx.abspath(it), rate_hz=3.0, max_frames=frames_per_recording, size=size)
+        except PocovidError:
+            continue
+        if c.region.is_full:
+            full += 1
+            continue
+        grey = np.stack([to_grey(f) for f in c.frames])
+        logits, _, cams = forward_with_cams(model, model.normalize(grey_to_input(grey)))
+        pred = int(torch.softmax(logits, -1).mean((0, 1)).argmax())
+        v = [mass_inside(cm, c.region) for cm in cams[:, pred].numpy()]
+        v = [x for x in v if np.isfinite(x)]
+        if v:
+            shares.append(float(np.mean(v)))
+    s = np.array(shares)
+    return {"n_recordings": len(s), "full_frame_regions_skipped": full, "mean": float(s.mean()),
+            "median": float(np.median(s)), "p10": float(np.percentile(s, 10)), "min": float(s.min())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None, help="model file (default: the bundled model, else a stand-in)")
+    ap.add_argument("--clip", default=None, help="clip to analyse (default: a generated 800x600 10 s 30 fps phantom)")
+    ap.add_argument("--real", default=None, help="real data root: report the CAM heat inside the scan region")
+    ap.add_argument("--real-frames", type=int, default=5)
+    ap.add_argument("--skip-video", action="store_true")
+    a = ap.parse_args(argv)
+    tmp = Path(tempfile.gettempdir()) / "pocovid-analyze-bench"
+    tmp.mkdir(exist_ok=True)
+    clip = Path(a.clip) if a.clip else make_clip(tmp / "phantom_800x600_10s_30fps.mp4")
+    spec, desc = model_file(a.model, tmp)
+    from pocovid.media import probe
+
+    info = probe(clip)
+    print(f"clip: {clip} ({info.width}x{info.height}, {info.n_frames} frames, {info.fps:g} fps)")
+    print(f"model: {desc}; torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs")
+    fps = model_alone(spec, clip)
+    print(f"model alone (trunk + every head + CAMs), frames/s; compiled = TorchScript trunk, BN folded, channels-last "
+          f"(compiled in {fps.pop('compile_s'):.2f} s):")
+    print("  " + ", ".join(f"{k} {v:.1f}" for k, v in fps.items()))
+    runs = [("analyze", [])] + ([] if a.skip_video else [("analyze --overlay-video", ["--overlay-video"])])
+    for name, extra in runs:
+        out = tmp / ("out_video" if extra else "out")
+        wall, rss, rc, err = run_cli([str(clip), "--model", spec, "--out", str(out), "--json", *extra], tmp)
+        if rc != 0:
+            print(f"{name}: FAILED (exit {rc}): {err.strip()[-500:]}")
+            continue
+        r = json.loads((out / clip.stem / "result.json").read_text())
+        n = r["sampling"]["n_frames_analyzed"]
+        t = r["timings"]
+        inside = t["total_s"]
+        print(f"{name}: {wall:.2f} s wall (process: start-up, model load, analysis), {n / wall:.1f} frames/s end to end; "
+              f"analysis itself {inside:.2f} s; peak memory {rss:.2f} GB; target "
+              f"{'<= 20 s' if extra else '<= 10 s'}, <= 1.5 GB: {'OK' if wall <= (20 if extra else 10) and rss <= 1.5 else 'MISSED'}")
+        startup = wall - inside
+        parts = {"start-up + model load": startup} | {k[:-2]: v for k, v in t.items() if k != "total_s"}
+        print("  where the time goes: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
+        print("  (decode, crop_resize and ood run in a second thread, overlapping model; the trunk compiles "
+              "while the region is searched: model_compile_wait is what is left of it)")
+        print(f"  prediction {r['prediction']['label']} {r['prediction']['probabilities']}, key frames at "
+              f"{[k['time_s'] for k in r['key_frames']]} s, heat inside region "
+              f"{[k['heat_inside_region'] for k in r['key_frames']]}")
+    if a.real:
+        s = cam_inside_real(Path(a.real), spec, a.real_frames)
+        print(f"CAM heat mass inside the scan-region mask, {s['n_recordings']} real recordings "
+              f"({s['full_frame_regions_skipped']} with a full-frame region skipped): mean {s['mean']:.1%}, "
+              f"median {s['median']:.1%}, 10th percentile {s['p10']:.1%}, min {s['min']:.1%}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Analysing recordings: one diagnosis per clip with its probabilities, uncertainty, an
+out-of-distribution guard, key moments with heatmaps, a timeline, an HTML report.
+
+    from pocovid.analysis import AnalysisConfig, analyze_recording, analyze_files
+    result = analyze_recording("scan.mp4", "default", "out/scan")          # the result.json dict
+    results, failures = analyze_files(["a.mp4", "b.dcm"], model, "out")    # + out/summary.csv
+
+Modules: `explain` (CAM, Grad-CAM, heatmaps on the original frame), `uncertainty` (ensemble
+disagreement, thresholds from out-of-fold predictions), `ood` (is this lung ultrasound?),
+`key_moments` (peaks apart in time, frames that disagree), `report` (timeline, key-frame PNGs,
+report.html, overlay video), `analyze` (the pipeline), `batch` (many files, summary.csv); for tests and benchmarks, `ood_samples`
+(generated non-lung inputs) and `quick_model` (a model fitted in seconds on phantom frames).
+Schema: docs/analyze.md.
+"""
+
+from pocovid.analysis.analyze import SCHEMA_VERSION, AnalysisConfig, analyze_recording
+from pocovid.analysis.batch import analyze_files
+from pocovid.analysis.uncertainty import DEFAULT_UNCERTAINTY, clip_uncertainty, uncertainty_threshold_from_oof
+
+__all__ = ["DEFAULT_UNCERTAINTY", "SCHEMA_VERSION", "AnalysisConfig", "analyze_files", "analyze_recording",
+           "clip_uncertainty", "uncertainty_threshold_from_oof"]

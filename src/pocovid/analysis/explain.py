@@ -1,0 +1,235 @@
+"""Why the model says what it says: class activation maps on the original frame.
+
+- CAM (default): the heads end in global average pooling and one linear layer, so the map of
+  class c is sum_k w[c, k] * A_k over the last feature map A (`FrameClassifier.class_activation_map`),
+  averaged over the ensemble's heads. `forward_with_cams` computes it for every class in the same
+  pass that classifies the frames (no second model run).
+- Grad-CAM (`explainer="gradcam"`): MONAI's `monai.visualize.GradCAM` on the whole model (its
+  `forward` returns the mean logits) at `model.gradcam_target_layer(m)` of every head m; works for
+  any layer and for models without the pooled linear head. MONAI leaves its hooks on the model;
+  they are removed again here (a service keeps one model for many requests).
+
+Maps live at the feature resolution over the cropped, resized model input. `heat_in_frame` maps
+one back into the scan-region box of the ORIGINAL frame and zeroes it outside the region's mask.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import warnings
+import weakref
+
+import cv2
+import numpy as np
+import torch
+
+from pocovid.region import ScanRegion
+
+
+_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_TRACE_LOCK = threading.Lock()  # one tracing at a time (a service may analyse in several threads)
+
+
+def fast_trunk(model, size: int):
+    """The model's frozen trunk compiled for inference at `size` x `size` input: traced and frozen
+    with TorchScript (batch norm folded into the convolutions) and fed channels-last tensors, about
+    3x the frames/s of the eager trunk on a small CPU. Checked against the eager trunk once; None
+    (use the eager trunk) when tracing fails, does not match, or POCOVID_EAGER=1. Cached per model."""
+    if os.environ.get("POCOVID_EAGER") == "1":
+        return None
+    params = list(model.trunk.parameters())
+    if not params:
+        return None
+    key = (int(size), str(params[0].device), sum(p._version for p in params), params[0].data_ptr())
+    with _TRACE_LOCK:
+        hit = _TRACED.get(model)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        traced = _trace(model, size, params)
+        _TRACED[model] = (key, traced)
+    return traced
+
+
+def _trace(model, size: int, params):
+    traced = None
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            was = model.trunk.training
+            model.trunk.eval()
+            example = torch.zeros(1, 3, size, size, device=params[0].device)
+            t = torch.jit.freeze(torch.jit.trace(model.trunk, example))
+            model.trunk.train(was)
+            g = torch.Generator().manual_seed(0)
+            probe = torch.randn(2, 3, size, size, generator=g).to(params[0].device)
+            ref = model.trunk(probe)
+            got = t(probe.contiguous(memory_format=torch.channels_last))
+            if got.shape == ref.shape and torch.allclose(got, ref, atol=1e-3 * float(ref.abs().max()) + 1e-5):
+                traced = t
+    except Exception:  # tracing is an optimisation: the eager trunk always works
+        traced = None
+    return traced
+
+
+#: Frames per model call. On a small CPU a few frames at a time run ~2.5x faster than 32: the
+#: activations stay in the caches (benchmarks/analyze_speed.py measures it).
+CHUNK = 4
+
+
+@torch.no_grad()
+def forward_with_cams(model, x: torch.Tensor, trunk=None, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One pass: members' logits (B, M, C), globally pooled trunk features (B, K) (for the
+    out-of-distribution density) and the CAM of every class (B, C, h, w), mean over heads.
+    `trunk`: a compiled trunk from `fast_trunk` (default: the model's eager trunk). The batch is
+    run `chunk` frames at a time.
+
+    The CAMs equal `model.class_activation_map(x, c)` for each class c."""
+    if chunk and len(x) > chunk:
+        parts = [forward_with_cams(model, x[i:i + chunk], trunk, 0) for i in range(0, len(x), chunk)]
+        return tuple(torch.cat(p) for p in zip(*parts))
+    if trunk is not None:
+        h = trunk(x.contiguous(memory_format=torch.channels_last))
+    else:
+        h = model.forward_trunk(x)
+    pooled = h.float().mean((2, 3))
+    logits, cams = [], None
+    for head in model.heads:
+        f = head.features(h)
+        logits.append(head.classify(f))
+        c = torch.einsum("bkhw,ck->bchw", f, head.fc.weight)
+        cams = c if cams is None else cams + c
+    return torch.stack(logits, 1), pooled, cams / len(model.heads)
+
+
+@contextlib.contextmanager
+def _scoped_hooks(model: torch.nn.Module):
+    """Remove every hook added to `model`'s modules inside the block (MONAI never removes its own)."""
+    names = ("_forward_hooks", "_backward_hooks", "_forward_pre_hooks", "_backward_pre_hooks",
+             "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
+    before = {id(m): {n: set(getattr(m, n, {}) or {}) for n in names} for m in model.modules()}
+    full = {id(m): getattr(m, "_is_full_backward_hook", None) for m in model.modules()}
+    try:
+        yield
+    finally:
+        for m in model.modules():
+            for n in names:
+                d = getattr(m, n, None)
+                if d is None:
+                    continue
+                for key in [k for k in d if k not in before.get(id(m), {}).get(n, set())]:
+                    del d[key]
+            if hasattr(m, "_is_full_backward_hook"):
+                m._is_full_backward_hook = full.get(id(m))
+
+
+def gradcam_maps(model, x: torch.Tensor, class_index: int, layer: str | None = None) -> np.ndarray:
+    """Grad-CAM (B, h, w) of class `class_index` for normalised input `x`, summed over the heads'
+    target layers (= the mean of the heads' own Grad-CAMs, as the model's output is their mean),
+    or at the module named `layer`; one forward and backward pass through MONAI's hooks."""
+    from monai.visualize import GradCAM
+
+    if layer is not None:
+        if layer not in dict(model.named_modules()):
+            from pocovid.errors import PocovidError
+
+            raise PocovidError(f"no module {layer!r} in the model (e.g. {model.gradcam_target_layer(0)})")
+        layers = [layer]
+    else:
+        layers = [model.gradcam_target_layer(m) for m in range(model.n_heads)]
+    layers = list(dict.fromkeys(layers))  # a frozen-trunk target is shared by every head
+    was_training = model.training
+    with _scoped_hooks(model), torch.enable_grad():
+        cam = GradCAM(nn_module=model, target_layers=layers)
+        x = x.detach().clone().requires_grad_(True)  # lets gradients reach a layer in the frozen trunk
+        _, acti, grad = cam.nn_module(x, class_idx=int(class_index))
+        maps = []
+        for a, g in zip(acti, grad):
+            w = g.mean((2, 3), keepdim=True)
+            maps.append(torch.relu((w * a).sum(1)))  # as monai's GradCAM.compute_map
+        out = torch.stack(maps, 0).sum(0).detach()
+    model.train(was_training)
+    return out.cpu().numpy().astype(np.float32)
+
+
+def heat_scale(cams: np.ndarray, q: float = 95.0) -> float:
+    """A clip-wide scale for heatmaps: the `q`th percentile of the frames' peak positive values, so
+    frames without evidence stay cool instead of every frame being stretched to its own max."""
+    peaks = np.maximum(np.asarray(cams, np.float32).reshape(len(cams), -1).max(1), 0) if len(cams) else np.zeros(0)
+    s = float(np.percentile(peaks, q)) if len(peaks) else 0.0
+    return s if s > 1e-8 else 1.0
+
+
+def heat_in_box(cam: np.ndarray, region: ScanRegion, scale: float = 1.0) -> np.ndarray:
+    """(h, w) map -> (box_h, box_w) float32 in [0, 1] over the region's box, zero outside its mask."""
+    x0, y0, x1, y1 = region.box
+    m = cv2.resize(np.maximum(np.asarray(cam, np.float32), 0) / scale, (x1 - x0, y1 - y0),
+                   interpolation=cv2.INTER_LINEAR)
+    np.clip(m, 0, 1, out=m)
+    if not region.is_full:
+        m *= region.crop_mask
+    return m
+
+
+def heat_in_frame(cam: np.ndarray, region: ScanRegion, scale: float = 1.0) -> np.ndarray:
+    """(h, w) map -> (H, W) float32 in [0, 1] on the original frame: the crop box gets the map
+    resized to it, everything outside the scan-region mask is zero."""
+    H, W = region.frame_size
+    out = np.zeros((H, W), np.float32)
+    x0, y0, x1, y1 = region.box
+    out[y0:y1, x0:x1] = heat_in_box(cam, region, scale)
+    return out
+
+
+def mass_inside(cam: np.ndarray, region: ScanRegion) -> float:
+    """Share of a map's positive heat mass, mapped to the crop box, that lies inside the region's
+    mask (1.0 for a full-frame region)."""
+    x0, y0, x1, y1 = region.box
+    m = cv2.resize(np.maximum(np.asarray(cam, np.float32), 0), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    total = float(m.sum())
+    if total <= 0:
+        return float("nan")
+    return float(m[region.crop_mask].sum() / total)
+
+
+_LUT = None
+
+
+def _colormap() -> np.ndarray:
+    global _LUT
+    if _LUT is None:
+        _LUT = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1].copy()
+    return _LUT  # (256, 3) RGB
+
+
+def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, floor: float = 0.15) -> np.ndarray:
+    """RGB `image` with `heat` ((H, W) in [0, 1]) overlaid in colour; pixels below `floor` stay as
+    they were, the colour's opacity grows with the heat up to `alpha`. Returns a new array."""
+    heat = np.asarray(heat, np.float32)
+    h8 = cv2.convertScaleAbs(heat, alpha=255.0)  # saturating: [0, 1] -> 0..255
+    colour = cv2.applyColorMap(h8, _colormap()[:, None, :])  # the RGB look-up table: RGB out
+    a = cv2.min(cv2.max((heat - floor) * (alpha / max(1 - floor, 1e-6)), 0.0), float(alpha))
+    return cv2.blendLinear(np.ascontiguousarray(image), colour, 1.0 - a, a)
+
+
+def overlay_frame(image: np.ndarray, cam: np.ndarray | None, region: ScanRegion, scale: float,
+                  alpha: float = 0.5, outline: bool = True) -> np.ndarray:
+    """The original RGB frame with the map over its scan region (and the region's outline)."""
+    out = image.copy()
+    if cam is not None:
+        x0, y0, x1, y1 = region.box
+        out[y0:y1, x0:x1] = blend(out[y0:y1, x0:x1], heat_in_box(cam, region, scale), alpha)
+    if outline and not region.is_full:
+        draw_region_outline(out, region)
+    return out
+
+
+def draw_region_outline(image: np.ndarray, region: ScanRegion, colour=(255, 255, 0)) -> None:
+    th = max(1, round(max(image.shape[:2]) / 500))
+    if region.polygon is not None:
+        pts = np.round(np.asarray(region.polygon) - 0.5).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(image, [pts], True, colour, th, cv2.LINE_AA)
+    else:
+        cs, _ = cv2.findContours(region.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(image, cs, -1, colour, th, cv2.LINE_AA)

@@ -1,0 +1,375 @@
+"""`pocovid analyze`: phantom clips through the whole path, the result schema, key moments,
+heatmaps inside the scan region, the out-of-distribution guard, batches with bad files, the
+self-contained report and the CLI. The model is a small one fitted in seconds on phantom frames
+(`quick_phantom_model`), never the bundled model file."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+
+from pocovid.analysis import AnalysisConfig, analyze_files, analyze_recording, uncertainty_threshold_from_oof
+from pocovid.analysis.explain import fast_trunk, forward_with_cams, heat_in_frame
+from pocovid.analysis.key_moments import disagreement, select_key_moments
+from pocovid.analysis.uncertainty import DEFAULT_UNCERTAINTY, clip_uncertainty, threshold_of
+from pocovid.errors import PocovidError
+from pocovid.media import open_media
+from pocovid.phantom import write_phantom
+from pocovid.region import ScanRegion
+
+torch.set_num_threads(1)  # the CI machine has 2 cores, shared
+
+CLASSES = ["covid", "pneumonia", "regular"]
+W, H, FPS, T = 240, 200, 15.0, 60  # 4 s clips
+
+
+@pytest.fixture(scope="module")
+def model():
+    from pocovid.analysis.quick_model import quick_phantom_model
+
+    return quick_phantom_model(size=96, n_heads=2)
+
+
+@pytest.fixture(scope="module")
+def model_file(model, tmp_path_factory):
+    from pocovid.models import save_model
+
+    p = tmp_path_factory.mktemp("model") / "quick.pt"
+    save_model(model, p, training_config=model.training_config, data_fingerprint="phantom", extra=model.meta["extra"])
+    return p
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    """Phantom recordings whose finding is visible only in some frames, and what they show."""
+    d = tmp_path_factory.mktemp("clips")
+    spec = {"covid": ("covid", (12, 48)), "pneumonia": ("pneumonia", (10, 50)), "regular": ("regular", None),
+            # a healthy lung with one consolidated segment: most frames say "regular"
+            "mixed": ("pneumonia", (22, 36))}
+    out = {}
+    for name, (label, ff) in spec.items():
+        path = d / f"{name}.mp4"
+        p = write_phantom(path, label=label, n_frames=T, fps=FPS, width=W, height=H, overlays=True,
+                          feature_frames=ff, seed=11)
+        out[name] = (path, p)
+    return out
+
+
+@pytest.fixture(scope="module")
+def analysed(model, clips, tmp_path_factory):
+    base = tmp_path_factory.mktemp("analysed")
+    return {name: (analyze_recording(path, model, base / name), base / name, p) for name, (path, p) in clips.items()}
+
+
+# ----------------------------------------------------------------------------------- the result
+def _check_schema(r: dict):
+    assert isinstance(r["file"], str) and isinstance(r["model"], str)
+    assert r["prediction"]["label"] in CLASSES
+    probs = r["prediction"]["probabilities"]
+    assert set(probs) == set(CLASSES) and abs(sum(probs.values()) - 1) < 1e-3
+    assert isinstance(r["uncertainty"]["score"], float) and isinstance(r["uncertainty"]["method"], str)
+    assert isinstance(r["review_recommended"], bool) and isinstance(r["out_of_distribution"], bool)
+    assert r["frames"] and all(set(f["probabilities"]) == set(CLASSES) and isinstance(f["time_s"], float)
+                               for f in r["frames"])
+    for k in r["key_frames"]:
+        assert isinstance(k["time_s"], float) and k["image"].endswith(".png") and set(k["probabilities"]) == set(CLASSES)
+    assert r["report"] == "report.html" and r["timeline"] == "timeline.png"
+    assert ScanRegion.from_dict(r["region"]).frame_size == (H, W)
+    assert "not a diagnosis" in r["notice"]
+    json.dumps(r, allow_nan=False)  # plain JSON
+
+
+@pytest.mark.parametrize("name", ["covid", "pneumonia", "regular"])
+def test_phantom_clips_through_the_whole_path(analysed, name):
+    r, out, p = analysed[name]
+    _check_schema(r)
+    assert r["prediction"]["label"] == name
+    assert r["sampling"]["n_frames_analyzed"] == T  # every frame
+    assert not r["out_of_distribution"], r["ood"]
+    saved = json.loads((out / "result.json").read_text())
+    assert saved == r
+    for k in r["key_frames"]:
+        assert (out / k["image"]).stat().st_size > 1000
+    assert (out / "timeline.png").stat().st_size > 1000 and (out / "report.html").is_file()
+    assert r["region"]["shape"] == "convex" and r["region"]["method"] != "fallback"
+
+
+@pytest.mark.parametrize("name", ["covid", "pneumonia"])
+def test_key_moments_are_apart_and_on_the_finding(analysed, name):
+    r, _, p = analysed[name]
+    keys = r["key_frames"]
+    assert len(keys) == 3
+    times = sorted(k["time_s"] for k in keys)
+    assert min(np.diff(times)) >= r["key_frame_min_gap_s"] - 1e-6 >= 0.5 - 1e-6
+    for k in keys:  # the phantom draws its B-lines / consolidation only in these frames
+        assert p.finding_frames[k["index"]], (k, np.flatnonzero(p.finding_frames))
+    assert [k["rank"] for k in keys] == [1, 2, 3]
+    ev = [k["evidence"] for k in keys]
+    assert ev == sorted(ev, reverse=True) or max(ev) - min(ev) < 1e-3
+
+
+def test_cam_heat_lies_inside_the_scan_region(analysed, model, clips):
+    r, _, _ = analysed["covid"]
+    region = ScanRegion.from_dict(r["region"])
+    for k in r["key_frames"]:
+        assert k["heat_inside_region"] > 0.6, k
+    # on the original frame: zero outside the mask, by construction
+    cam = np.random.default_rng(0).random((6, 6)).astype(np.float32)
+    heat = heat_in_frame(cam, region, scale=1.0)
+    assert heat.shape == region.frame_size and heat[~region.mask].max() == 0 and heat[region.mask].max() > 0
+
+
+def test_frames_that_disagree_show_in_the_result_and_timeline(analysed):
+    r, _, p = analysed["mixed"]
+    assert r["prediction"]["label"] == "regular"
+    assert r["prediction"]["frames_disagree"] and r["review_recommended"]
+    seg = [s for s in r["prediction"]["disagreement"] if s["sizeable"]]
+    assert seg and all(s["label"] == "pneumonia" for s in seg)
+    finding_t = np.flatnonzero(p.finding_frames) / FPS
+    assert seg[0]["start_s"] <= finding_t[-1] and seg[0]["end_s"] >= finding_t[0]
+    assert any("frames disagree" in x for x in r["review_reasons"])
+    # a clean clip does not
+    assert not analysed["regular"][0]["prediction"]["frames_disagree"]
+
+
+def test_cams_of_the_one_pass_equal_the_models_cam(model):
+    from pocovid.analysis.quick_model import phantom_frames
+    from pocovid.analysis.analyze import grey_to_input
+
+    grey, _ = phantom_frames(96, seeds=(4,), n_frames=2)
+    x = model.normalize(grey_to_input(grey))
+    for trunk in (None, fast_trunk(model, 96)):
+        logits, pooled, cams = forward_with_cams(model, x, trunk)
+        assert logits.shape == (len(grey), 2, 3) and pooled.shape[0] == len(grey)
+        for c in range(3):
+            ref = model.class_activation_map(x, c)
+            assert torch.allclose(cams[:, c], ref, atol=1e-3 * float(ref.abs().max()) + 1e-5)
+
+
+def test_training_and_analysis_prepare_frames_alike():
+    from pocovid.analysis.analyze import grey_to_input, to_grey
+    from pocovid.training import frames as tf
+
+    img = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    assert np.array_equal(to_grey(img), tf.to_grey(img))
+    g = np.stack([to_grey(img)] * 2)
+    assert np.array_equal(grey_to_input(g), tf.grey_to_input(g))
+
+
+def test_gradcam_explainer_and_overlay_video(model, clips, tmp_path):
+    path, p = clips["covid"]
+    before = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    r = analyze_recording(path, model, tmp_path, AnalysisConfig(explainer="gradcam", overlay_video=True, rate_hz=5))
+    after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
+    assert before == after == 0  # MONAI's hooks do not stay on the model
+    assert not model.training
+    assert r["explainer"] == "gradcam" and len(r["key_frames"]) >= 2
+    assert r["sampling"]["n_frames_analyzed"] == 20  # 4 s at 5 Hz
+    assert r["overlay_video"] == "overlay.mp4"
+    with open_media(tmp_path / "overlay.mp4") as v:
+        assert v.info.n_frames == T  # the whole clip, not only the analysed frames
+        assert v.info.width >= W and v.info.height > H  # frame + probability strip
+
+
+def test_gradcam_at_any_layer(model, clips, tmp_path):
+    r = analyze_recording(clips["pneumonia"][0], model, tmp_path,
+                          AnalysisConfig(explainer="gradcam", gradcam_layer="trunk.4", rate_hz=5, report=False))
+    assert "trunk.4" in r["explainer_description"] and r["key_frames"]
+    assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == 0
+    with pytest.raises(PocovidError, match="no module"):
+        analyze_recording(clips["pneumonia"][0], model, tmp_path / "x",
+                          AnalysisConfig(explainer="gradcam", gradcam_layer="nope", rate_hz=5, report=False))
+
+
+def test_out_of_distribution_inputs_are_flagged(model, tmp_path):
+    from pocovid.analysis import ood_samples
+    from pocovid.phantom import write_image
+
+    nat = ood_samples.natural_images()
+    inputs = {"blank": ood_samples.blank(), "noise": ood_samples.uniform_noise(), "gauss": ood_samples.gaussian_noise(),
+              "astronaut": nat["astronaut"], "camera": nat["camera"], "text": ood_samples.text_screenshot()}
+    for name, img in inputs.items():
+        write_image(tmp_path / f"{name}.png", img)
+        r = analyze_recording(tmp_path / f"{name}.png", model, tmp_path / name)
+        assert r["out_of_distribution"] and r["review_recommended"] and r["prediction"]["withheld"], (name, r["ood"])
+        assert r["ood"]["reasons"]
+    # a lung (phantom) still image is not
+    write_phantom(tmp_path / "lung.png", label="regular", width=W, height=H, overlays=True, seed=3)
+    r = analyze_recording(tmp_path / "lung.png", model, tmp_path / "lung")
+    assert not r["out_of_distribution"], r["ood"]
+    assert len(r["frames"]) == 1 and len(r["key_frames"]) == 1
+
+
+def test_dicom_input(model, tmp_path):
+    write_phantom(tmp_path / "cine.dcm", label="covid", n_frames=12, fps=10, width=W, height=H, seed=2)
+    r = analyze_recording(tmp_path / "cine.dcm", model, tmp_path / "out", AnalysisConfig(report=False))
+    assert r["media"]["format"] == "dicom" and r["prediction"]["label"] == "covid"
+    assert r["report"] is None and not (tmp_path / "out" / "report.html").exists()
+
+
+def test_unreadable_input_raises_one_line(model, tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video")
+    with pytest.raises(PocovidError) as e:
+        analyze_recording(bad, model, tmp_path / "o")
+    assert "\n" not in str(e.value) and "bad.mp4" in str(e.value)
+
+
+def test_progress_is_reported(model, clips, tmp_path):
+    seen = []
+    analyze_recording(clips["regular"][0], model, tmp_path, AnalysisConfig(rate_hz=3, report=False),
+                      progress=lambda f, s: seen.append((f, s)))
+    fr = [f for f, _ in seen]
+    assert fr == sorted(fr) and fr[0] == 0.0 and seen[-1] == (1.0, "done")
+
+
+# --------------------------------------------------------------------------------------- report
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.refs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "img":
+            self.srcs.append(a.get("src", ""))
+        for k in ("src", "href"):
+            if a.get(k):
+                self.refs.append(a[k])
+
+
+def test_report_is_self_contained(analysed):
+    import base64
+
+    r, out, _ = analysed["mixed"]
+    text = (out / "report.html").read_text(encoding="utf-8")
+    parser = _Imgs()
+    parser.feed(text)
+    assert len(parser.srcs) == 1 + len(r["key_frames"])  # timeline + key frames
+    for s in parser.srcs:
+        assert s.startswith("data:image/png;base64,")
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in text and "https://" not in text and "<link" not in text and "<script" not in text
+    assert "not a diagnosis" in text and "Frames disagree" in text
+
+
+# --------------------------------------------------------------------------- uncertainty, moments
+def test_uncertainty_threshold_from_out_of_fold_predictions(tmp_path, model):
+    rng = np.random.default_rng(0)
+    n_clips, per, m = 40, 5, 3
+    members, clip_of, y = [], [], []
+    for c in range(n_clips):
+        label = c % 3
+        sharp = c % 4 != 0  # every 4th clip is uncertain and often wrong
+        for _ in range(per):
+            logits = rng.normal(0, 0.3, (m, 3))
+            logits[:, label if sharp else (label + 1) % 3] += 4.0 if sharp else 0.4
+            p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+            members.append(p)
+            clip_of.append(c)
+            y.append(label)
+    (tmp_path / "cv").mkdir()
+    np.savez(tmp_path / "cv" / "oof_members.npz", members=np.array(members, np.float32), clip_of=np.array(clip_of),
+             y=np.array(y), time_s=np.zeros(len(y)), classes=np.array(CLASSES), paths=np.array([f"c{i}" for i in range(n_clips)]),
+             folds=np.arange(n_clips) % 5)
+    u = uncertainty_threshold_from_oof(tmp_path)  # the run folder, or the file itself
+    assert u == uncertainty_threshold_from_oof(tmp_path / "cv" / "oof_members.npz")
+    assert u["method"] == DEFAULT_UNCERTAINTY["method"] and 0.2 <= u["flag_rate"] <= 0.3
+    assert u["accuracy_unflagged"] > u["accuracy_all"]
+    json.dumps(u)
+    # stored in the model file, analyze reads it; without it the documented default
+    assert threshold_of(model)["threshold"] == DEFAULT_UNCERTAINTY["threshold"]
+    m2 = type("M", (), {"meta": {"extra": {"uncertainty": {"method": u["method"], "threshold": u["threshold"]}}}})()
+    assert threshold_of(m2) == {"method": u["method"], "threshold": u["threshold"], "source": "model file"}
+
+
+def test_uncertainty_scores():
+    agree = np.tile(np.array([[0.9, 0.05, 0.05]]), (4, 3, 1))
+    split = np.stack([np.array([[0.9, 0.05, 0.05], [0.1, 0.85, 0.05], [0.5, 0.45, 0.05]])] * 4)
+    for method in ("entropy", "bald", "member_std", "frame_bald", "margin"):
+        assert clip_uncertainty(split, method) > clip_uncertainty(agree, method)
+    assert clip_uncertainty(agree, "bald") < 1e-9 and clip_uncertainty(agree, "member_std") < 1e-9
+
+
+def test_key_moments_suppress_neighbours():
+    t = np.arange(100) / 30.0  # 3.3 s at 30 fps
+    ev = np.exp(-((t - 1.0) / 0.3) ** 2) + 0.9 * np.exp(-((t - 2.5) / 0.3) ** 2)
+    keys = select_key_moments(t, ev, k=3)
+    assert len(keys) == 3 and abs(t[keys[0]] - 1.0) < 0.05 and abs(t[keys[1]] - 2.5) < 0.05
+    assert all(abs(t[a] - t[b]) >= 0.5 - 1e-9 for a in keys for b in keys if a != b)  # not neighbouring frames
+    assert select_key_moments(t[:1], ev[:1], k=3) == [0]
+    d = disagreement(t, np.tile([0.8, 0.1, 0.1], (100, 1)), 0, CLASSES)
+    assert not d["frames_disagree"] and d["class_share"]["covid"] == 1.0
+
+
+# ------------------------------------------------------------------------------------ batch, CLI
+def test_batch_goes_on_past_bad_files(model, clips, tmp_path):
+    good = clips["regular"][0]
+    other = tmp_path / "sub" / good.name  # the same stem twice: two folders
+    other.parent.mkdir()
+    other.write_bytes(good.read_bytes())
+    broken = tmp_path / "broken.mp4"
+    broken.write_text("garbage")
+    missing = tmp_path / "missing.mp4"
+    results, failures = analyze_files([good, broken, other, missing], model, tmp_path / "out",
+                                      AnalysisConfig(rate_hz=3, report=False))
+    assert len(results) == 2 and len(failures) == 2
+    assert "broken.mp4" in failures[0] and "missing.mp4" in failures[1] and all("\n" not in f for f in failures)
+    dirs = {os.path.basename(r["out_dir"]) for r in results}
+    assert dirs == {"regular", "regular-2"}
+    assert not (tmp_path / "out" / "broken").exists()
+    rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
+    assert [r["status"] for r in rows] == ["ok", "failed", "ok", "failed"]
+    assert rows[0]["label"] == "regular" and float(rows[0]["p_regular"]) > 0.5
+
+
+def test_a_rerun_reuses_the_folder_without_stale_outputs(model, clips, tmp_path):
+    path = clips["covid"][0]
+    analyze_files([path], model, tmp_path, AnalysisConfig(rate_hz=5, overlay_video=True))
+    assert len(list((tmp_path / "covid").glob("key_frame_*.png"))) == 3
+    (results, failures) = analyze_files([path], model, tmp_path, AnalysisConfig(rate_hz=5, key_frames=1))
+    assert not failures and results[0]["out_dir"] == str(tmp_path / "covid")
+    assert sorted(p.name for p in (tmp_path / "covid").iterdir()) == [
+        "key_frame_1.png", "report.html", "result.json", "timeline.png"]
+
+
+def _cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "pocovid.cli", "analyze", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_cli_json_is_the_only_stdout(model_file, clips, tmp_path):
+    r = _cli(clips["covid"][0], "--model", model_file, "--out", tmp_path / "o", "--json", "--rate", "5")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["prediction"]["label"] == "covid" and res["sampling"]["rate_hz"] == 5
+    assert json.loads((tmp_path / "o" / "covid" / "result.json").read_text()) == res  # DIR/<stem>/
+    assert (tmp_path / "o" / "summary.csv").is_file()
+
+
+def test_cli_batch_reports_failures_and_exits_non_zero(model_file, clips, tmp_path):
+    bad = tmp_path / "bad.avi"
+    bad.write_text("nope")
+    r = _cli(clips["regular"][0], bad, "--model", model_file, "--out", tmp_path / "o", "--rate", "3")
+    assert r.returncode == 1
+    errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errs) == 1 and "bad.avi" in errs[0] and "Traceback" not in r.stderr
+    assert "not a diagnosis" in r.stdout and "most likely regular" in r.stdout
+    assert (tmp_path / "o" / "summary.csv").is_file() and (tmp_path / "o" / "regular" / "result.json").is_file()
+
+
+def test_cli_without_the_bundled_model_says_so(clips, tmp_path):
+    from pocovid.inference import DEFAULT_MODEL_FILE
+
+    if DEFAULT_MODEL_FILE.is_file():
+        pytest.skip("the bundled model is installed")
+    r = _cli(clips["regular"][0], "--out", tmp_path / "o")
+    assert r.returncode == 1 and "bundled model" in r.stderr and "--model" in r.stderr
+    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
