@@ -37,6 +37,7 @@ from pocovid.data.labels import (
 )
 from pocovid.errors import PocovidError
 from pocovid.media import MEDIA_EXTENSIONS, MediaError, probe
+from pocovid.media.reader import looks_like_dicom
 
 METADATA_NAME = "dataset_metadata.csv"
 
@@ -324,15 +325,6 @@ def _is_silent(name: str) -> bool:
     return ext in _SILENT_EXTENSIONS or low in _SILENT_NAMES or stem in _SILENT_NAMES
 
 
-def _looks_like_dicom(path: Path) -> bool:
-    try:
-        with open(path, "rb") as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return len(head) == 132 and head[128:132] == b"DICM"
-
-
 def _walk(root: Path):
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIP_DIRS)
@@ -432,7 +424,7 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
         if ext not in MEDIA_EXTENSIONS:
             if _is_silent(name):
                 continue
-            if ext == "" and _looks_like_dicom(path):
+            if ext == "" and looks_like_dicom(path):
                 pass  # DICOM without an extension, as scanners write it
             elif ext == "":
                 idx.skipped.append((rel_s, "no file extension and not a DICOM file"))

@@ -98,7 +98,8 @@ def _check_file(path: Path) -> None:
         raise MediaError(path, "empty file (0 bytes)")
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
+    """A DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble), whatever its name."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)
@@ -332,7 +333,7 @@ def open_media(path: str | os.PathLike) -> MediaReader:
     path = Path(path)
     _check_file(path)
     ext = path.suffix.lower()
-    if ext in (".dcm", ".dicom") or _looks_like_dicom(path):
+    if ext in (".dcm", ".dicom") or looks_like_dicom(path):
         return DicomReader(path)
     if ext in IMAGE_EXTENSIONS:
         return ImageReader(path)
