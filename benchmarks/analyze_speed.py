@@ -115,9 +115,11 @@ def run_cli(args: list[str], tmp: Path) -> tuple[float, float, int, str]:
     return wall, peak, p.returncode, p.stderr
 
 
-def cam_inside_real(root: Path, model_spec: str, frames_per_recording: int = 5) -> dict:
+def cam_inside_real(root: Path, model_spec: str, frames_per_recording: int = 5, run: Path | None = None) -> dict:
     """Share of the predicted class's positive CAM heat mass (mapped to the crop box) that lies
-    inside the scan-region mask, per recording of the real data."""
+    inside the scan-region mask, per recording of the real data. With `run` (a `pocovid train`
+    folder with fold models), each recording of the run's split is explained by the model of the
+    fold that held it out: out-of-fold CAMs."""
     from pocovid.analysis.analyze import _input_size, grey_to_input, to_grey
     from pocovid.analysis.explain import forward_with_cams, mass_inside
     from pocovid.data import index_dataset
@@ -128,8 +130,20 @@ def cam_inside_real(root: Path, model_spec: str, frames_per_recording: int = 5) 
     model = load(model_spec)
     size = _input_size(model)
     idx = index_dataset(root)
+    fold_of, fold_models = {}, {}
+    if run is not None:
+        import json as _json
+
+        for k, f in enumerate(_json.loads((Path(run) / "splits.json").read_text())["folds"]):
+            for item in f["items"]:
+                fold_of[item["path"]] = k
+        fold_models = {k: load(Path(run) / f"fold{k}.pt") for k in set(fold_of.values())}
     shares, full = [], 0
     for it in idx.items:
+        if run is not None:
+            if it.path not in fold_of:
+                continue
+            model = fold_models[fold_of[it.path]]
         try:
             c = load_clip(idx.abspath(it), rate_hz=3.0, max_frames=frames_per_recording, size=size)
         except PocovidError:
@@ -155,10 +169,16 @@ def main(argv=None) -> int:
     ap.add_argument("--clip", default=None, help="clip to analyse (default: a generated 800x600 10 s 30 fps phantom)")
     ap.add_argument("--real", default=None, help="real data root: report the CAM heat inside the scan region")
     ap.add_argument("--real-frames", type=int, default=5)
+    ap.add_argument("--run", default=None, help="with --real: a training run folder; explain each recording with "
+                                                "the fold model that held it out (out-of-fold CAMs)")
+    ap.add_argument("--cam-only", action="store_true", help="with --real: only the CAM figure, no timing")
     ap.add_argument("--skip-video", action="store_true")
     a = ap.parse_args(argv)
     tmp = Path(tempfile.gettempdir()) / "pocovid-analyze-bench"
     tmp.mkdir(exist_ok=True)
+    if a.cam_only and a.real:
+        return _print_cam(cam_inside_real(Path(a.real), model_file(a.model, tmp)[0], a.real_frames,
+                                          Path(a.run) if a.run else None), a.run)
     clip = Path(a.clip) if a.clip else make_clip(tmp / "phantom_800x600_10s_30fps.mp4")
     spec, desc = model_file(a.model, tmp)
     from pocovid.media import probe
@@ -193,10 +213,15 @@ def main(argv=None) -> int:
               f"{[k['time_s'] for k in r['key_frames']]} s, heat inside region "
               f"{[k['heat_inside_region'] for k in r['key_frames']]}")
     if a.real:
-        s = cam_inside_real(Path(a.real), spec, a.real_frames)
-        print(f"CAM heat mass inside the scan-region mask, {s['n_recordings']} real recordings "
-              f"({s['full_frame_regions_skipped']} with a full-frame region skipped): mean {s['mean']:.1%}, "
-              f"median {s['median']:.1%}, 10th percentile {s['p10']:.1%}, min {s['min']:.1%}")
+        _print_cam(cam_inside_real(Path(a.real), spec, a.real_frames, Path(a.run) if a.run else None), a.run)
+    return 0
+
+
+def _print_cam(s: dict, run) -> int:
+    kind = "out-of-fold (fold models of " + str(run) + ")" if run else "one model"
+    print(f"CAM heat mass inside the scan-region mask, {kind}, {s['n_recordings']} real recordings "
+          f"({s['full_frame_regions_skipped']} with a full-frame region skipped): mean {s['mean']:.1%}, "
+          f"median {s['median']:.1%}, 10th percentile {s['p10']:.1%}, min {s['min']:.1%}")
     return 0
 
 

@@ -824,3 +824,25 @@ def test_real_server_process(tmp_path, model_file):
             assert c.get(a["links"]["report"]).status_code == 200
     finally:
         stop_server(proc)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_deid_blanks_burnt_in_text_outside_the_scan_region(tmp_path, compressed):
+    import pydicom
+
+    from pocovid.phantom import write_phantom
+    from pocovid.server.deid import deidentify_dicom
+
+    src = tmp_path / "screen.dcm"
+    ph = write_phantom(src, width=256, height=208, n_frames=24, overlays=True, seed=4, compressed=compressed)
+    rep = deidentify_dicom(src, tmp_path / "clean.dcm")
+    assert rep.pixels_masked and rep.burned_in_annotation == "YES"  # the file's own statement stands
+    ds = pydicom.dcmread(tmp_path / "clean.dcm")
+    assert not ds.file_meta.TransferSyntaxUID.is_compressed
+    px = ds.pixel_array
+    assert px.shape[:3] == (24, 208, 256)
+    text = ph.overlay_mask & ~ph.mask
+    left = (px[:, text].max(-1) > 30).any(0)  # overlay pixels still visible in some frame
+    assert text.any() and left.mean() < 0.01  # the burnt-in text is gone
+    inside = ph.mask & ~ph.overlay_mask
+    assert px[:, inside].mean() > 10  # the image itself is still there

@@ -21,10 +21,12 @@ What is done, in every data set and every nested sequence item (docs/server.md l
   (DCM 113100, Basic Application Confidentiality Profile) added; LongitudinalTemporalInformation
   Modified = REMOVED.
 
-What is not done: text burnt into the pixels (scanner overlays with names, dates, hospital) is
-left in the stored file. The analysis crops each frame to the scan region before the model sees
-it, but the stored DICOM and exported contributions still carry it: reviewers must look at a
-contribution's frames before accepting it (BurnedInAnnotation is reported to them). Free-text
+* text burnt into the pixels: every pixel outside the scan region (`pocovid.region`, found over
+  the whole cine) is blanked, so scanner overlays with names, dates and hospital are gone from the
+  stored file. The region is found automatically: on very short, small, JPEG-compressed clips it
+  can take in text drawn next to the image, and text drawn *inside* the scan region is never
+  removed. So BurnedInAnnotation keeps the file's own statement and is shown to reviewers, who
+  look at a contribution's frames before accepting it. No region found: the pixels are kept. Free-text
 attributes outside the profile (e.g. a manufacturer's ImageType values) are kept.
 """
 
@@ -41,7 +43,7 @@ from pocovid.errors import PocovidError
 
 #: DeidentificationMethod (LO, at most 64 characters a value, several values).
 METHOD = ["pocovid: PS3.15 E.1-1 Basic Profile", "dates and times removed (not shifted)", "UIDs replaced",
-          "private tags, curves and overlays removed", "burnt-in pixel text not removed"]
+          "private tags, curves and overlays removed", "pixels outside the scan region blanked (burnt-in text)"]
 
 # Table E.1-1 (Basic Profile column). X: remove, Z: empty, D: remove/empty (no dummies), U: new UID.
 # Keywords pydicom does not know are ignored (retired ones differ between dictionary versions).
@@ -136,6 +138,7 @@ class DeidReport:
     uids_replaced: int = 0
     private_removed: int = 0
     burned_in_annotation: str | None = None  # the file's own statement (YES / NO), if any
+    pixels_masked: bool = False  # pixels outside the detected scan region were blanked
     keywords: list[str] = field(default_factory=list)  # keywords removed / emptied (not their values)
 
 
@@ -268,6 +271,13 @@ def deidentify_dicom(src: str | os.PathLike, dst: str | os.PathLike) -> DeidRepo
             report = deidentify_dataset(ds)
         except Exception as e:
             raise DeidError(f"DICOM header cannot be de-identified ({type(e).__name__})") from None
+        try:
+            report.pixels_masked = mask_outside_scan_region(ds)
+        except Exception as e:  # undecodable pixels: the analysis will fail on them with the reason
+            report.pixels_masked = False
+            report.keywords.append(f"pixels not masked ({type(e).__name__})")
+        # BurnedInAnnotation keeps the file's own statement: the region is found automatically and
+        # can miss text drawn right against the image, so reviewers still see what the scanner said.
         tmp = dst.with_name(dst.name + ".deid")
         try:
             ds.save_as(tmp, enforce_file_format=True)
@@ -277,6 +287,34 @@ def deidentify_dicom(src: str | os.PathLike, dst: str | os.PathLike) -> DeidRepo
                 tmp.unlink()
             raise DeidError(f"de-identified DICOM cannot be written ({type(e).__name__})") from None
     return report
+
+
+def mask_outside_scan_region(ds) -> bool:
+    """Blank every pixel outside the scan region (the fan or rectangle found by `pocovid.region`
+    over the whole cine): scanner text burnt into the image (names, dates, hospital) lies outside
+    it. Compressed pixel data is stored uncompressed afterwards. False when no region is found
+    (the pixels are then left as they are and the file's BurnedInAnnotation stands)."""
+    import numpy as np
+
+    from pocovid.media import to_rgb8
+    from pocovid.region import detect_scan_region
+
+    if "PixelData" not in ds:
+        return False
+    if ds.file_meta.TransferSyntaxUID.is_compressed:
+        ds.decompress()  # to Explicit VR Little Endian, YBR -> RGB
+    arr = ds.pixel_array
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = arr if n > 1 else arr[None]
+    colour = frames.ndim == 4
+    step = max(1, len(frames) // 32)
+    region = detect_scan_region([to_rgb8(f) for f in frames[::step]])  # 16-bit or grey -> RGB 8-bit
+    if region.is_full:
+        return False
+    keep = region.mask[..., None] if colour else region.mask
+    frames = frames * keep.astype(frames.dtype)
+    ds.PixelData = (frames if n > 1 else frames[0]).tobytes()
+    return True
 
 
 _PYDICOM_LOCK = threading.Lock()

@@ -191,6 +191,9 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
             rec = _train_ensemble(base, feats, frames, train_c, cfg, cfg.seed + 1 + k, f"fold {k}", progress)
             probs = _ensemble_probs(base, feats, test_f)
             oof_members[test_f] = probs
+            # the fold's model: out-of-fold explanations (CAMs) and audits need it, not just its numbers
+            save_model(base, out_dir / f"fold{k}.pt", training_config=cfg.to_dict(), data_fingerprint=dfp,
+                       extra={"fold": k, "heads": rec})
             tmp = out_dir / f"oof-fold{k}.tmp.npz"
             np.savez(tmp, probs=probs, records=json.dumps(rec), key=np.array(dfp + fingerprint(cfg.to_dict())))
             os.replace(tmp, fold_file)
