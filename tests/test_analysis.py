@@ -365,11 +365,21 @@ def test_cli_batch_reports_failures_and_exits_non_zero(model_file, clips, tmp_pa
     assert (tmp_path / "o" / "summary.csv").is_file() and (tmp_path / "o" / "regular" / "result.json").is_file()
 
 
-def test_cli_without_the_bundled_model_says_so(clips, tmp_path):
-    from pocovid.inference import DEFAULT_MODEL_FILE
+def test_missing_bundled_model_says_so(tmp_path, monkeypatch):
+    import pocovid.inference as inference
+    from pocovid.errors import PocovidError
 
-    if DEFAULT_MODEL_FILE.is_file():
-        pytest.skip("the bundled model is installed")
-    r = _cli(clips["regular"][0], "--out", tmp_path / "o")
-    assert r.returncode == 1 and "bundled model" in r.stderr and "--model" in r.stderr
-    assert len([ln for ln in r.stderr.splitlines() if ln.startswith("error:")]) == 1
+    monkeypatch.setattr(inference, "DEFAULT_MODEL_FILE", tmp_path / "absent.pt")
+    with pytest.raises(PocovidError, match="bundled model"):
+        inference.model_path("default")
+
+
+def test_bundled_model_loads_with_its_card():
+    from pocovid.inference import DEFAULT_MODEL_FILE, load
+
+    model = load("default")
+    assert model.classes == ["covid", "pneumonia", "regular"] and model.n_heads == 5
+    extra = model.meta["extra"]
+    assert extra["uncertainty"]["method"] == "entropy" and extra["uncertainty"]["threshold"] > 0
+    assert extra["feature_density"]["n"] > 1000
+    assert DEFAULT_MODEL_FILE.stat().st_size < 20e6
