@@ -51,9 +51,7 @@ def frame_probabilities(model, grey: np.ndarray, batch_size: int = 32) -> np.nda
 
 def sampling_of(model) -> dict:
     """How the model's training sampled and prepared frames (used again at prediction time)."""
-    from pocovid.models import read_model_meta  # noqa: F401  (model files carry it)
-
-    cfg = getattr(model, "training_config", None) or {}
+    cfg = getattr(model, "training_config", None) or {}  # set by load_model from the model file
     return {"rate_hz": cfg.get("rate_hz", 3.0), "max_frames": cfg.get("max_frames", 30),
             "crop": cfg.get("crop", True), "size": cfg.get("size") or model.input_size}
 
