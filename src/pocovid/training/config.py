@@ -60,12 +60,12 @@ class TrainConfig:
 
     def frames_key(self) -> dict:
         """What decides the frames extracted: runs that agree on it share the frame cache."""
-        return {k: getattr(self, k) for k in ("classes", "probe", "rate_hz", "max_frames", "crop", "size")} | {
-            "backbone_size": self.backbone}
+        # the backbone decides the default input size
+        return {k: getattr(self, k) for k in ("classes", "probe", "rate_hz", "max_frames", "crop", "size", "backbone")}
 
     def trunk_key(self) -> dict:
         """What decides the cached trunk features."""
-        return self.frames_key() | {"backbone": self.backbone, "cut": self.cut, "n_frozen": self.n_frozen,
+        return self.frames_key() | {"cut": self.cut, "n_frozen": self.n_frozen,
                                     "n_aug": self.n_aug, "augment": self.to_dict()["augment"], "seed": self.seed}
 
 
