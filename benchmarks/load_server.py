@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,12 +22,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _quick_model(path: Path) -> Path:
@@ -45,25 +36,14 @@ def _quick_model(path: Path) -> Path:
     return path
 
 
-def _start(data: Path, model: Path, port: int, workers: int, threads: int):
-    import httpx
+def _start(data: Path, model: Path, workers: int, threads: int):
+    from pocovid.errors import PocovidError
+    from pocovid.server.local import start_server
 
-    cmd = [sys.executable, "-m", "pocovid.cli", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir",
-           str(data), "--model", str(model), "--workers", str(workers), "--threads", str(threads),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while time.time() - t0 < 90:
-        if proc.poll() is not None:
-            raise SystemExit(f"error: the server exited: {proc.stderr.read().decode(errors='replace')[-1500:]}")
-        try:
-            if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("error: the server did not start in 90 s")
+    try:
+        return start_server(data, model, None, "--workers", str(workers), "--threads", str(threads))
+    except PocovidError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -107,7 +87,7 @@ def main(argv=None) -> int:
             base = args.url.rstrip("/")
         else:
             model = args.model or _quick_model(tmp / "model.pt")
-            proc, base = _start(tmp / "data", model, _free_port(), args.workers, args.threads)
+            proc, base = _start(tmp / "data", model, args.workers, args.threads)
         deadline = time.time() + args.timeout
         stop = threading.Event()
         lat_upload, lat_total, ids, failures = [], [], [], []
@@ -176,11 +156,9 @@ def main(argv=None) -> int:
         return 0 if n_done == args.n and not missing and not failures else 1
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            from pocovid.server.local import stop_server
+
+            stop_server(proc)
         if os.environ.get("POCOVID_KEEP_LOAD_DIR") is None:
             import shutil
 

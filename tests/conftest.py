@@ -14,3 +14,17 @@ def shared_pocus() -> Path:
     if not (SHARED_POCUS / "pocus_videos").is_dir():
         pytest.skip(f"real data not found at {SHARED_POCUS} (the public POCUS subset; see DEVELOPERS.md)")
     return SHARED_POCUS
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    """A small model trained in seconds on phantom clips (never clinical), saved as a model file."""
+    pytest.importorskip("pocovid.analysis", reason="pocovid.analysis is not in this checkout")
+    from pocovid.analysis.quick_model import quick_phantom_model
+    from pocovid.models import save_model
+
+    m = quick_phantom_model(size=96, n_heads=2, steps=40)
+    p = tmp_path_factory.mktemp("model") / "phantom.pt"
+    save_model(m, p, training_config=m.training_config, data_fingerprint="phantom",
+               metrics={"video": {"balanced_accuracy": 0.9, "n": 9}}, extra=m.meta["extra"])
+    return p

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,51 +32,12 @@ if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    pytest.importorskip("pocovid.analysis", reason="pocovid.analysis (issue 4) is not in this checkout")
-    from pocovid.analysis.quick_model import quick_phantom_model
-    from pocovid.models import save_model
-
-    m = quick_phantom_model(size=96, n_heads=2, steps=40)
-    p = tmp_path_factory.mktemp("model") / "phantom.pt"
-    save_model(m, p, training_config=m.training_config, data_fingerprint="phantom",
-               metrics={"video": {"balanced_accuracy": 0.9, "n": 9}}, extra=m.meta["extra"])
-    return p
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
 def server(model_file, tmp_path_factory):
-    data = tmp_path_factory.mktemp("srv")
-    port = _free_port()
-    cmd = [sys.executable, "-m", "pocovid.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data), "--model", str(model_file), "--threads", "1", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.time() - t0 > 90:
-            proc.kill()
-            pytest.fail("server did not start in 90 s")
-        time.sleep(0.2)
+    from pocovid.server.local import start_server, stop_server
+
+    proc, base = start_server(tmp_path_factory.mktemp("srv"), model_file, None, "--threads", "1")
     yield base
-    proc.send_signal(signal.SIGINT)
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    stop_server(proc)
 
 
 @pytest.fixture(scope="module")

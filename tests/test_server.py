@@ -11,10 +11,6 @@ import io
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import warnings
@@ -690,18 +686,6 @@ def test_contributions_queue_review_and_export_read_back_by_data_index(tmp_path,
 
 # ------------------------------------------------------------------------------------------ the real analysis
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
-    """A small model trained in seconds on phantom clips (never clinical), saved as a model file."""
-    pytest.importorskip("pocovid.analysis", reason="pocovid.analysis (issue 4) is not in this checkout")
-    from pocovid.analysis.quick_model import quick_phantom_model
-    from pocovid.models import save_model
-
-    m = quick_phantom_model(size=96, n_heads=2, steps=40)
-    p = tmp_path_factory.mktemp("model") / "phantom.pt"
-    save_model(m, p, training_config=m.training_config, data_fingerprint="phantom",
-               metrics={"video": {"balanced_accuracy": 0.9, "n": 9}}, extra=m.meta["extra"])
-    return p
 
 
 def _training_like_clip(path, label="covid"):
@@ -742,41 +726,13 @@ class TestRealAnalysis:
             assert m["name"] == "phantom.pt" and m["metrics"]["video"]["balanced_accuracy"] == 0.9
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pocovid.server.local import free_port as _free_port  # noqa: E402
+from pocovid.server.local import start_server as _start_server  # noqa: E402
+from pocovid.server.local import stop_server  # noqa: E402
 
 
 def start_server(data_dir, model_file, port, *extra, env=None):
-    """`pocovid serve` as a real process on 127.0.0.1:port; returns (process, base URL) once healthy."""
-    cmd = [sys.executable, "-m", "pocovid.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-           "--data-dir", str(data_dir), "--model", str(model_file), "--threads", "1", "--log-level", "warning",
-           *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
-    base = f"http://127.0.0.1:{port}"
-    t0 = time.time()
-    while time.time() - t0 < 90:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.stdout.read().decode(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(base + "/api/health", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise AssertionError("server did not start in 90 s")
-
-
-def stop_server(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    return _start_server(data_dir, model_file, port, "--threads", "1", *extra, env=env)
 
 
 def test_real_server_process(tmp_path, model_file):
