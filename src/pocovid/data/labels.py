@@ -104,39 +104,30 @@ def probe_from_name(name: str) -> str | None:
     return None
 
 
-def parse_classes(text: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
-    """'covid,pneumonia,regular' -> ['covid', 'pneumonia', 'regular']; synonyms allowed (healthy ->
-    regular). None or empty -> None (all classes). Unknown names raise PocovidError."""
+def _parse_names(text, normalize, what: str, known) -> list[str] | None:
+    """Comma-separated (or listed) names -> normalised, de-duplicated list; None when empty."""
     if text is None:
         return None
     parts = text.split(",") if isinstance(text, str) else [p for t in text for p in str(t).split(",")]
     out: list[str] = []
-    for p in parts:
-        if not p.strip():
-            continue
-        lab = normalize_label(p)
-        if lab is None:
-            raise PocovidError(f"unknown class '{p.strip()}' (known: {', '.join(CLASSES)})")
-        if lab not in out:
-            out.append(lab)
+    for p in (p for p in parts if p.strip()):
+        name = normalize(p)
+        if name is None:
+            raise PocovidError(f"unknown {what} '{p.strip()}' (known: {', '.join(known)})")
+        if name not in out:
+            out.append(name)
     return out or None
+
+
+def parse_classes(text: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
+    """'covid,pneumonia,regular' -> ['covid', 'pneumonia', 'regular']; synonyms allowed (healthy ->
+    regular). None or empty -> None (all classes). Unknown names raise PocovidError."""
+    return _parse_names(text, normalize_label, "class", CLASSES)
 
 
 def parse_probes(text: str | list[str] | tuple[str, ...] | None) -> list[str] | None:
     """'convex' or 'convex,linear' -> list; 'unknown' allowed; None or empty -> None (all probes)."""
-    if text is None:
-        return None
-    parts = text.split(",") if isinstance(text, str) else [p for t in text for p in str(t).split(",")]
-    out: list[str] = []
-    for p in parts:
-        if not p.strip():
-            continue
-        pr = "unknown" if _norm(p) == "unknown" else probe_from_name(p)
-        if pr is None:
-            raise PocovidError(f"unknown probe '{p.strip()}' (known: {', '.join(PROBES)})")
-        if pr not in out:
-            out.append(pr)
-    return out or None
+    return _parse_names(text, lambda p: "unknown" if _norm(p) == "unknown" else probe_from_name(p), "probe", PROBES)
 
 
 # ---------------------------------------------------------------- patient groups from file names
