@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -112,50 +111,6 @@ def key_frame_image(path: str | os.PathLike, original: np.ndarray, overlay: np.n
 
 
 # ------------------------------------------------------------------------------ overlay video
-class VideoWriter:
-    """H.264 mp4 (yuv420p) written frame by frame with PyAV, as `pocovid.phantom.write_video`
-    writes whole clips; odd sizes are padded to even."""
-
-    def __init__(self, path: str | os.PathLike, fps: float, width: int, height: int, crf: int = 23,
-                 preset: str = "superfast"):
-        import av
-
-        from pocovid.phantom.writers import _rate
-
-        self.path = Path(path)
-        self.w, self.h = width + width % 2, height + height % 2
-        self.rate = _rate(fps if fps and fps > 0 else 25.0)
-        self._c = av.open(str(self.path), mode="w", format="mp4")
-        self._s = self._c.add_stream("libx264", rate=self.rate, options={"crf": str(crf), "preset": preset})
-        self._s.width, self._s.height, self._s.pix_fmt = self.w, self.h, "yuv420p"
-        self._s.codec_context.time_base = Fraction(self.rate.denominator, self.rate.numerator)
-        self._n = 0
-
-    def write(self, rgb: np.ndarray) -> None:
-        import av
-
-        if rgb.shape[0] != self.h or rgb.shape[1] != self.w:
-            pad = np.zeros((self.h, self.w, 3), np.uint8)
-            pad[:rgb.shape[0], :rgb.shape[1]] = rgb[:self.h, :self.w]
-            rgb = pad
-        fr = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        fr.pts = self._n
-        fr.time_base = self._s.codec_context.time_base
-        for p in self._s.encode(fr):
-            self._c.mux(p)
-        self._n += 1
-
-    def close(self) -> None:
-        if self._c is None:
-            return
-        try:
-            for p in self._s.encode(None):
-                self._c.mux(p)
-        finally:
-            self._c.close()
-            self._c = None
-
-
 VIDEO_LONG_SIDE = 1280  # the overlay video is shrunk to this longer side
 
 
@@ -164,7 +119,7 @@ def write_overlay_video(path, out_path: Path, info, region, sampled_idx: np.ndar
     """Every frame of the clip with the heatmap of the nearest analysed frame and its probabilities
     (decoded again, one frame at a time), as H.264 mp4."""
     from pocovid.analysis.explain import overlay_frame
-    from pocovid.media import open_media
+    from pocovid.media import VideoWriter, open_media
 
     f = min(1.0, VIDEO_LONG_SIDE / max(info.width, info.height))
     w, h = int(round(info.width * f)) // 2 * 2, int(round(info.height * f)) // 2 * 2
@@ -182,7 +137,8 @@ def write_overlay_video(path, out_path: Path, info, region, sampled_idx: np.ndar
                 bar = probability_bar(w, frame_p[j], classes, fr.time_s, "decision support, not a diagnosis")
                 frame = np.vstack([img, bar])
                 if writer is None:
-                    writer = VideoWriter(out_path, info.fps or 25.0, frame.shape[1], frame.shape[0])
+                    writer = VideoWriter(out_path, info.fps if info.fps and info.fps > 0 else 25.0, frame.shape[1],
+                                         frame.shape[0], quality=23, preset="superfast", pad_to_even=True)
                 writer.write(frame)
     finally:
         if writer is not None:

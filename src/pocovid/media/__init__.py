@@ -1,4 +1,4 @@
-"""Reading recordings: videos, images and DICOM as RGB frames with timestamps."""
+"""Reading recordings (videos, images and DICOM as RGB frames with timestamps) and writing videos."""
 
 from pocovid.media.reader import (
     DICOM_EXTENSIONS,
@@ -18,9 +18,36 @@ from pocovid.media.reader import (
     sample_indices,
     to_rgb8,
 )
+from pocovid.media.writer import (
+    VIDEO_FORMATS,
+    VideoWriter,
+    as_rgb_stack,
+    frame_rate,
+    video_format,
+    write_video,
+)
 
 __all__ = [
-    "DICOM_EXTENSIONS", "IMAGE_EXTENSIONS", "MEDIA_EXTENSIONS", "VIDEO_EXTENSIONS", "Frame", "MediaError",
-    "MediaInfo", "MediaReader", "dicom_fps", "media_kind_of", "open_media", "probe", "read_frames",
-    "sample_frames", "sample_indices", "to_rgb8",
+    "DICOM_EXTENSIONS",
+    "IMAGE_EXTENSIONS",
+    "MEDIA_EXTENSIONS",
+    "VIDEO_EXTENSIONS",
+    "VIDEO_FORMATS",
+    "Frame",
+    "MediaError",
+    "MediaInfo",
+    "MediaReader",
+    "VideoWriter",
+    "as_rgb_stack",
+    "dicom_fps",
+    "frame_rate",
+    "media_kind_of",
+    "open_media",
+    "probe",
+    "read_frames",
+    "sample_frames",
+    "sample_indices",
+    "to_rgb8",
+    "video_format",
+    "write_video",
 ]

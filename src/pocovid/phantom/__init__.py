@@ -8,7 +8,13 @@ Formats: .mp4 .m4v .mov .mkv .avi .mpeg .mpg .webm .wmv .gif (video), .png .jpg 
 .tiff (first frame), .dcm (DICOM ultrasound, multi-frame unless n_frames == 1).
 """
 
-from pocovid.phantom.generator import LABELS, PROBES, Phantom, PhantomConfig, make_phantom
+from pocovid.phantom.generator import (
+    LABELS,
+    PROBES,
+    Phantom,
+    PhantomConfig,
+    make_phantom,
+)
 from pocovid.phantom.writers import (
     DICOM_FORMATS,
     IMAGE_FORMATS,

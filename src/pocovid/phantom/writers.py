@@ -1,8 +1,7 @@
 """Writing frames to the real file formats lung-ultrasound recordings come in.
 
-- `write_video`: .mp4 / .m4v / .mov / .mkv (H.264, yuv420p), .avi (MPEG-4 part 2, or MJPEG with
-  `codec="mjpeg"`), .mpeg / .mpg (MPEG-2 in an MPEG program stream), .webm (VP9), .wmv (WMV2 in
-  ASF), .gif (one global 256-colour palette; exact for grey frames). All through PyAV (FFmpeg).
+- `write_video` (`pocovid.media.write_video`, re-exported): .mp4 / .m4v / .mov / .mkv (H.264,
+  yuv420p), .avi, .mpeg / .mpg, .webm, .wmv, .gif. All through `pocovid.media.VideoWriter`.
 - `write_image`: .png / .jpg / .jpeg / .bmp / .tif / .tiff (8-bit RGB, RGBA, grey, 16-bit grey).
 - `write_dicom`: a DICOM Part 10 ultrasound file, single- or multi-frame, uncompressed (Explicit VR
   Little Endian) or JPEG Baseline, RGB or MONOCHROME2, with fake patient data in the header.
@@ -14,169 +13,19 @@ Frames are RGB uint8 (T, H, W, 3) arrays (grey (T, H, W) is accepted and written
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import fields, replace
-from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from pocovid.media.writer import VIDEO_FORMATS, as_rgb_stack, write_video
 from pocovid.phantom.generator import Phantom, PhantomConfig, make_phantom
 
-# extension -> (FFmpeg container, default encoder)
-VIDEO_FORMATS = {
-    ".mp4": ("mp4", "libx264"),
-    ".m4v": ("mp4", "libx264"),
-    ".mov": ("mov", "libx264"),
-    ".mkv": ("matroska", "libx264"),
-    ".avi": ("avi", "mpeg4"),
-    ".mpeg": ("mpeg", "mpeg2video"),
-    ".mpg": ("mpeg", "mpeg2video"),
-    ".webm": ("webm", "libvpx-vp9"),
-    ".wmv": ("asf", "wmv2"),
-    ".gif": ("gif", "gif"),
-}
 IMAGE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
 DICOM_FORMATS = {".dcm", ".dicom"}
 
 US_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 US_MULTIFRAME_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.3.1"
-
-
-# --------------------------------------------------------------------------------------------
-# video
-
-
-def _as_rgb_stack(frames) -> np.ndarray:
-    """(T, H, W, 3) uint8 from an array or a sequence of frames (grey or RGB)."""
-    from pocovid.media import to_rgb8
-
-    if isinstance(frames, np.ndarray) and frames.dtype == np.uint8 and frames.ndim == 4 and frames.shape[3] == 3:
-        return np.ascontiguousarray(frames)
-    colour = isinstance(frames, np.ndarray) and frames.ndim == 3 and frames.shape[2] in (3, 4)
-    if isinstance(frames, np.ndarray) and frames.ndim in (2, 3) and not colour:
-        frames = frames[None] if frames.ndim == 2 else frames  # one grey frame, or (T, H, W) grey
-    elif isinstance(frames, np.ndarray) and frames.ndim == 3:
-        frames = frames[None]  # one RGB(A) frame
-    if len(frames) == 0:
-        raise ValueError("no frames to write")
-    out = np.stack([to_rgb8(np.asarray(f)) for f in frames])
-    if out.ndim != 4:
-        raise ValueError(f"frames must be a (T, H, W, 3) or (T, H, W) array or sequence; got {out.shape}")
-    return out
-
-
-def _rate(fps: float) -> Fraction:
-    fps = float(fps)
-    if not fps > 0:
-        raise ValueError(f"fps must be positive; got {fps}")
-    ntsc = fps * 1001 / 1000  # 29.97 -> 30000/1001, 23.976 -> 24000/1001
-    if abs(ntsc - round(ntsc)) < 1e-3 and abs(fps - round(fps)) > 1e-3:
-        return Fraction(int(round(ntsc)) * 1000, 1001)
-    return Fraction(fps).limit_denominator(1001)
-
-
-def write_video(path, frames, fps, *, codec: str | None = None, quality: int | None = None) -> None:
-    """Write frames as a video; the container comes from the extension (see `VIDEO_FORMATS`).
-
-    `codec` overrides the encoder (e.g. "mjpeg" for .avi, "mpeg4" for .mp4). `quality` is the
-    H.264/VP9 CRF (lower is better; default 17) or the MPEG/MJPEG quantiser (1-31; default 3).
-    H.264, MPEG-2, MPEG-4 and WMV need even width and height: odd sizes raise ValueError.
-    """
-    import av
-
-    path = Path(path)
-    ext = path.suffix.lower()
-    if ext not in VIDEO_FORMATS:
-        raise ValueError(f"{path}: not a video extension (supported: {' '.join(sorted(VIDEO_FORMATS))})")
-    fmt, default_codec = VIDEO_FORMATS[ext]
-    codec = codec or default_codec
-    stack = _as_rgb_stack(frames)
-    T, H, W = stack.shape[:3]
-    rate = _rate(fps)
-    if codec == "gif":
-        _write_gif(path, stack, rate)
-        return
-    pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
-    if (H % 2 or W % 2) and codec != "mjpeg":
-        raise ValueError(f"{path}: {codec} ({pix_fmt}) needs an even width and height; got {W}x{H}")
-    options: dict[str, str] = {}
-    if codec in ("libx264", "h264"):
-        options = {"crf": str(17 if quality is None else quality), "preset": "veryfast"}
-    elif codec == "libvpx-vp9":
-        options = {"crf": str(24 if quality is None else quality), "b": "0", "deadline": "realtime", "cpu-used": "8"}
-    container = av.open(str(path), mode="w", format=fmt)
-    try:
-        stream = container.add_stream(codec, rate=rate, options=options)
-        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
-        cc = stream.codec_context
-        cc.time_base = Fraction(rate.denominator, rate.numerator)
-        if codec in ("mpeg4", "mpeg2video", "mpeg1video", "mjpeg", "wmv2", "msmpeg4"):
-            q = 3 if quality is None else int(quality)
-            cc.qscale = q  # fixed quantiser: good quality whatever the frame size
-            cc.bit_rate = max(2_000_000, int(W * H * float(rate) * 2))
-        if codec == "mpeg2video":
-            cc.gop_size = 12
-        for i in range(T):
-            frame = av.VideoFrame.from_ndarray(stack[i], format="rgb24")
-            frame.pts = i
-            frame.time_base = cc.time_base
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    except Exception as e:
-        container.close()
-        try:
-            os.remove(path)
-        except OSError:
-            pass
-        hint = " (MPEG-2 takes 10, 12.5, 15, 24, 25, 29.97, 30, 50 or 60 fps)" if codec == "mpeg2video" else ""
-        raise ValueError(f"{path}: {codec} cannot encode {W}x{H} at {float(rate):g} fps{hint}: "
-                         f"{' '.join(str(e).split())}") from None
-    container.close()
-
-
-def _palette(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (T, H, W) and one global 256-colour palette (256, 3) for the whole clip."""
-    if np.array_equal(stack[..., 0], stack[..., 1]) and np.array_equal(stack[..., 0], stack[..., 2]):
-        pal = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)
-        return stack[..., 0].copy(), pal  # grey: exact
-    from PIL import Image
-
-    T = len(stack)
-    pick = stack[np.unique(np.linspace(0, T - 1, min(T, 4)).round().astype(int))]
-    sample = Image.fromarray(np.concatenate(list(pick), axis=0))
-    pimg = sample.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    idx = np.stack([np.asarray(Image.fromarray(f).quantize(palette=pimg, dither=Image.Dither.NONE)) for f in stack])
-    pal = np.zeros((256, 3), np.uint8)
-    p = np.asarray(pimg.getpalette()[:768], np.uint8).reshape(-1, 3)
-    pal[:len(p)] = p
-    return idx, pal
-
-
-def _write_gif(path: Path, stack: np.ndarray, rate: Fraction) -> None:
-    import av
-
-    T, H, W = stack.shape[:3]
-    idx, pal = _palette(stack)
-    argb = np.concatenate([np.full((256, 1), 255, np.uint8), pal], axis=1)
-    container = av.open(str(path), mode="w", format="gif", options={"loop": "0"})
-    try:
-        stream = container.add_stream("gif", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = W, H, "pal8"
-        cc = stream.codec_context
-        cc.time_base = Fraction(rate.denominator, rate.numerator)
-        for i in range(T):
-            frame = av.VideoFrame.from_ndarray((np.ascontiguousarray(idx[i]), argb), format="pal8")
-            frame.pts = i
-            frame.time_base = cc.time_base
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    finally:
-        container.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,7 +69,7 @@ def _dicom_stack(frames, monochrome: bool) -> np.ndarray:
     a = np.asarray(frames)
     if a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4)):
         a = a[None]  # one frame (grey, or RGB(A))
-    stack = _as_rgb_stack(a)
+    stack = as_rgb_stack(a)
     if monochrome:
         # ITU-R BT.601 luma, as scanners store grey
         g = stack.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
@@ -252,11 +101,16 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     exclusive) adds a SequenceOfUltrasoundRegions item for the scan sector.
     """
     import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.datadict import tag_for_keyword
+    from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.encaps import encapsulate
     from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        generate_uid,
+    )
 
     path = Path(path)
     stack = _dicom_stack(frames, monochrome)
@@ -339,8 +193,8 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
         ds.NumberOfFrames = T
         ds.FrameIncrementPointer = tag_for_keyword("FrameTime")
         ds.FrameTime = f"{1000.0 / fps:.6g}"  # milliseconds
-        ds.CineRate = int(round(fps))  # IS: a whole number of frames per second
-        ds.RecommendedDisplayFrameRate = int(round(fps))
+        ds.CineRate = round(fps)  # IS: a whole number of frames per second
+        ds.RecommendedDisplayFrameRate = round(fps)
         ds.EffectiveDuration = f"{T / fps:.6g}"
     if region_box is not None:
         x0, y0, x1, y1 = (int(v) for v in region_box)
