@@ -55,8 +55,8 @@ def model_file(spec: str | None, tmp: Path) -> tuple[str, str]:
         return spec, spec
     if DEFAULT_MODEL_FILE.is_file():
         return "default", "default (bundled)"
-    from pocovid.analysis.quick_model import quick_phantom_model
     from pocovid.models import save_model
+    from pocovid.testing import quick_phantom_model
 
     p = tmp / "quick224.pt"
     if not p.exists():

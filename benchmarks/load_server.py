@@ -28,8 +28,8 @@ def _quick_model(path: Path) -> Path:
     import torch
 
     torch.set_num_threads(1)
-    from pocovid.analysis.quick_model import quick_phantom_model
     from pocovid.models import save_model
+    from pocovid.testing import quick_phantom_model
 
     m = quick_phantom_model(size=96, n_heads=2, steps=40)
     save_model(m, path, training_config=m.training_config, data_fingerprint="phantom", extra=m.meta["extra"])

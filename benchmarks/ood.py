@@ -39,8 +39,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pocovid import testing  # noqa: E402
 from pocovid.analysis import AnalysisConfig, analyze_recording  # noqa: E402
-from pocovid.analysis import ood_samples  # noqa: E402
 from pocovid.analysis.ood import fit_feature_density  # noqa: E402
 
 CFG = AnalysisConfig(rate_hz=3.0, max_frames=16, report=False, key_frames=0)
@@ -53,7 +53,7 @@ def load_model(spec: str | None):
         return load(spec), spec
     if DEFAULT_MODEL_FILE.is_file():
         return load("default"), "default (bundled)"
-    from pocovid.analysis.quick_model import quick_phantom_model
+    from pocovid.testing import quick_phantom_model
 
     return quick_phantom_model(size=224, n_heads=2, steps=40), "stand-in: phantom-trained efficientnet_lite0 at 224 px"
 
@@ -112,15 +112,15 @@ def non_lung_inputs(tmp: Path) -> dict[str, Path]:
 
     tmp.mkdir(parents=True, exist_ok=True)
     out = {}
-    for name, img in (ood_samples.generated_inputs() | ood_samples.natural_images()).items():
+    for name, img in (testing.generated_inputs() | testing.natural_images()).items():
         p = tmp / f"{name}.png"
         write_image(p, img)
         out[name] = p
     rng = np.random.default_rng(1)
     vids = {"blank_video": np.zeros((20, 480, 640, 3), np.uint8),
             "noise_video": rng.integers(0, 256, (20, 480, 640, 1), dtype=np.uint8).repeat(3, 3),
-            "cardiac_like_video": np.stack([ood_samples.cardiac_like(seed=s) for s in range(12)]),
-            "abdominal_like_video": np.stack([ood_samples.abdominal_like(seed=s) for s in range(12)])}
+            "cardiac_like_video": np.stack([testing.cardiac_like(seed=s) for s in range(12)]),
+            "abdominal_like_video": np.stack([testing.abdominal_like(seed=s) for s in range(12)])}
     for name, v in vids.items():
         p = tmp / f"{name}.mp4"
         write_video(p, v, 10.0)

@@ -20,8 +20,8 @@ def shared_pocus() -> Path:
 def model_file(tmp_path_factory):
     """A small model trained in seconds on phantom clips (never clinical), saved as a model file."""
     pytest.importorskip("pocovid.analysis", reason="pocovid.analysis is not in this checkout")
-    from pocovid.analysis.quick_model import quick_phantom_model
     from pocovid.models import save_model
+    from pocovid.testing import quick_phantom_model
 
     m = quick_phantom_model(size=96, n_heads=2, steps=40)
     p = tmp_path_factory.mktemp("model") / "phantom.pt"

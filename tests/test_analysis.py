@@ -31,7 +31,7 @@ W, H, FPS, T = 240, 200, 15.0, 60  # 4 s clips
 
 @pytest.fixture(scope="module")
 def model():
-    from pocovid.analysis.quick_model import quick_phantom_model
+    from pocovid.testing import quick_phantom_model
 
     return quick_phantom_model(size=96, n_heads=2)
 
@@ -139,8 +139,8 @@ def test_frames_that_disagree_show_in_the_result_and_timeline(analysed):
 
 
 def test_cams_of_the_one_pass_equal_the_models_cam(model):
-    from pocovid.analysis.quick_model import phantom_frames
     from pocovid.analysis.analyze import grey_to_input
+    from pocovid.testing import phantom_frames
 
     grey, _ = phantom_frames(96, seeds=(4,), n_frames=2)
     x = model.normalize(grey_to_input(grey))
@@ -188,7 +188,7 @@ def test_gradcam_at_any_layer(model, clips, tmp_path):
 
 
 def test_out_of_distribution_inputs_are_flagged(model, tmp_path):
-    from pocovid.analysis import ood_samples
+    from pocovid import testing as ood_samples
     from pocovid.phantom import write_image
 
     nat = ood_samples.natural_images()

@@ -8,8 +8,8 @@ out-of-distribution guard, key moments with heatmaps, a timeline, an HTML report
 Modules: `explain` (CAM, Grad-CAM, heatmaps on the original frame), `uncertainty` (ensemble
 disagreement, thresholds from out-of-fold predictions), `ood` (is this lung ultrasound?),
 `key_moments` (peaks apart in time, frames that disagree), `report` (timeline, key-frame PNGs,
-report.html, overlay video), `analyze` (the pipeline), `batch` (many files, summary.csv); for tests and benchmarks, `ood_samples`
-(generated non-lung inputs) and `quick_model` (a model fitted in seconds on phantom frames).
+report.html, overlay video), `analyze` (the pipeline), `batch` (many files, summary.csv). Test and
+benchmark helpers (non-lung inputs, a quick phantom-trained model) live in `pocovid.testing`.
 Schema: docs/analyze.md.
 """
 
