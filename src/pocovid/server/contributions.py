@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocovid.errors import PocovidError
+from pocovid.files import atomic_path
 
 #: diagnosis value -> (label written to the metadata, file-name prefix, text on the form)
 DIAGNOSES = {
@@ -174,13 +175,11 @@ def export_contributions(db, storage, out: str | os.PathLike) -> ExportResult:
         except (OSError, csv.Error, UnicodeDecodeError) as e:
             raise PocovidError(f"{meta}: cannot read the existing metadata ({e})") from None
         header = old_header + [c for c in METADATA_COLUMNS if c not in old_header]
-    tmp = meta.with_name(meta.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(meta) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         w = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
         w.writeheader()
         for r in kept:
             w.writerow({k: (v if v is not None else "") for k, v in r.items() if k in header})
         for r in new_rows.values():
             w.writerow(r)
-    os.replace(tmp, meta)
     return res

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocovid.errors import PocovidError
+from pocovid.files import atomic_path
 
 #: DeidentificationMethod (LO, at most 64 characters a value, several values).
 METHOD = ["pocovid: PS3.15 E.1-1 Basic Profile", "dates and times removed (not shifted)", "UIDs replaced",
@@ -278,13 +279,10 @@ def deidentify_dicom(src: str | os.PathLike, dst: str | os.PathLike) -> DeidRepo
             report.keywords.append(f"pixels not masked ({type(e).__name__})")
         # BurnedInAnnotation keeps the file's own statement: the region is found automatically and
         # can miss text drawn right against the image, so reviewers still see what the scanner said.
-        tmp = dst.with_name(dst.name + ".deid")
         try:
-            ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, dst)
+            with atomic_path(dst) as tmp:
+                ds.save_as(tmp, enforce_file_format=True)
         except Exception as e:
-            if tmp.exists():
-                tmp.unlink()
             raise DeidError(f"de-identified DICOM cannot be written ({type(e).__name__})") from None
     return report
 
@@ -294,8 +292,6 @@ def mask_outside_scan_region(ds) -> bool:
     over the whole cine): scanner text burnt into the image (names, dates, hospital) lies outside
     it. Compressed pixel data is stored uncompressed afterwards. False when no region is found
     (the pixels are then left as they are and the file's BurnedInAnnotation stands)."""
-    import numpy as np
-
     from pocovid.media import to_rgb8
     from pocovid.region import detect_scan_region
 
