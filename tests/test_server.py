@@ -160,7 +160,7 @@ def test_type_is_sniffed_from_content_not_name():
 # ------------------------------------------------------------------------------------------ API
 
 def test_out_of_distribution_result_is_never_summarised_as_a_diagnosis():
-    from pocovid.server.app import summarize_result
+    from pocovid.server.results import summarize_result
 
     res = {"prediction": {"label": "covid", "probabilities": {"covid": 0.9}, "withheld": True},
            "out_of_distribution": True, "review_recommended": True}
@@ -168,6 +168,23 @@ def test_out_of_distribution_result_is_never_summarised_as_a_diagnosis():
     assert s["diagnosis"] is None and s["probability"] is None and s["withheld"] and s["not_lung"]
     ok = summarize_result({**res, "prediction": {**res["prediction"], "withheld": False}, "out_of_distribution": False})
     assert ok["diagnosis"] == "covid" and ok["probability"] == 0.9 and ok["withheld"] is False
+
+
+def test_artifacts_are_the_declared_fields_only(tmp_path):
+    """A long reason string (a blank recording's out-of-distribution reason) is not a file name to
+    try: only report, timeline, overlay_video and key_frames[*].image are, when they exist."""
+    from pocovid.server.jobs import artifact_names
+
+    for name in ("report.html", "timeline.png", "key_frame_1.png", "result.json", "stray.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    reason = ("the recording does not look like lung ultrasound: " + "dark " * 60)[:293]  # > NAME_MAX
+    result = {"prediction": {"label": "covid", "withheld": True}, "out_of_distribution": True,
+              "review_reasons": [reason], "ood": {"reasons": [reason]}, "notice": reason, "file": "notes.txt",
+              "report": "report.html", "timeline": "timeline.png", "overlay_video": None,
+              "key_frames": [{"rank": 1, "image": "key_frame_1.png"}, {"rank": 2, "image": "missing.png"},
+                             {"rank": 3, "image": "../result.json"}, {"rank": 4, "image": "/etc/passwd"},
+                             {"rank": 5, "image": "x" * 300}, {"rank": 6, "image": reason}]}
+    assert artifact_names(result, tmp_path) == ["key_frame_1.png", "report.html", "result.json", "timeline.png"]
 
 
 def test_upload_poll_result_and_artifacts(client, media):
@@ -350,8 +367,8 @@ def test_bad_uploads_get_clear_4xx(tmp_path, media):
         r = c.post("/api/analyses", content=_multipart(media["still.png"])[:-30],
                    headers={"content-type": "multipart/form-data; boundary=b0undary"})
         assert r.status_code == 400 and "incomplete" in r.json()["detail"]
-        r = c.post("/api/analyses", content=b"x" * 100, headers={"content-type": "multipart/form-data; boundary=b0undary",
-                                                                 "content-length": str(10**10)})
+        r = c.post("/api/analyses", content=b"x" * 100,
+                   headers={"content-type": "multipart/form-data; boundary=b0undary", "content-length": str(10**10)})
         assert r.status_code == 413
         # a truncated video is accepted (its type is right) and its job fails with the reader's reason
         data = media["clip.mp4"]

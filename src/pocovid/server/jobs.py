@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import shutil
 import threading
@@ -28,7 +27,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pocovid.errors import PocovidError
+from pocovid.files import write_json
 from pocovid.server.db import Database, plain_json
+from pocovid.server.results import RESULT_JSON, artifact_names
 from pocovid.server.storage import Storage
 
 log = logging.getLogger("pocovid.server")
@@ -140,37 +141,6 @@ def real_analyze(*args, **kwargs):
     return analyze_recording(*args, **kwargs)
 
 
-def artifact_names(result: Any, out_dir: Path) -> list[str]:
-    """Every string in `result` that names a file inside `out_dir` (relative, no '..'), sorted;
-    plus result.json. These, and only these, are served under /api/analyses/{id}/files/."""
-    out_dir = out_dir.resolve()
-    found: set[str] = set()
-
-    def walk(o):
-        if isinstance(o, dict):
-            for v in o.values():
-                walk(v)
-        elif isinstance(o, (list, tuple)):
-            for v in o:
-                walk(v)
-        elif isinstance(o, str) and 0 < len(o) < 300 and "\x00" not in o:
-            p = Path(o)
-            if p.is_absolute() or ".." in p.parts:
-                return
-            full = (out_dir / p).resolve()
-            try:
-                rel = full.relative_to(out_dir)
-            except ValueError:
-                return
-            if full.is_file():
-                found.add(rel.as_posix())
-
-    walk(result)
-    if (out_dir / "result.json").is_file():
-        found.add("result.json")
-    return sorted(found)
-
-
 class JobRunner:
     """Runs queued analyses with `analyze(path, model, out_dir, config=..., progress=...)`."""
 
@@ -263,8 +233,7 @@ class JobRunner:
             result = plain_json(result)
             if isinstance(result.get("file"), str):  # the stored name (a random id), not a server path
                 result["file"] = upload.name
-            result_json = out_dir / "result.json"
-            result_json.write_text(json.dumps(result, indent=2), encoding="utf-8")
+            write_json(out_dir / RESULT_JSON, result)
             files = artifact_names(result, out_dir)
             model_name = self.models.name
             if self.db.update_analysis(id_, status="done", progress=1.0, stage="done", result=result, files=files,
@@ -282,8 +251,8 @@ class JobRunner:
             self.db.update_analysis(id_, status="failed", stage="failed", error=reason, finished=time.time())
             log.info("analysis %s: failed after %.1f s (%s)", id_, time.time() - t0, type(e).__name__)
         except Exception as e:  # a bug must fail the job with a reason, not kill the worker
-            self.db.update_analysis(id_, status="failed", stage="failed", finished=time.time(),
-                                    error=f"internal error during the analysis ({type(e).__name__}); see the server log")
+            reason = f"internal error during the analysis ({type(e).__name__}); see the server log"
+            self.db.update_analysis(id_, status="failed", stage="failed", finished=time.time(), error=reason)
             log.error("analysis %s: internal error %s\n%s", id_, type(e).__name__,
                       "".join(traceback.format_tb(e.__traceback__)))
         finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,3 +240,22 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
         col.cleanup()
         raise
     return col.form
+
+
+async def store_upload(f: ReceivedFile, dest: Path) -> tuple[bool, str | None]:
+    """Move the received file to `dest`; DICOM is de-identified on the way and the original
+    (identified) bytes never stay. Returns (de-identified, the DICOM's BurnedInAnnotation)."""
+    from starlette.concurrency import run_in_threadpool
+
+    from pocovid.server.deid import DeidError, deidentify_dicom
+
+    if f.media.kind != "dicom":
+        os.replace(f.path, dest)
+        return False, None
+    try:
+        rep = await run_in_threadpool(deidentify_dicom, f.path, dest)
+    except DeidError as e:
+        raise UploadError(400, f"DICOM file refused: {e}") from None
+    finally:
+        f.discard()
+    return True, rep.burned_in_annotation

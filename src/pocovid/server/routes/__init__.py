@@ -1,0 +1,8 @@
+"""The service's endpoints, one router per concern (create_app includes them in this order).
+
+    pages.py          the web page at / and the offline API docs at /docs
+    admin.py          health and the model's description (tag "service")
+    analyses.py       upload a recording, poll its analysis, fetch its artifacts, delete it
+    contributions.py  contribute a labelled recording; the admin's review queue
+    common.py         OpenAPI pieces the upload endpoints share
+"""

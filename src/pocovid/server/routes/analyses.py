@@ -1,0 +1,133 @@
+"""Analyses: upload a recording, poll its analysis, fetch its artifacts and the recording, delete it."""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+
+from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admin
+from pocovid.server.headers import CSP_FILES
+from pocovid.server.results import links_for, summarize_result
+from pocovid.server.routes.common import AUTH_ERRORS, FILE_BODY, FILE_PROP, NOT_FOUND, UPLOAD_ERRORS, multipart_doc
+from pocovid.server.schemas import AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary
+from pocovid.server.storage import new_id, valid_id
+from pocovid.server.uploads import receive_form, store_upload
+
+log = logging.getLogger("pocovid.server")
+
+router = APIRouter(prefix="/api/analyses", tags=["analyses"])
+CACHE_PRIVATE = {"Cache-Control": "private, max-age=3600"}
+
+
+def analysis_row(analysis_id: str, db: Db) -> dict:
+    """The analysis named in the path; 404 when there is none."""
+    row = db.get_analysis(analysis_id) if valid_id(analysis_id) else None
+    if row is None:
+        raise HTTPException(404, "no such analysis")
+    return row
+
+
+Row = Annotated[dict, Depends(analysis_row)]
+
+
+def summary(row: dict, pre: str) -> dict:
+    s = summarize_result(row["result"]) if row["status"] == "done" else {}
+    return {**{k: row[k] for k in ("id", "status", "created", "kind", "format", "size", "progress", "stage",
+                                   "error")}, **s, "url": f"{pre}/api/analyses/{row['id']}"}
+
+
+def status_of(row: dict, pre: str) -> AnalysisStatus:
+    done = row["status"] == "done"
+    base = f"{pre}/api/analyses/{row['id']}/files/"
+    files = {f: base + f for f in row["files"]} if done else {}
+    links = AnalysisLinks(**links_for(row["result"], files)) if done else AnalysisLinks()
+    return AnalysisStatus(**summary(row, pre), started=row["started"], finished=row["finished"],
+                          attempts=row["attempts"], deidentified=row["deidentified"], model=row["model"],
+                          result=row["result"] if done else None, files=files, links=links)
+
+
+@router.post("", status_code=202, response_model=AnalysisCreated, responses=UPLOAD_ERRORS,
+             openapi_extra=multipart_doc({"file": FILE_PROP}, ["file"]))
+async def create_analysis(request: Request, response: Response, cfg: Config, db: Db, storage: Store, jobs: Jobs,
+                          pre: UrlPrefix) -> AnalysisCreated:
+    """Upload a recording (multipart field `file`); it is stored, then analysed in the background.
+    Poll the returned URL."""
+    form = await receive_form(request, storage, max_file_bytes=cfg.max_upload_bytes)
+    f = form.file
+    id_ = new_id()
+    dest = storage.upload_path(id_, f.media.ext)
+    try:
+        deid, _ = await store_upload(f, dest)
+    except BaseException:
+        f.discard()
+        raise
+    size = dest.stat().st_size
+    db.add_analysis(id_, kind=f.media.kind, format=f.media.name, size=size, upload=storage.relative(dest),
+                    deidentified=deid)
+    jobs.submit(id_)
+    log.info("analysis %s: queued (%s, %d bytes%s)", id_, f.media.name, size, ", de-identified" if deid else "")
+    url = f"{pre}/api/analyses/{id_}"
+    response.headers["Location"] = url
+    return AnalysisCreated(id=id_, status="queued", url=url)
+
+
+@router.get("", response_model=AnalysisPage)
+async def list_analyses(db: Db, pre: UrlPrefix, offset: int = Query(0, ge=0),
+                        limit: int = Query(20, ge=1, le=100)) -> AnalysisPage:
+    """History, newest first."""
+    total, rows = db.list_analyses(offset, limit)
+    return AnalysisPage(total=total, offset=offset, limit=limit,
+                        items=[AnalysisSummary(**summary(r, pre)) for r in rows])
+
+
+@router.get("/{analysis_id}", response_model=AnalysisStatus, responses=NOT_FOUND)
+async def get_analysis(row: Row, pre: UrlPrefix) -> AnalysisStatus:
+    """Status (queued, running, done, failed), progress, the reason when failed; when done, the
+    result and the URLs of its artifacts."""
+    return status_of(row, pre)
+
+
+@router.get("/{analysis_id}/files/{name:path}", responses={**NOT_FOUND, **FILE_BODY})
+async def get_file(analysis_id: str, name: str, row: Row, storage: Store):
+    """An artifact of a finished analysis: only names listed in its `files`."""
+    if row["status"] != "done" or name not in row["files"]:
+        raise HTTPException(404, "no such file")
+    base = storage.analysis_dir(analysis_id).resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise HTTPException(404, "no such file")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    headers = dict(CACHE_PRIVATE)
+    if media_type in ("text/html", "image/svg+xml"):
+        headers["Content-Security-Policy"] = CSP_FILES
+    return FileResponse(path, media_type=media_type, headers=headers)
+
+
+@router.get("/{analysis_id}/source", responses={**NOT_FOUND, **FILE_BODY})
+async def get_source(row: Row, storage: Store):
+    """The stored recording (DICOM: the de-identified file), e.g. to show it beside the overlay."""
+    path = storage.resolve(row["upload"])
+    if not path.is_file():
+        raise HTTPException(404, "the recording is missing")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if path.suffix == ".dcm":
+        media_type = "application/dicom"
+    return FileResponse(path, media_type=media_type, headers=CACHE_PRIVATE)
+
+
+@router.delete("/{analysis_id}", status_code=204, responses={**NOT_FOUND, **AUTH_ERRORS},
+               dependencies=[Depends(require_admin)])
+async def delete_analysis(analysis_id: str, db: Db, storage: Store, jobs: Jobs) -> Response:
+    """Delete an analysis, its upload and its artifacts (a running one is stopped)."""
+    row = db.delete_analysis(analysis_id) if valid_id(analysis_id) else None
+    if row is None:
+        raise HTTPException(404, "no such analysis")
+    jobs.cancel(analysis_id)
+    await run_in_threadpool(storage.remove_analysis, analysis_id, row["upload"])
+    log.info("analysis %s: deleted", analysis_id)
+    return Response(status_code=204)
