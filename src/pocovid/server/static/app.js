@@ -77,27 +77,22 @@
     }
     return body;
   }
-  function first(obj, keys) {
-    if (!obj || typeof obj !== "object") return undefined;
-    for (const k of keys) if (obj[k] !== undefined && obj[k] !== null) return obj[k];
-    return undefined;
-  }
 
   // ------------------------------------------------------------------------------ result parsing
-  // The result is the analysis' result.json (`pocovid analyze --json`, docs/analyze.md).
+  // The result is the analysis' result.json (`pocovid analyze --json`, docs/analyze.md), one shape:
+  // prediction {label, probabilities {class: p}, withheld, frames_disagree}, uncertainty {score, threshold},
+  // review_recommended, review_reasons, out_of_distribution, media {kind}, frames [{time_s, probabilities}],
+  // key_frames [{rank, time_s, image, probabilities, evidence}], report, timeline, overlay_video.
   function readResult(a) {
-    const r = a.result || {};
-    const pred = (r.prediction && typeof r.prediction === "object") ? r.prediction : {};
-    const diag = pred.label;
-    const probs = pred.probabilities || r.probabilities || {};
-    let classes = (r.model_info && r.model_info.classes) || Object.keys(probs);
-    const diagP = diag in probs ? Number(probs[diag]) : a.probability;
-    const notLung = !!(r.out_of_distribution ?? a.not_lung);
+    const r = a.result;
+    const pred = r.prediction;
+    const probs = pred.probabilities;
     return {
-      diag, diagP, probs, classes, notLung,
-      withheld: !!(pred.withheld ?? notLung),
-      review: !!(r.review_recommended ?? a.review_recommended),
-      reasons: [].concat(r.review_reasons || []),
+      diag: pred.label, diagP: Number(probs[pred.label]), probs, classes: Object.keys(probs),
+      notLung: !!r.out_of_distribution,
+      withheld: !!pred.withheld,
+      review: !!r.review_recommended,
+      reasons: r.review_reasons || [],
       uncertainty: r.uncertainty || null,
       framesDisagree: !!pred.frames_disagree,
       raw: r,
@@ -105,44 +100,23 @@
   }
 
   function readFrames(r, classes) {
-    // frames: [{time|t, probabilities|probs: {cls: p} | [p...]}] or {times: [...], probabilities: [[...]]}
-    let fr = first(r, ["frames", "timeline", "per_frame"]);
-    const out = { times: [], probs: [], classes: classes.slice() };
-    if (!fr || typeof fr === "string") return out;
-    if (!Array.isArray(fr)) {
-      const times = first(fr, ["times", "time_s", "time"]) || [];
-      let P = first(fr, ["probabilities", "probs", "p"]) || [];
-      if (!Array.isArray(P)) { // {cls: [p per frame]}
-        const cls = Object.keys(P);
-        out.classes = cls;
-        P = times.map((_, i) => cls.map((c) => P[c][i]));
-      }
-      out.times = times.map(Number);
-      out.probs = P.map((row) => (Array.isArray(row) ? row : out.classes.map((c) => row[c])));
-      return out;
-    }
-    for (const f of fr) {
-      const t = Number(first(f, ["time_s", "time", "t"]) ?? out.times.length);
-      let p = first(f, ["probabilities", "probs", "p"]);
-      if (p == null) p = out.classes.map((c) => f[c]);
-      if (!Array.isArray(p)) {
-        if (!out.classes.length) out.classes = Object.keys(p);
-        p = out.classes.map((c) => p[c]);
-      }
-      out.times.push(t);
-      out.probs.push(p.map(Number));
-    }
-    return out;
+    // frames: [{index, time_s, probabilities: {class: p}}], one per analysed frame
+    const frames = r.frames || [];
+    return {
+      classes: classes.slice(),
+      times: frames.map((f) => Number(f.time_s)),
+      probs: frames.map((f) => classes.map((c) => Number(f.probabilities[c]))),
+    };
   }
 
   function readKeyFrames(a, r) {
     // key_frames: [{rank, index, time_s, image (original | heatmap side by side), probabilities, evidence}]
     const files = a.files || {};
     const out = [];
-    for (const k of [].concat(r.key_frames || [])) {
-      const src = k && files[k.image];
+    for (const k of r.key_frames || []) {
+      const src = files[k.image];
       if (!src) continue;
-      out.push({ src, time: k.time_s ?? null, rank: k.rank, evidence: k.evidence ?? null, probs: k.probabilities || {} });
+      out.push({ src, time: k.time_s, rank: k.rank, evidence: k.evidence, probs: k.probabilities });
     }
     return out;
   }
@@ -326,7 +300,7 @@
   function setupMedia(a, R) {
     const L = a.links || {};
     const video = $("video"), still = $("still");
-    const isVideo = ((R.raw.media || {}).kind || (a.kind === "image" ? "image" : "video")) === "video";
+    const isVideo = R.raw.media.kind === "video";
     const kf = readKeyFrames(a, R.raw);
     // overlay view: the overlay video (videos) or the first key frame with its heatmap (images);
     // original view: the recording itself, when the browser can show it
@@ -533,11 +507,11 @@
     try { o = await getJSON(API + "/contributions/options"); } catch (e) { return; }
     const fill = (sel, items, keepFirst) => {
       if (!keepFirst) sel.replaceChildren();
-      for (const it of items) sel.append(el("option", { value: it.value ?? it, text: it.label ?? String(it) }));
+      for (const it of items) sel.append(el("option", { value: it.value, text: it.label }));
     };
     fill($("c-diagnosis"), o.diagnoses, true);
     fill($("c-probe"), o.probes, false);
-    fill($("c-license"), o.licenses, true);
+    fill($("c-license"), o.licenses.map((l) => ({ value: l, label: l })), true);
     fill($("c-severity"), o.severity.map((s) => ({ value: String(s), label: String(s) })), true);
     const grid = $("c-findings");
     grid.replaceChildren();
@@ -595,7 +569,7 @@
     try {
       const m = await getJSON(API + "/model");
       let cv = "";
-      const v = m.metrics && (m.metrics.video || m.metrics.clip);
+      const v = m.metrics && m.metrics.video;
       if (v && v.balanced_accuracy != null) {
         cv = " · cross-validated balanced accuracy " + pct(v.balanced_accuracy) + " per recording" + (v.n ? " (n = " + v.n + ")" : "");
       }
