@@ -6,7 +6,12 @@
     app = create_app(ServerConfig(data_dir="srv"))          # a FastAPI app (uvicorn, TestClient)
 
 Layout (docs/server.md):
-    app.py            the FastAPI app: endpoints, the web page, security headers, token checks
+    app.py            create_app: state on app.state, middleware, error handlers, lifespan, routers
+    routes/           the endpoints, one router per concern: pages (/ and /docs), admin (health,
+                      model), analyses, contributions
+    deps.py           FastAPI dependencies: the shared state (get_db, ...) and require_admin
+    headers.py        security headers (CSP per kind of page)
+    results.py        the analysis result as the server reads it: summary, declared artifacts, links
     schemas.py        pydantic models of every request / response
     uploads.py        multipart bodies read as a stream: size limit while reading, type sniffing
     storage.py        the data folder: SQLite file, uploads, artifacts, contributions (random ids)
