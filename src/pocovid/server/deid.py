@@ -155,77 +155,103 @@ def _is_standard_uid(value: str) -> bool:
 
 def deidentify_dataset(ds, report: DeidReport | None = None) -> DeidReport:
     """De-identify a pydicom Dataset in place (see the module docstring)."""
-    import pydicom
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import generate_uid
-
     global PROFILE
     if not PROFILE:
         PROFILE = _profile()
     report = report or DeidReport()
     if "BurnedInAnnotation" in ds:
         report.burned_in_annotation = str(ds.BurnedInAnnotation or "").strip().upper() or None
-    uid_map: dict[str, str] = {}
+    _Cleaner(report).clean(ds)
+    _mark_deidentified(ds)
+    return report
 
-    def new_uid(old: str) -> str:
+
+_TYPE2_DATETIME = ("StudyDate", "StudyTime", "ContentDate", "ContentTime")  # emptied, not removed
+_EMPTY_STRING_VRS = {"PN", "DA", "TM", "DT", "LO", "SH", "CS", "AS", "LT", "ST", "UT", "UC", "IS", "DS", "AE"}
+
+
+def _is_curve_or_overlay(tag: int) -> bool:
+    group = tag >> 16
+    return (0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF) and group % 2 == 0
+
+
+class _Cleaner:
+    """The profile applied to a data set and, recursively, its sequence items; one UID map for all
+    of them (a UID replaced here is replaced by the same new UID everywhere in the file)."""
+
+    def __init__(self, report: DeidReport):
+        import pydicom
+
+        self.report = report
+        self.uid_map: dict[str, str] = {}
+        self.type2_datetime = {int(pydicom.datadict.tag_for_keyword(k)) for k in _TYPE2_DATETIME}
+
+    def new_uid(self, old: str) -> str:
+        from pydicom.uid import generate_uid
+
         old = str(old).strip()
-        if old not in uid_map:
-            uid_map[old] = generate_uid()
-            report.uids_replaced += 1
-        return uid_map[old]
+        if old not in self.uid_map:
+            self.uid_map[old] = generate_uid()
+            self.report.uids_replaced += 1
+        return self.uid_map[old]
 
-    type2_datetime = {int(pydicom.datadict.tag_for_keyword(k)) for k in ("StudyDate", "StudyTime", "ContentDate",
-                                                                         "ContentTime")}
-
-    def clean(d: Dataset) -> None:
+    def clean(self, d) -> None:
         n_private = sum(1 for e in d if e.tag.is_private)
         if n_private:
             d.remove_private_tags()
-            report.private_removed += n_private
+            self.report.private_removed += n_private
         for elem in list(d):
-            tag = int(elem.tag)
-            group = tag >> 16
-            if (0x5000 <= group <= 0x50FF or 0x6000 <= group <= 0x60FF) and group % 2 == 0:
+            if _is_curve_or_overlay(int(elem.tag)):
                 del d[elem.tag]  # curves and overlays (their planes may carry text or drawings)
-                report.removed += 1
+                self.report.removed += 1
                 continue
-            action = PROFILE.get(tag)
-            vr = elem.VR
-            if action is None:
-                if vr == "PN":
-                    action = "Z"
-                elif vr in ("DA", "TM", "DT"):
-                    action = "Z" if tag in type2_datetime else "X"
-                elif vr == "UI" and elem.value:
-                    action = "U" if not all(_is_standard_uid(v) for v in _values(elem.value)) else None
-            if action == "X" or (action == "D"):
-                del d[elem.tag]
-                report.removed += 1
-                report.keywords.append(elem.keyword or str(elem.tag))
-            elif action == "Z":
-                if vr == "SQ":
-                    elem.value = Sequence([])
-                else:
-                    elem.value = None if vr not in ("PN", "DA", "TM", "DT", "LO", "SH", "CS", "AS", "LT", "ST",
-                                                    "UT", "UC", "IS", "DS", "AE") else ""
-                report.emptied += 1
-                report.keywords.append(elem.keyword or str(elem.tag))
-            elif action == "U":
-                if vr == "UI":
-                    vals = [new_uid(v) if not _is_standard_uid(v) else v for v in _values(elem.value)]
-                    elem.value = vals if len(vals) > 1 else vals[0]
-                elif vr == "SQ":
-                    for item in elem.value:
-                        clean(item)
-                else:
-                    del d[elem.tag]
-                    report.removed += 1
-            elif vr == "SQ":
-                for item in elem.value:
-                    clean(item)
+            self.apply(d, elem, self.action(elem))
 
-    clean(ds)
+    def action(self, elem) -> str | None:
+        """The profile's action code for the element (X, Z, D, U, ...); for elements the profile
+        does not list: names emptied, dates and times removed (Type 2 ones emptied), UIDs outside
+        the standard's dictionary replaced."""
+        tag = int(elem.tag)
+        action = PROFILE.get(tag)
+        if action is not None:
+            return action
+        if elem.VR == "PN":
+            return "Z"
+        if elem.VR in ("DA", "TM", "DT"):
+            return "Z" if tag in self.type2_datetime else "X"
+        if elem.VR == "UI" and elem.value and not all(_is_standard_uid(v) for v in _values(elem.value)):
+            return "U"
+        return None
+
+    def apply(self, d, elem, action: str | None) -> None:
+        from pydicom.sequence import Sequence
+
+        vr = elem.VR
+        if action in ("X", "D"):
+            del d[elem.tag]
+            self.report.removed += 1
+            self.report.keywords.append(elem.keyword or str(elem.tag))
+        elif action == "Z":
+            elem.value = Sequence([]) if vr == "SQ" else "" if vr in _EMPTY_STRING_VRS else None
+            self.report.emptied += 1
+            self.report.keywords.append(elem.keyword or str(elem.tag))
+        elif action == "U" and vr == "UI":
+            vals = [self.new_uid(v) if not _is_standard_uid(v) else v for v in _values(elem.value)]
+            elem.value = vals if len(vals) > 1 else vals[0]
+        elif action == "U" and vr != "SQ":
+            del d[elem.tag]
+            self.report.removed += 1
+        elif vr == "SQ":
+            for item in elem.value:
+                self.clean(item)
+
+
+def _mark_deidentified(ds) -> None:
+    """The file meta follows the new SOP Instance UID and loses its sender fields; the data set
+    says it is de-identified, and how (PatientIdentityRemoved, DeidentificationMethod + code)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
     meta = getattr(ds, "file_meta", None)
     if meta is not None:
         if "SOPInstanceUID" in ds:
@@ -242,7 +268,6 @@ def deidentify_dataset(ds, report: DeidReport | None = None) -> DeidReport:
     code.CodeMeaning = "Basic Application Confidentiality Profile"
     ds.DeidentificationMethodCodeSequence = Sequence([code])
     ds.LongitudinalTemporalInformationModified = "REMOVED"
-    return report
 
 
 def _values(v) -> list[str]:
