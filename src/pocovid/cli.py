@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import dataclasses
+import string
 import sys
+from collections.abc import Callable, Mapping
+from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from pocovid import __version__
 from pocovid.errors import PocovidError
 
+
+class _OneLineErrors(TyperGroup):
+    """Every `PocovidError` a command raises ends as one line on stderr and exit 1, no traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except PocovidError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+
 app = typer.Typer(help="pocovid: decision support for lung point-of-care ultrasound (research use, "
                        "not a diagnosis).", no_args_is_help=True, pretty_exceptions_enable=False,
-                  add_completion=False)
+                  add_completion=False, cls=_OneLineErrors)
 data_app = typer.Typer(help="Index a dataset, split it by patient, check a split.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 phantom_app = typer.Typer(help="Write synthetic lung-ultrasound clips and datasets (tests, demos).",
@@ -24,6 +41,63 @@ def fail(msg: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# ------------------------------------------------------------------------------ defaults written once
+# Options of settings that a config dataclass (or a function) owns default to None: "not given, use the
+# owner's default". Their help shows that default as `{field}`, read from the owner when help is shown
+# (TrainConfig brings in torch and MONAI: seconds that other commands need not wait for).
+
+
+class _ShownDefault(string.Formatter):
+    def format_field(self, value, format_spec):
+        if isinstance(value, bool):
+            return "yes" if value else "no"
+        if isinstance(value, (tuple, list)):
+            return ",".join(map(str, value))
+        return "none" if value is None else format(value, format_spec)
+
+
+class _DefaultsInHelp(TyperCommand):
+    defaults: Callable[[], Mapping] = staticmethod(dict)
+
+    def format_help(self, ctx, formatter):
+        values = self.defaults()
+        for p in self.params:
+            if p.help and "{" in p.help:
+                p.help = _ShownDefault().vformat(p.help, (), values)
+        return super().format_help(ctx, formatter)
+
+
+def _defaults_from(defaults: Callable[[], Mapping]) -> type[TyperCommand]:
+    """A command class whose option help fills `{name}` from `defaults()` (only when help is shown)."""
+    return type("DefaultsInHelp", (_DefaultsInHelp,), {"defaults": staticmethod(defaults)})
+
+
+def _fields(obj) -> dict:
+    """The fields of a dataclass instance by name (nested ones stay objects: `{augment.vflip}`)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def _given(ctx: typer.Context, config) -> dict:
+    """The options given on the command line that are fields of the dataclass `config`."""
+    names = {f.name for f in dataclasses.fields(config)}
+    return {k: v for k, v in ctx.params.items() if k in names and v is not None and v != []}
+
+
+def _option(ctx: typer.Context, name: str) -> str:
+    """The command-line spelling of the parameter `name` ('--key-frames' for key_frames)."""
+    return next((p.opts[0] for p in ctx.command.params if p.name == name), name)
+
+
+def _culprit(ctx: typer.Context, given: dict, build: Callable[[dict], object], errors) -> str:
+    """'--option: ' for the first given value that `build` refuses on its own, else ''."""
+    for name, value in given.items():
+        try:
+            build({name: value})
+        except errors:
+            return f"{_option(ctx, name)}: "
+    return ""
+
+
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", help="Print the version and exit.")):
     if version:
@@ -32,7 +106,7 @@ def _root(version: bool = typer.Option(False, "--version", help="Print the versi
 
 
 @app.command("info")
-def info_cmd(files: list[str] = typer.Argument(..., help="Recordings (video, image, DICOM).")):
+def info_cmd(files: Annotated[list[str], typer.Argument(help="Recordings (video, image, DICOM).")]):
     """Print fps, frame count and size of each recording."""
     from pocovid.media import probe
 
@@ -146,7 +220,8 @@ def data_check_split_cmd(
 @phantom_app.command("clip")
 def phantom_clip_cmd(
     out: str = typer.Argument(..., help="File to write: .mp4 .avi .mov .mpeg .gif .png .jpg .dcm ..."),
-    label: str = typer.Option("covid", "--label", help="regular (A-lines), covid (B-lines), pneumonia (consolidation)."),
+    label: str = typer.Option("covid", "--label",
+                              help="regular (A-lines), covid (B-lines), pneumonia (consolidation)."),
     probe: str = typer.Option("convex", "--probe", help="convex or linear."),
     frames: int = typer.Option(60, "--frames", help="Number of frames."),
     fps: float = typer.Option(20.0, "--fps", help="Frame rate."),
@@ -184,48 +259,90 @@ def phantom_dataset_cmd(
     typer.echo(f"written: {root}")
 
 
-@app.command("train")
+def _train_defaults() -> dict:
+    from pocovid.evaluation import AGGREGATION_METHODS
+    from pocovid.training import TrainConfig
+
+    return _fields(TrainConfig()) | {"methods": ", ".join(AGGREGATION_METHODS)}
+
+
+@app.command("train", cls=_defaults_from(_train_defaults))
 def train_cmd(
+    ctx: typer.Context,
     folder: str = typer.Argument(..., help="Dataset folder the split file refers to (public layout or DIR/<class>/)."),
     splits: str = typer.Option(..., "--splits", help="Split file from `pocovid data split`."),
     out: str = typer.Option(..., "--out", help="Run folder, e.g. runs/NAME (resumes if it exists)."),
     final: bool = typer.Option(False, "--final", help="Also train the model on all data: OUT/model.pt."),
     cv: bool = typer.Option(True, "--cv/--no-cv", help="Cross-validate over the folds (out-of-fold metrics)."),
-    backbone: str = typer.Option("efficientnet_lite0", "--backbone", help="Backbone name (`pocovid models`)."),
-    classes: str = typer.Option("covid,pneumonia,regular", "--classes", help="Classes to learn, comma-separated."),
-    probe: str = typer.Option("convex", "--probe", help="Probe to train on (convex, linear, or all)."),
-    rate: float = typer.Option(3.0, "--rate", help="Frames per second sampled from each clip (0: every frame)."),
-    max_frames: int = typer.Option(30, "--max-frames", help="At most this many frames per clip, evenly spread."),
-    epochs: int = typer.Option(30, "--epochs", help="Maximum epochs (early stopping on held-out patients)."),
-    val_fraction: float = typer.Option(0.2, "--val-fraction",
-                                       help="Share of training patients held out for early stopping (0: train all epochs)."),
-    lr: float = typer.Option(1e-3, "--lr", help="Learning rate (AdamW)."),
-    batch_size: int = typer.Option(32, "--batch-size"),
-    n_heads: int = typer.Option(5, "--heads", help="Ensemble members sharing the frozen backbone."),
-    n_frozen: int = typer.Option(None, "--freeze", help="Backbone stages frozen (cached); default: all used."),
-    cut: int = typer.Option(None, "--cut", help="Backbone stages used; default: the backbone's default."),
-    n_aug: int = typer.Option(5, "--aug-copies", help="Augmented copies of each frame cached for training."),
-    vflip: bool = typer.Option(False, "--vflip/--no-vflip", help="Also flip vertically when augmenting."),
-    crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop frames to the detected scan region."),
+    config: str = typer.Option(None, "--config", help="TOML file of training settings: any TrainConfig field, "
+                               "[augment] for the augmentation's; the options below override it."),
+    backbone: str = typer.Option(None, "--backbone",
+                                 help="Backbone name (default {backbone}; an unknown name lists the known ones)."),
+    classes: str = typer.Option(None, "--classes", help="Classes to learn, comma-separated (default {classes})."),
+    probe: str = typer.Option(None, "--probe", help="Probe to train on: convex, linear, unknown or all "
+                              "(default {probe})."),
+    rate_hz: float = typer.Option(None, "--rate", help="Frames per second sampled from each clip, 0: every frame "
+                                  "(default {rate_hz})."),
+    max_frames: int = typer.Option(None, "--max-frames",
+                                   help="At most this many frames per clip, evenly spread (default {max_frames})."),
+    size: int = typer.Option(None, "--size", help="Input size in pixels (default: the backbone's)."),
+    crop: bool = typer.Option(None, "--crop/--no-crop", help="Crop frames to the detected scan region "
+                              "(default {crop})."),
+    cut: int = typer.Option(None, "--cut", help="Backbone stages used (default: the backbone's own)."),
+    n_frozen: int = typer.Option(None, "--freeze", help="Backbone stages frozen and cached (default: all used)."),
+    adapter_channels: int = typer.Option(None, "--adapter-channels",
+                                         help="Adapter width, 0: no adapter (default {adapter_channels})."),
+    dropout: float = typer.Option(None, "--dropout", help="Dropout before each head (default {dropout})."),
+    spatial_dropout: float = typer.Option(None, "--spatial-dropout",
+                                          help="Spatial dropout in the adapter (default {spatial_dropout})."),
+    n_heads: int = typer.Option(None, "--heads", help="Ensemble members sharing the frozen backbone "
+                                "(default {n_heads})."),
+    epochs: int = typer.Option(None, "--epochs", help="Maximum epochs, early stopping on held-out patients "
+                               "(default {epochs})."),
+    patience: int = typer.Option(None, "--patience",
+                                 help="Epochs without improvement before early stopping (default {patience})."),
+    lr: float = typer.Option(None, "--lr", help="Learning rate, AdamW (default {lr})."),
+    weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay (default {weight_decay})."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Frames per batch (default {batch_size})."),
+    label_smoothing: float = typer.Option(None, "--label-smoothing",
+                                          help="Label smoothing of the loss (default {label_smoothing})."),
+    val_fraction: float = typer.Option(None, "--val-fraction", help="Share of training patients held out for early "
+                                       "stopping, 0: train all epochs (default {val_fraction})."),
+    refit: bool = typer.Option(None, "--refit/--no-refit", help="Then retrain on all training patients for the "
+                               "epochs early stopping chose (default {refit})."),
+    n_aug: int = typer.Option(None, "--aug-copies",
+                              help="Augmented copies of each frame cached for training (default {n_aug})."),
+    vflip: bool = typer.Option(None, "--vflip/--no-vflip",
+                               help="Also flip vertically when augmenting (default {augment.vflip})."),
+    aggregation: str = typer.Option(None, "--aggregation",
+                                    help="Frames -> clip in the metrics: {methods} (default {aggregation})."),
+    seed: int = typer.Option(None, "--seed", help="Seed of initialisation and augmentation (default {seed})."),
     weights: str = typer.Option(None, "--weights", help="Pretrained backbone weights (file or URL), e.g. for vgg16."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Random backbone init (tests only)."),
-    seed: int = typer.Option(0, "--seed"),
+    dry_run: bool = typer.Option(False, "--dry-run",
+                                 help="Print the training settings as TOML (a --config file) and exit."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """Train and cross-validate a frame classifier; --final also trains the model to ship."""
     from pocovid.data import load_splits
-    from pocovid.data.labels import parse_classes, parse_probes
     from pocovid.evaluation import format_summary
-    from pocovid.training import AugmentConfig, TrainConfig, train_run
+    from pocovid.training import TrainConfig, train_run
+    from pocovid.training.config import ConfigError
 
-    sp = load_splits(splits)
-    probes = parse_probes(probe) if probe and probe != "all" else None
-    cfg = TrainConfig(backbone=backbone, classes=tuple(parse_classes(classes)), probe=probes[0] if probes else None,
-                      rate_hz=rate or None, max_frames=max_frames, epochs=epochs, val_fraction=val_fraction, lr=lr, batch_size=batch_size,
-                      n_heads=n_heads, n_frozen=n_frozen, cut=cut, n_aug=n_aug, crop=crop, seed=seed,
-                      augment=AugmentConfig(vflip=vflip))
+    given = _given(ctx, TrainConfig)
+    if vflip is not None:
+        given["augment"] = {"vflip": vflip}
+    try:
+        cfg = TrainConfig.from_dict(given, base=TrainConfig.from_file(config) if config else None)
+    except ConfigError as e:
+        where = _option(ctx, e.key.rsplit(".", 1)[-1]) if e.source is None else None
+        fail(f"{where}: {e.problem}" if where and where.startswith("--") else str(e))
+    if dry_run:
+        typer.echo(cfg.to_toml(), nl=False)
+        return
     if not cv and not final:
         fail("nothing to do: --no-cv without --final")
+    sp = load_splits(splits)
     res = train_run(sp, out, cfg, final=final, cv=cv, root=folder, progress=not quiet, weights=weights,
                     pretrained=not no_pretrained)
     if res.metrics:
@@ -239,23 +356,48 @@ def train_cmd(
     typer.echo("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items()))
 
 
-@app.command("evaluate")
+def _evaluate_defaults() -> dict:
+    import inspect
+
+    from pocovid.evaluation import AGGREGATION_METHODS, evaluate_folder
+
+    params = inspect.signature(evaluate_folder).parameters.items()
+    return {k: p.default for k, p in params if p.default is not p.empty} | {"methods": ", ".join(AGGREGATION_METHODS)}
+
+
+def _check_aggregation(value: str | None) -> str | None:
+    from pocovid.evaluation import AGGREGATION_METHODS
+
+    if value is not None and value not in AGGREGATION_METHODS:
+        fail(f"--aggregation: unknown method {value!r} (known: {', '.join(AGGREGATION_METHODS)})")
+    return value
+
+
+@app.command("evaluate", cls=_defaults_from(_evaluate_defaults))
 def evaluate_cmd(
     folder: str = typer.Argument(..., help="Labelled folder (public POCUS layout or DIR/<class>/<files>)."),
     model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
     out: str = typer.Option(..., "--out", help="Folder for metrics.json, predictions.csv and plots."),
     probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
     classes: str = typer.Option(None, "--classes", help="Evaluate these of the model's classes only."),
-    aggregation: str = typer.Option("mean", "--aggregation", help="Frames -> clip: mean, vote, logmean, max."),
-    rate: float = typer.Option(None, "--rate", help="Frames per second sampled (default: as trained)."),
-    max_frames: int = typer.Option(None, "--max-frames", help="At most this many frames per clip (default: as trained)."),
+    aggregation: str = typer.Option(None, "--aggregation", callback=_check_aggregation,
+                                    help="Frames -> clip: {methods} (default {aggregation})."),
+    rate_hz: float = typer.Option(None, "--rate", help="Frames per second sampled, 0: every frame "
+                                  "(default: as trained)."),
+    max_frames: int = typer.Option(None, "--max-frames",
+                                   help="At most this many frames per clip (default: as trained)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ):
     """Score a model on a labelled folder: frame and video metrics, predictions, plots."""
     from pocovid.evaluation import evaluate_folder, format_summary
 
-    m = evaluate_folder(model, folder, out, probes=probe, classes=classes, aggregation=aggregation,
-                        rate_hz=rate, max_frames=max_frames, progress=not quiet)
+    if rate_hz is not None and rate_hz < 0:
+        fail(f"--rate: must be >= 0 (0: every frame), got {rate_hz}")
+    if max_frames is not None and max_frames < 1:
+        fail(f"--max-frames: must be >= 1, got {max_frames}")
+    given = {k: v for k, v in (("aggregation", aggregation), ("rate_hz", rate_hz), ("max_frames", max_frames))
+             if v is not None}
+    m = evaluate_folder(model, folder, out, probes=probe, classes=classes, progress=not quiet, **given)
     typer.echo(format_summary(m))
     if m["skipped"]:
         typer.echo(f"skipped {len(m['skipped'])} recording(s):")
@@ -277,16 +419,31 @@ def _server_missing(e: ImportError) -> None:
     fail(f"the web service needs the 'serve' extra: pip install 'pocovid[serve]' ({e})")
 
 
-@app.command("serve")
+def _serve_defaults() -> dict:
+    from pocovid.server.config import ServerConfig
+
+    return _fields(ServerConfig())
+
+
+def _check_port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        fail(f"--port: must be 1..65535 (0: any free port), got {value}")
+    return value
+
+
+@app.command("serve", cls=_defaults_from(_serve_defaults))
 def serve_cmd(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind. Default: this machine only."),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
+    port: int = typer.Option(8000, "--port", callback=_check_port, help="TCP port (0: any free port)."),
     data_dir: str = typer.Option(None, "--data-dir", help=_DATA_DIR_HELP),
-    model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
-    workers: int = typer.Option(1, "--workers", help="Analyses run at the same time."),
-    max_upload_mb: float = typer.Option(200.0, "--max-upload-mb", help="Upload size limit in MB."),
-    cors_origin: list[str] = typer.Option(None, "--cors-origin",
-                                          help="Allow this origin by CORS (repeatable). Default: CORS off."),
+    model: str = typer.Option(None, "--model", help="Model file, or 'default' for the bundled model "
+                              "(default '{model}')."),
+    workers: int = typer.Option(None, "--workers", help="Analyses run at the same time (default {workers})."),
+    max_upload_mb: float = typer.Option(None, "--max-upload-mb", help="Upload size limit in MB "
+                                        "(default {max_upload_mb})."),
+    cors_origins: Annotated[list[str] | None, typer.Option(
+        "--cors-origin", help="Allow this origin by CORS (repeatable). Default: CORS off.")] = None,
     threads: int = typer.Option(None, "--threads", help="Torch threads (default: CPU cores / workers)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ):
@@ -302,20 +459,19 @@ def serve_cmd(
         import uvicorn
 
         from pocovid.server import ServerConfig, create_app
-        from pocovid.server.config import default_data_dir
     except ImportError as e:
         _server_missing(e)
+    given = _given(ctx, ServerConfig)
     try:
-        cfg = ServerConfig.from_env(data_dir=data_dir or default_data_dir(), model=model, workers=workers,
-                                    max_upload_mb=max_upload_mb, cors_origins=list(cors_origin or []))
+        cfg = ServerConfig.from_env(**given)
     except ValueError as e:
-        fail(str(e))
+        fail(f"{_culprit(ctx, given, lambda kw: ServerConfig(**kw), ValueError)}{e}")
     import torch
 
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // cfg.workers))
     from pocovid.inference import model_path
 
-    model_path(model)  # a missing model file: one line now, not at the first upload
+    model_path(cfg.model)  # a missing model file: one line now, not at the first upload
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if host not in ("127.0.0.1", "localhost", "::1") and cfg.token is None:
@@ -382,21 +538,33 @@ def contributions_list_cmd(
     typer.echo(f"{total} contribution(s)")
 
 
-@app.command("analyze")
+def _analysis_defaults() -> dict:
+    from pocovid.analysis import AnalysisConfig
+
+    return _fields(AnalysisConfig())
+
+
+@app.command("analyze", cls=_defaults_from(_analysis_defaults))
 def analyze_cmd(
-    files: list[str] = typer.Argument(..., help="Recordings: video, image or DICOM (cropped to the scan region)."),
+    ctx: typer.Context,
+    files: Annotated[list[str], typer.Argument(
+        help="Recordings: video, image or DICOM (cropped to the scan region).")],
     model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
     out: str = typer.Option("analysis", "--out", "-o",
                             help="Output folder: one sub-folder per file (DIR/<file stem>) and DIR/summary.csv."),
     json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout (a JSON list for several "
                                                        "files) and nothing else."),
-    rate: float = typer.Option(None, "--rate", help="Frames per second analysed (default: every frame)."),
-    overlay_video: bool = typer.Option(False, "--overlay-video", help="Also write overlay.mp4: the clip with heatmaps."),
-    key_frames: int = typer.Option(3, "--key-frames", help="Key moments to show (K)."),
-    explainer: str = typer.Option("cam", "--explainer", help="cam (class activation map) or gradcam (MONAI Grad-CAM)."),
+    rate_hz: float = typer.Option(None, "--rate", help="Frames per second analysed, 0: every frame "
+                                  "(default: every frame)."),
+    overlay_video: bool = typer.Option(None, "--overlay-video/--no-overlay-video",
+                                       help="Also write overlay.mp4: the clip with heatmaps "
+                                       "(default {overlay_video})."),
+    key_frames: int = typer.Option(None, "--key-frames", help="Key moments to show, K (default {key_frames})."),
+    explainer: str = typer.Option(None, "--explainer", help="cam (class activation map) or gradcam (MONAI "
+                                  "Grad-CAM) (default {explainer})."),
     gradcam_layer: str = typer.Option(None, "--gradcam-layer",
                                       help="Grad-CAM target module, e.g. trunk.4 (default: each head's last map)."),
-    crop: bool = typer.Option(True, "--crop/--no-crop", help="Crop to the detected scan region."),
+    crop: bool = typer.Option(None, "--crop/--no-crop", help="Crop to the detected scan region (default {crop})."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
 ):
     """Analyse recordings: clip diagnosis with probabilities and uncertainty, key moments with
@@ -410,10 +578,16 @@ def analyze_cmd(
     from pocovid.analysis import AnalysisConfig, analyze_files
     from pocovid.analysis.analyze import resolve_model
 
-    cfg = AnalysisConfig(rate_hz=rate or None, key_frames=key_frames, explainer=explainer,
-                         overlay_video=overlay_video, crop=crop, gradcam_layer=gradcam_layer)
+    given = _given(ctx, AnalysisConfig)
+    if given.get("rate_hz") == 0:
+        given["rate_hz"] = None  # every frame
+    cfg = dataclasses.replace(AnalysisConfig(), **given)
     try:
         cfg.check()
+    except PocovidError as e:
+        check_alone = lambda kw: dataclasses.replace(AnalysisConfig(), **kw).check()
+        fail(f"{_culprit(ctx, given, check_alone, PocovidError)}{e}")
+    try:
         m, _ = resolve_model(model)
     except PocovidError as e:
         hint = " (pass --model FILE: a model written by `pocovid train --final`)" if model == "default" else ""
@@ -463,12 +637,10 @@ def _analysis_line(r: dict) -> str:
     return (f"{r['file']}: most likely {p['label']} [{probs}] uncertainty {u['score']:.3f} ({u['method']}, "
             f"review threshold {u['threshold']:.3f}){flags}{where}")
 
+
 def main() -> None:
     try:
-        app()
-    except PocovidError as e:  # one line, no traceback
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        app()  # a PocovidError ends as one line: _OneLineErrors
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Mapping
@@ -71,6 +70,17 @@ class TrainConfig:
         d["classes"] = list(self.classes)
         d["augment"]["gamma"] = list(self.augment.gamma)
         return d
+
+    def to_toml(self) -> str:
+        """The config as a TOML file that `from_file` reads back to an equal config."""
+        def line(key: str, v) -> str:
+            v = _NONE_IN_FILE.get(key, v) if v is None else v
+            return "" if v is None else f"{key.rsplit('.', 1)[-1]} = {json.dumps(v)}\n"
+
+        d = self.to_dict()
+        aug = d.pop("augment")
+        return ("".join(line(k, v) for k, v in d.items()) + "\n[augment]\n"
+                + "".join(line(f"augment.{k}", v) for k, v in aug.items()))
 
     @classmethod
     def from_dict(cls, d: Mapping, *, base: TrainConfig | None = None,
@@ -149,6 +159,9 @@ def read_config_file(path: str | os.PathLike) -> dict:
     except (OSError, UnicodeDecodeError) as e:
         raise PocovidError(f"{path}: cannot read ({e.__class__.__name__}: {e})") from None
     if suffix == ".toml":
+        tomllib = _toml()
+        if tomllib is None:
+            raise PocovidError(f"{path}: TOML needs Python 3.11+ (tomllib) or the tomli package")
         try:
             d = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
@@ -167,6 +180,17 @@ def read_config_file(path: str | os.PathLike) -> dict:
     return d
 
 
+def _toml():
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            return None
+    return tomllib
+
+
 def _yaml():
     try:
         import yaml
@@ -180,9 +204,11 @@ def _must(ok: bool, key: str, problem: str) -> None:
         raise ConfigError(key, problem)
 
 
+_NONE_IN_FILE = {"probe": "all", "rate_hz": 0, "adapter_channels": 0}  # TOML has no null
 _SPECIAL = {  # a field's value in a file or option -> the field's value
     "probe": lambda v: None if isinstance(v, str) and v.strip().lower() == "all" else v,
     "rate_hz": lambda v: None if v == 0 and not isinstance(v, bool) else v,
+    "adapter_channels": lambda v: None if v == 0 and not isinstance(v, bool) else v,
 }
 _PARSED = {  # names normalised (synonyms, case) once their type is right
     "classes": lambda v: tuple(parse_classes(list(v)) or ()),
