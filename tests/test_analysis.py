@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from pocovid.analysis import AnalysisConfig, analyze_files, analyze_recording, uncertainty_threshold_from_oof
-from pocovid.analysis.explain import fast_trunk, forward_with_cams, heat_in_frame
+from pocovid.analysis.explain import heat_in_frame
+from pocovid.analysis.result import AnalysisResult, result_schema
 from pocovid.analysis.key_moments import disagreement, select_key_moments
 from pocovid.analysis.uncertainty import DEFAULT_UNCERTAINTY, clip_uncertainty, threshold_of
 from pocovid.errors import PocovidError
@@ -68,57 +69,58 @@ def analysed(model, clips, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------- the result
-def _check_schema(r: dict):
-    assert isinstance(r["file"], str) and isinstance(r["model"], str)
-    assert r["prediction"]["label"] in CLASSES
-    probs = r["prediction"]["probabilities"]
+def _check_schema(r: AnalysisResult):
+    assert isinstance(r.file, str) and isinstance(r.model, str)
+    assert r.prediction.label in CLASSES
+    probs = r.prediction.probabilities
     assert set(probs) == set(CLASSES) and abs(sum(probs.values()) - 1) < 1e-3
-    assert isinstance(r["uncertainty"]["score"], float) and isinstance(r["uncertainty"]["method"], str)
-    assert isinstance(r["review_recommended"], bool) and isinstance(r["out_of_distribution"], bool)
-    assert r["frames"] and all(set(f["probabilities"]) == set(CLASSES) and isinstance(f["time_s"], float)
-                               for f in r["frames"])
-    for k in r["key_frames"]:
-        assert isinstance(k["time_s"], float) and k["image"].endswith(".png") and set(k["probabilities"]) == set(CLASSES)
-    assert r["report"] == "report.html" and r["timeline"] == "timeline.png"
-    assert ScanRegion.from_dict(r["region"]).frame_size == (H, W)
-    assert "not a diagnosis" in r["notice"]
-    json.dumps(r, allow_nan=False)  # plain JSON
+    assert isinstance(r.uncertainty.score, float) and isinstance(r.uncertainty.method, str)
+    assert isinstance(r.review_recommended, bool) and isinstance(r.out_of_distribution, bool)
+    assert r.frames and all(set(f.probabilities) == set(CLASSES) and isinstance(f.time_s, float)
+                               for f in r.frames)
+    for k in r.key_frames:
+        assert isinstance(k.time_s, float) and k.image.endswith(".png") and set(k.probabilities) == set(CLASSES)
+    assert r.report == "report.html" and r.timeline == "timeline.png"
+    assert ScanRegion.from_dict(r.region).frame_size == (H, W)
+    assert "not a diagnosis" in r.notice
+    json.dumps(r.to_json(), allow_nan=False)  # plain JSON
+    AnalysisResult.model_validate(r.to_json())  # and it reads back
 
 
 @pytest.mark.parametrize("name", ["covid", "pneumonia", "regular"])
 def test_phantom_clips_through_the_whole_path(analysed, name):
     r, out, p = analysed[name]
     _check_schema(r)
-    assert r["prediction"]["label"] == name
-    assert r["sampling"]["n_frames_analyzed"] == T  # every frame
-    assert not r["out_of_distribution"], r["ood"]
+    assert r.prediction.label == name
+    assert r.sampling.n_frames_analyzed == T  # every frame
+    assert not r.out_of_distribution, r.ood
     saved = json.loads((out / "result.json").read_text())
-    assert saved == r
-    for k in r["key_frames"]:
-        assert (out / k["image"]).stat().st_size > 1000
+    assert saved == r.to_json()
+    for k in r.key_frames:
+        assert (out / k.image).stat().st_size > 1000
     assert (out / "timeline.png").stat().st_size > 1000 and (out / "report.html").is_file()
-    assert r["region"]["shape"] == "convex" and r["region"]["method"] != "fallback"
+    assert r.region["shape"] == "convex" and r.region["method"] != "fallback"
 
 
 @pytest.mark.parametrize("name", ["covid", "pneumonia"])
 def test_key_moments_are_apart_and_on_the_finding(analysed, name):
     r, _, p = analysed[name]
-    keys = r["key_frames"]
+    keys = r.key_frames
     assert len(keys) == 3
-    times = sorted(k["time_s"] for k in keys)
-    assert min(np.diff(times)) >= r["key_frame_min_gap_s"] - 1e-6 >= 0.5 - 1e-6
+    times = sorted(k.time_s for k in keys)
+    assert min(np.diff(times)) >= r.key_frame_min_gap_s - 1e-6 >= 0.5 - 1e-6
     for k in keys:  # the phantom draws its B-lines / consolidation only in these frames
-        assert p.finding_frames[k["index"]], (k, np.flatnonzero(p.finding_frames))
-    assert [k["rank"] for k in keys] == [1, 2, 3]
-    ev = [k["evidence"] for k in keys]
+        assert p.finding_frames[k.index], (k, np.flatnonzero(p.finding_frames))
+    assert [k.rank for k in keys] == [1, 2, 3]
+    ev = [k.evidence for k in keys]
     assert ev == sorted(ev, reverse=True) or max(ev) - min(ev) < 1e-3
 
 
 def test_cam_heat_lies_inside_the_scan_region(analysed, model, clips):
     r, _, _ = analysed["covid"]
-    region = ScanRegion.from_dict(r["region"])
-    for k in r["key_frames"]:
-        assert k["heat_inside_region"] > 0.6, k
+    region = ScanRegion.from_dict(r.region)
+    for k in r.key_frames:
+        assert k.heat_inside_region > 0.6, k
     # on the original frame: zero outside the mask, by construction
     cam = np.random.default_rng(0).random((6, 6)).astype(np.float32)
     heat = heat_in_frame(cam, region, scale=1.0)
@@ -127,39 +129,44 @@ def test_cam_heat_lies_inside_the_scan_region(analysed, model, clips):
 
 def test_frames_that_disagree_show_in_the_result_and_timeline(analysed):
     r, _, p = analysed["mixed"]
-    assert r["prediction"]["label"] == "regular"
-    assert r["prediction"]["frames_disagree"] and r["review_recommended"]
-    seg = [s for s in r["prediction"]["disagreement"] if s["sizeable"]]
-    assert seg and all(s["label"] == "pneumonia" for s in seg)
+    assert r.prediction.label == "regular"
+    assert r.prediction.frames_disagree and r.review_recommended
+    seg = [s for s in r.prediction.disagreement if s.sizeable]
+    assert seg and all(s.label == "pneumonia" for s in seg)
     finding_t = np.flatnonzero(p.finding_frames) / FPS
-    assert seg[0]["start_s"] <= finding_t[-1] and seg[0]["end_s"] >= finding_t[0]
-    assert any("frames disagree" in x for x in r["review_reasons"])
+    assert seg[0].start_s <= finding_t[-1] and seg[0].end_s >= finding_t[0]
+    assert any("frames disagree" in x for x in r.review_reasons)
     # a clean clip does not
-    assert not analysed["regular"][0]["prediction"]["frames_disagree"]
+    assert not analysed["regular"][0].prediction.frames_disagree
 
 
-def test_cams_of_the_one_pass_equal_the_models_cam(model):
-    from pocovid.analysis.analyze import grey_to_input
-    from pocovid.testing import phantom_frames
+def test_stream_predict_cams_equal_the_models_cam(model, clips):
+    """The one frame pass: compiled trunk, CAMs of every class and pooled features, equal to the
+    eager model's own CAM on the same pixels."""
+    from pocovid.inference import stream_predict
 
-    grey, _ = phantom_frames(96, seeds=(4,), n_frames=2)
-    x = model.normalize(grey_to_input(grey))
-    for trunk in (None, fast_trunk(model, 96)):
-        logits, pooled, cams = forward_with_cams(model, x, trunk)
-        assert logits.shape == (len(grey), 2, 3) and pooled.shape[0] == len(grey)
-        for c in range(3):
-            ref = model.class_activation_map(x, c)
-            assert torch.allclose(cams[:, c], ref, atol=1e-3 * float(ref.abs().max()) + 1e-5)
+    rec = stream_predict(clips["covid"][0], model, rate_hz=5, cams=True, keep_pixels=True)
+    assert len(rec) == 20 and rec.pixels.shape == (20, 96, 96) and rec.outputs.pooled.shape[0] == 20
+    x = model.input_tensor(rec.pixels[:4])
+    for c in range(3):
+        ref = model.class_activation_map(x, c).numpy()
+        assert np.allclose(rec.outputs.cams[:4, c], ref, atol=1e-3 * float(np.abs(ref).max()) + 1e-5)
+    assert np.allclose(rec.probs[:4], model.predict_proba(x).detach().numpy(), atol=1e-4)
+    assert {"region_s", "decode_s", "model_s"} <= set(rec.timings)
 
 
-def test_training_and_analysis_prepare_frames_alike():
-    from pocovid.analysis.analyze import grey_to_input, to_grey
-    from pocovid.training import frames as tf
+def test_stream_predict_leaves_no_thread_behind(model, clips, tmp_path):
+    import threading
 
-    img = np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)
-    assert np.array_equal(to_grey(img), tf.to_grey(img))
-    g = np.stack([to_grey(img)] * 2)
-    assert np.array_equal(grey_to_input(g), tf.grey_to_input(g))
+    from pocovid.inference import stream_predict
+
+    before = set(threading.enumerate())
+    stream_predict(clips["covid"][0], model, rate_hz=5)
+    bad = tmp_path / "truncated.mp4"
+    bad.write_bytes(clips["covid"][0].read_bytes()[:3000])
+    with pytest.raises(PocovidError):
+        stream_predict(bad, model)
+    assert set(threading.enumerate()) <= before
 
 
 def test_gradcam_explainer_and_overlay_video(model, clips, tmp_path):
@@ -169,9 +176,9 @@ def test_gradcam_explainer_and_overlay_video(model, clips, tmp_path):
     after = sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules())
     assert before == after == 0  # MONAI's hooks do not stay on the model
     assert not model.training
-    assert r["explainer"] == "gradcam" and len(r["key_frames"]) >= 2
-    assert r["sampling"]["n_frames_analyzed"] == 20  # 4 s at 5 Hz
-    assert r["overlay_video"] == "overlay.mp4"
+    assert r.explainer == "gradcam" and len(r.key_frames) >= 2
+    assert r.sampling.n_frames_analyzed == 20  # 4 s at 5 Hz
+    assert r.overlay_video == "overlay.mp4"
     with open_media(tmp_path / "overlay.mp4") as v:
         assert v.info.n_frames == T  # the whole clip, not only the analysed frames
         assert v.info.width >= W and v.info.height > H  # frame + probability strip
@@ -180,7 +187,7 @@ def test_gradcam_explainer_and_overlay_video(model, clips, tmp_path):
 def test_gradcam_at_any_layer(model, clips, tmp_path):
     r = analyze_recording(clips["pneumonia"][0], model, tmp_path,
                           AnalysisConfig(explainer="gradcam", gradcam_layer="trunk.4", rate_hz=5, report=False))
-    assert "trunk.4" in r["explainer_description"] and r["key_frames"]
+    assert "trunk.4" in r.explainer_description and r.key_frames
     assert sum(len(m._forward_hooks) + len(m._backward_hooks) for m in model.modules()) == 0
     with pytest.raises(PocovidError, match="no module"):
         analyze_recording(clips["pneumonia"][0], model, tmp_path / "x",
@@ -197,20 +204,20 @@ def test_out_of_distribution_inputs_are_flagged(model, tmp_path):
     for name, img in inputs.items():
         write_image(tmp_path / f"{name}.png", img)
         r = analyze_recording(tmp_path / f"{name}.png", model, tmp_path / name)
-        assert r["out_of_distribution"] and r["review_recommended"] and r["prediction"]["withheld"], (name, r["ood"])
-        assert r["ood"]["reasons"]
+        assert r.out_of_distribution and r.review_recommended and r.prediction.withheld, (name, r.ood)
+        assert r.ood.reasons
     # a lung (phantom) still image is not
     write_phantom(tmp_path / "lung.png", label="regular", width=W, height=H, overlays=True, seed=3)
     r = analyze_recording(tmp_path / "lung.png", model, tmp_path / "lung")
-    assert not r["out_of_distribution"], r["ood"]
-    assert len(r["frames"]) == 1 and len(r["key_frames"]) == 1
+    assert not r.out_of_distribution, r.ood
+    assert len(r.frames) == 1 and len(r.key_frames) == 1
 
 
 def test_dicom_input(model, tmp_path):
     write_phantom(tmp_path / "cine.dcm", label="covid", n_frames=12, fps=10, width=W, height=H, seed=2)
     r = analyze_recording(tmp_path / "cine.dcm", model, tmp_path / "out", AnalysisConfig(report=False))
-    assert r["media"]["format"] == "dicom" and r["prediction"]["label"] == "covid"
-    assert r["report"] is None and not (tmp_path / "out" / "report.html").exists()
+    assert r.media.format == "dicom" and r.prediction.label == "covid"
+    assert r.report is None and not (tmp_path / "out" / "report.html").exists()
 
 
 def test_unreadable_input_raises_one_line(model, tmp_path):
@@ -244,6 +251,20 @@ class _Imgs(HTMLParser):
                 self.refs.append(a[k])
 
 
+def test_written_results_validate_against_the_published_schema(analysed):
+    import jsonschema
+
+    schema = result_schema()
+    assert schema["properties"]["schema_version"]["default"] == 2
+    assert {"prediction", "uncertainty", "key_frames", "out_of_distribution"} <= set(schema["required"])
+    for r, out, _ in analysed.values():
+        jsonschema.validate(json.loads((out / "result.json").read_text()), schema)
+    broken = analysed["covid"][0].to_json()
+    del broken["prediction"]["withheld"]
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(broken, schema)
+
+
 def test_report_is_self_contained(analysed):
     import base64
 
@@ -251,7 +272,7 @@ def test_report_is_self_contained(analysed):
     text = (out / "report.html").read_text(encoding="utf-8")
     parser = _Imgs()
     parser.feed(text)
-    assert len(parser.srcs) == 1 + len(r["key_frames"])  # timeline + key frames
+    assert len(parser.srcs) == 1 + len(r.key_frames)  # timeline + key frames
     for s in parser.srcs:
         assert s.startswith("data:image/png;base64,")
         assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
@@ -317,13 +338,14 @@ def test_batch_goes_on_past_bad_files(model, clips, tmp_path):
     broken = tmp_path / "broken.mp4"
     broken.write_text("garbage")
     missing = tmp_path / "missing.mp4"
-    results, failures = analyze_files([good, broken, other, missing], model, tmp_path / "out",
-                                      AnalysisConfig(rate_hz=3, report=False))
-    assert len(results) == 2 and len(failures) == 2
+    batch = analyze_files([good, broken, other, missing], model, tmp_path / "out",
+                          AnalysisConfig(rate_hz=3, report=False))
+    failures = batch.failures
+    assert len(batch.results) == 2 and len(failures) == 2
     assert "broken.mp4" in failures[0] and "missing.mp4" in failures[1] and all("\n" not in f for f in failures)
-    dirs = {os.path.basename(r["out_dir"]) for r in results}
-    assert dirs == {"regular", "regular-2"}
-    assert not (tmp_path / "out" / "broken").exists()
+    assert {e.folder.name for e in batch.entries if e.ok} == {"regular", "regular-2"}
+    assert [e["status"] for e in batch.to_json()] == ["ok", "failed", "ok", "failed"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["regular", "regular-2", "summary.csv"]
     rows = list(csv.DictReader(open(tmp_path / "out" / "summary.csv")))
     assert [r["status"] for r in rows] == ["ok", "failed", "ok", "failed"]
     assert rows[0]["label"] == "regular" and float(rows[0]["p_regular"]) > 0.5
@@ -333,8 +355,8 @@ def test_a_rerun_reuses_the_folder_without_stale_outputs(model, clips, tmp_path)
     path = clips["covid"][0]
     analyze_files([path], model, tmp_path, AnalysisConfig(rate_hz=5, overlay_video=True))
     assert len(list((tmp_path / "covid").glob("key_frame_*.png"))) == 3
-    (results, failures) = analyze_files([path], model, tmp_path, AnalysisConfig(rate_hz=5, key_frames=1))
-    assert not failures and results[0]["out_dir"] == str(tmp_path / "covid")
+    batch = analyze_files([path], model, tmp_path, AnalysisConfig(rate_hz=5, key_frames=1))
+    assert not batch.failures and batch.entries[0].folder == tmp_path / "covid"
     assert sorted(p.name for p in (tmp_path / "covid").iterdir()) == [
         "key_frame_1.png", "report.html", "result.json", "timeline.png"]
 
@@ -348,8 +370,8 @@ def _cli(*args):
 def test_cli_json_is_the_only_stdout(model_file, clips, tmp_path):
     r = _cli(clips["covid"][0], "--model", model_file, "--out", tmp_path / "o", "--json", "--rate", "5")
     assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
-    assert res["prediction"]["label"] == "covid" and res["sampling"]["rate_hz"] == 5
+    (res,) = json.loads(r.stdout)  # a list, whatever the number of files
+    assert res["status"] == "ok" and res["prediction"]["label"] == "covid" and res["sampling"]["rate_hz"] == 5
     assert json.loads((tmp_path / "o" / "covid" / "result.json").read_text()) == res  # DIR/<stem>/
     assert (tmp_path / "o" / "summary.csv").is_file()
 
@@ -383,3 +405,19 @@ def test_bundled_model_loads_with_its_card():
     assert extra["uncertainty"]["method"] == "entropy" and extra["uncertainty"]["threshold"] > 0
     assert extra["feature_density"]["n"] > 1000
     assert DEFAULT_MODEL_FILE.stat().st_size < 20e6
+
+
+def test_bundled_model_outputs_are_unchanged(tmp_path):
+    """The bundled model's frame probabilities on fixed phantom clips (lossless DICOM), every
+    member, equal those recorded before the frame pass was rewritten (tests/data, 1e-5)."""
+    from pathlib import Path
+
+    from pocovid.inference import load, stream_predict
+
+    ref = np.load(Path(__file__).parent / "data" / "bundled_model_reference.npz")
+    model = load("default")
+    for label in ("covid", "regular"):
+        write_phantom(tmp_path / f"{label}.dcm", label=label, n_frames=12, seed=3)
+        got = stream_predict(tmp_path / f"{label}.dcm", model).member_probs
+        assert got.shape == ref[label].shape
+        assert np.abs(got - ref[label]).max() < 1e-5, label

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pocovid.errors import PocovidError
-from pocovid.models import (FORMAT_VERSION, FrameClassifier, ModelError, create_backbone, create_model,
+from pocovid.models import (FORMAT_VERSION, FrameClassifier, FrameOutput, ModelError, create_backbone, create_model,
                             list_models, load_model, read_model_meta, save_model)
 
 CLASSES = ["covid", "pneumonia", "regular"]
@@ -187,19 +187,44 @@ def test_monai_gradcam_on_the_documented_layer(lite0_random):
     assert out.shape == (2, 1, 64, 64)
 
 
-def test_normalize():
+def test_input_tensor_normalises_as_the_backbone_asks():
     m = create_model("efficientnet_lite0", CLASSES, pretrained=False)
-    frames = np.zeros((2, 8, 10, 3), np.uint8)
-    frames[1] = 255
-    x = m.normalize(frames)
+    assert m.input_config.normalization == "tf" and m.input_config.size == 224
+    px = np.zeros((2, 8, 10), np.uint8)  # grey pixels, batch of 2
+    px[1] = 255
+    x = m.input_tensor(px)
     assert x.shape == (2, 3, 8, 10) and x.dtype == torch.float32
     assert torch.all(x[0] == -1) and torch.all(x[1] == 1)
-    assert m.normalize(frames[0]).shape == (1, 3, 8, 10)
+    assert m.input_tensor(px[0]).shape == (1, 3, 8, 10)  # one grey frame
+    assert m.input_tensor(np.zeros((2, 8, 10, 3), np.uint8)).shape == (2, 3, 8, 10)  # RGB pixels
     with pytest.raises(ValueError):
-        m.normalize(frames.astype(np.float32))
+        m.input_tensor(px.astype(np.float32))
     v = create_model("vgg16", CLASSES, pretrained=False)
-    y = v.normalize(torch.full((1, 2, 2, 3), 255, dtype=torch.uint8))
+    y = v.input_tensor(torch.full((1, 2, 2, 3), 255, dtype=torch.uint8))
     assert torch.allclose(y[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+
+
+def test_preprocess_is_pixels_then_tensor():
+    """What the model sees: crop -> resize to the input size -> grey -> normalise, in one place."""
+    m = create_model("efficientnet_lite0", CLASSES, pretrained=False)
+    m.training_config = {"size": 64}
+    rgb = np.random.default_rng(0).integers(0, 256, (2, 120, 90, 3), np.uint8)
+    px = np.stack([m.input_config.pixels(f) for f in rgb])
+    assert px.shape == (2, 64, 64) and px.dtype == np.uint8
+    assert torch.equal(m.preprocess(rgb), m.input_tensor(px))
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_infer_gives_every_output_in_one_pass(name):
+    m = create_model(name, CLASSES, pretrained=False, n_heads=2).eval()
+    x = m.input_tensor(np.random.default_rng(1).integers(0, 256, (5, 64, 64), np.uint8))
+    out = m.infer(x, cams=True)
+    assert out.log_probs.shape == (5, 2, len(CLASSES)) and out.pooled.shape[0] == 5
+    assert torch.allclose(out.probs, m.predict_proba(x), atol=1e-5)
+    for c in range(len(CLASSES)):
+        assert torch.allclose(out.cams[:, c], m.class_activation_map(x, c), atol=1e-4)
+    assert m.infer(x, cams=False).cams is None
+    assert FrameOutput.cat([out.select(slice(0, 2)), out.select(slice(2, 5))]).log_probs.shape == (5, 2, len(CLASSES))
 
 
 # ---- pretrained weights -------------------------------------------------------------------------

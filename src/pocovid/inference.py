@@ -1,17 +1,40 @@
-"""Running a trained model on recordings: the one path shared by `evaluate` and `analyze`."""
+"""Running a trained model on a recording: the one frame pass that analyze, evaluate and the
+service share.
+
+    model = load("default")                                  # or a model file
+    rec = stream_predict("scan.mp4", model, cams=True)       # every frame, streamed
+    rec.probs, rec.outputs.cams, rec.region, rec.time_s
+
+The pass: scan region of the clip -> every sampled frame decoded, cropped to the region and turned
+into the model's pixels (`model.input_config`) in a decode thread -> the model in batches in the
+calling thread (decode overlaps the model) -> per-frame `FrameOutput`s. Full-resolution frames are
+never all in memory. Both helper threads belong to a pool that is always joined before the call
+returns: no thread outlives it, whatever happens.
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
 from pocovid.errors import PocovidError
+from pocovid.media import Frame, MediaError, MediaInfo, open_media, sample_indices
+from pocovid.models import FrameOutput, compiled_trunk, load_model
+from pocovid.region import ScanRegion, clip_region
 
 DEFAULT_MODEL_FILE = Path(__file__).parent / "assets" / "default_model.pt"
+PIXELS_IN_MEMORY = 256 * 2**20  # kept pixels beyond this go to an anonymous temporary file
+COMPILE_MIN_FRAMES = 5  # fewer frames run on the eager trunk rather than wait for tracing
 
 
 def model_path(spec: str | os.PathLike) -> Path:
@@ -28,53 +51,208 @@ def model_path(spec: str | os.PathLike) -> Path:
 
 def load(spec: str | os.PathLike = "default"):
     """A trained `FrameClassifier` from 'default' or a model file, in eval mode."""
-    from pocovid.models import load_model
-
     m = load_model(model_path(spec))
     m.eval()
+    m.meta = dict(m.meta or {}, source=str(spec))
     return m
 
 
-@torch.no_grad()
-def frame_probabilities(model, grey: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """(N, S, S) grey uint8 frames at the model's input size -> (N, M, C) probabilities of each
-    ensemble member M."""
-    from pocovid.training.frames import grey_to_input
-
-    model.eval()
-    out = []
-    for i in range(0, len(grey), batch_size):
-        x = model.normalize(grey_to_input(grey[i:i + batch_size]))
-        out.append(torch.softmax(model.forward_members(x), dim=-1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, getattr(model, "n_heads", 1), len(model.classes)))
-
-
-def sampling_of(model) -> dict:
-    """How the model's training sampled and prepared frames (used again at prediction time)."""
-    cfg = getattr(model, "training_config", None) or {}  # set by load_model from the model file
-    return {"rate_hz": cfg.get("rate_hz", 3.0), "max_frames": cfg.get("max_frames", 30),
-            "crop": cfg.get("crop", True), "size": cfg.get("size") or model.input_size}
-
-
 @dataclass
-class RecordingPrediction:
+class RecordingOutputs:
+    """The model's outputs on the analysed frames of one recording.
+
+    index, time_s: (N,) frame number in the recording and its time
+    outputs:       `FrameOutput` of numpy arrays, one row per analysed frame
+    pixels:        (N, S, S) the model's input pixels, when asked for (Grad-CAM needs them)
+    inspected:     what the `inspect` callback returned, in frame order
+    """
+
     path: str
-    times: np.ndarray  # (N,) seconds
-    members: np.ndarray  # (N, M, C)
-    region: dict
+    info: MediaInfo
+    region: ScanRegion
+    index: np.ndarray
+    time_s: np.ndarray
+    outputs: FrameOutput
+    pixels: np.ndarray | None = None
+    inspected: list = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
 
     @property
-    def frame_probs(self) -> np.ndarray:
-        return self.members.mean(1)
+    def probs(self) -> np.ndarray:
+        """(N, C) the ensemble's frame probabilities."""
+        return self.outputs.probs
+
+    @property
+    def member_probs(self) -> np.ndarray:
+        """(N, M, C) every member's frame probabilities."""
+        return self.outputs.member_probs
+
+    def __len__(self) -> int:
+        return len(self.index)
 
 
-def predict_recording(model, path: str | os.PathLike, rate_hz: float | None = None, max_frames: int | None = None,
-                      crop: bool = True) -> RecordingPrediction:
-    """Frames of one recording (scan region cropped, grey, resized) and each member's probabilities."""
-    from pocovid.region import load_clip
-    from pocovid.training.frames import to_grey
+class _Timer(dict):
+    def add(self, key: str, t0: float) -> None:
+        self[key] = self.get(key, 0.0) + time.perf_counter() - t0
 
-    clip = load_clip(path, rate_hz=rate_hz, max_frames=max_frames, size=model.input_size, crop=crop)
-    grey = np.stack([to_grey(f) for f in clip.frames])
-    return RecordingPrediction(str(path), np.array(clip.times), frame_probabilities(model, grey),
-                               clip.region.to_dict())
+
+_END = object()
+
+
+def stream_predict(recording: str | os.PathLike, model, *, rate_hz: float | None = None,
+                   max_frames: int | None = None, crop: bool | None = None, cams: bool = False,
+                   keep_pixels: bool = False, batch_size: int = 32,
+                   inspect: Callable[[Frame, np.ndarray, ScanRegion], Any] | None = None, n_inspect: int = 8,
+                   progress: Callable[[float], None] | None = None) -> RecordingOutputs:
+    """The model on the frames of one recording (video, image or DICOM), streamed.
+
+    rate_hz / max_frames: frames per second analysed / at most this many, evenly spread (None:
+    every frame / no limit); crop: cut each frame to the clip's scan region (None: as the model was
+    trained); cams: the class activation maps too; keep_pixels: keep the model's input pixels;
+    inspect(frame, pixels, region): called in the decode thread on `n_inspect` frames spread over
+    the clip (e.g. image checks on the original frame), its returns kept in order.
+    Raises `MediaError` (one line) when the recording cannot be read."""
+    path = Path(recording)
+    cfg = model.input_config
+    crop = cfg.crop if crop is None else bool(crop)
+    timer = _Timer()
+    t0 = time.perf_counter()
+    with open_media(path) as reader:  # the sampling plan; opening also checks the file early
+        info = reader.info
+    idx = sample_indices(info.n_frames, info.fps, rate_hz, max_frames)
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pocovid") as pool:
+        # tracing the trunk overlaps the region search
+        trunk = pool.submit(compiled_trunk, model, cfg.size, len(idx) >= COMPILE_MIN_FRAMES)
+        region = _region(path, crop)
+        timer.add("region_s", t0)
+        t0 = time.perf_counter()
+        trunk = trunk.result()
+        timer.add("model_compile_wait_s", t0)
+        out = _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, batch_size,
+                   inspect, n_inspect, progress)
+    out.timings = {k: round(v, 3) for k, v in timer.items()}
+    return out
+
+
+def predict_recording(model, recording: str | os.PathLike, rate_hz: float | None = None,
+                      max_frames: int | None = None, crop: bool | None = None) -> RecordingOutputs:
+    """`stream_predict` sampling frames as the model's training did (unless told otherwise)."""
+    cfg = model.input_config
+    return stream_predict(recording, model, rate_hz=cfg.rate_hz if rate_hz is None else rate_hz,
+                          max_frames=cfg.max_frames if max_frames is None else max_frames, crop=crop)
+
+
+def _region(path: Path, crop: bool) -> ScanRegion:
+    try:
+        return clip_region(path, enabled=crop)
+    except PocovidError:
+        raise
+    except Exception as e:  # a decoder failure the reader did not foresee: still one line
+        raise MediaError(path, f"cannot read ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+
+
+def _pixels_store(n: int, size: int) -> np.ndarray:
+    if n * size * size <= PIXELS_IN_MEMORY:
+        return np.empty((n, size, size), np.uint8)
+    # a very long clip: an anonymous file (gone when the array is) instead of memory
+    return np.memmap(tempfile.TemporaryFile(prefix="pocovid-pixels-"), np.uint8, "w+", shape=(n, size, size))
+
+
+def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, batch_size, inspect, n_inspect,
+         progress) -> RecordingOutputs:
+    """Decode in `pool` ahead of the model (bounded queue); the model in this thread."""
+    cfg = model.input_config
+    n = len(idx)
+    inspect_at = {idx[int(round(p))] for p in np.linspace(0, n - 1, min(n, n_inspect))} if n and inspect else set()
+    pixels = _pixels_store(n, cfg.size) if keep_pixels else None
+    batch = np.empty((batch_size, cfg.size, cfg.size), np.uint8)
+    index, times, inspected, parts = [], [], [], []
+    q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
+    stop = threading.Event()
+    producer = pool.submit(_produce, path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer)
+
+    def run_batch(k: int) -> None:
+        t0 = time.perf_counter()
+        parts.append(model.infer(model.input_tensor(batch[:k]), cams=cams, trunk=trunk).numpy())
+        timer.add("model_s", t0)
+        if progress:
+            progress(len(index) / max(n, 1))
+
+    try:
+        k = 0
+        while (item := q.get()) is not _END:
+            if isinstance(item, BaseException):
+                raise item
+            if len(index) >= n:
+                continue
+            f_index, t, px, seen = item
+            batch[k] = px
+            if pixels is not None:
+                pixels[len(index)] = px
+            if seen is not None:
+                inspected.append(seen)
+            index.append(f_index)
+            times.append(t)
+            k += 1
+            if k == batch_size:
+                run_batch(k)
+                k = 0
+        if k:
+            run_batch(k)
+    finally:
+        stop.set()
+        while not producer.done():  # unblock the producer so that the pool can join it
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+    if not index:
+        raise MediaError(path, "no frames could be decoded")
+    got = len(index)  # fewer than planned: a truncated file, keep what decoded
+    return RecordingOutputs(str(path), info, region, np.array(index, np.int64), np.array(times, np.float64),
+                            FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected)
+
+
+def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer) -> None:
+    def put(item) -> None:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    try:
+        with open_media(path) as reader:
+            for f in _timed(reader.frames(idx), timer, "decode_s"):
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                if f.image.shape[:2] != region.frame_size:
+                    raise MediaError(path, f"frame {f.index} is {f.image.shape[1]}x{f.image.shape[0]} pixels, "
+                                           f"the first frames {region.frame_size[1]}x{region.frame_size[0]}: "
+                                           f"the frame size changes within the recording")
+                px = cfg.pixels(region.crop(f.image))
+                timer.add("crop_resize_s", t0)
+                seen = None
+                if f.index in inspect_at:
+                    t0 = time.perf_counter()
+                    seen = inspect(f, px, region)
+                    timer.add("inspect_s", t0)
+                put((f.index, f.time_s, px, seen))
+        put(_END)
+    except BaseException as e:  # handed to the consumer, raised there
+        put(e)
+
+
+def _timed(it, timer: _Timer, key: str) -> Iterator[Frame]:
+    it = iter(it)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            x = next(it)
+        except StopIteration:
+            timer.add(key, t0)
+            return
+        timer.add(key, t0)
+        yield x

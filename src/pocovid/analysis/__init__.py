@@ -2,7 +2,7 @@
 out-of-distribution guard, key moments with heatmaps, a timeline, an HTML report.
 
     from pocovid.analysis import AnalysisConfig, analyze_recording, analyze_files
-    result = analyze_recording("scan.mp4", "default", "out/scan")          # the result.json dict
+    result = analyze_recording("scan.mp4", "default", "out/scan")          # AnalysisResult
     results, failures = analyze_files(["a.mp4", "b.dcm"], model, "out")    # + out/summary.csv
 
 Modules: `explain` (CAM, Grad-CAM, heatmaps on the original frame), `uncertainty` (ensemble
@@ -13,9 +13,10 @@ benchmark helpers (non-lung inputs, a quick phantom-trained model) live in `poco
 Schema: docs/analyze.md.
 """
 
-from pocovid.analysis.analyze import SCHEMA_VERSION, AnalysisConfig, analyze_recording
+from pocovid.analysis.analyze import AnalysisConfig, analyze_recording
 from pocovid.analysis.batch import analyze_files
+from pocovid.analysis.result import SCHEMA_VERSION, AnalysisResult, FailedAnalysis, result_schema
 from pocovid.analysis.uncertainty import DEFAULT_UNCERTAINTY, clip_uncertainty, uncertainty_threshold_from_oof
 
-__all__ = ["DEFAULT_UNCERTAINTY", "SCHEMA_VERSION", "AnalysisConfig", "analyze_files", "analyze_recording",
-           "clip_uncertainty", "uncertainty_threshold_from_oof"]
+__all__ = ["DEFAULT_UNCERTAINTY", "SCHEMA_VERSION", "AnalysisConfig", "AnalysisResult", "FailedAnalysis",
+           "analyze_files", "analyze_recording", "clip_uncertainty", "result_schema", "uncertainty_threshold_from_oof"]

@@ -2,8 +2,8 @@
 
 - CAM (default): the heads end in global average pooling and one linear layer, so the map of
   class c is sum_k w[c, k] * A_k over the last feature map A (`FrameClassifier.class_activation_map`),
-  averaged over the ensemble's heads. `forward_with_cams` computes it for every class in the same
-  pass that classifies the frames (no second model run).
+  averaged over the ensemble's heads. `FrameClassifier.infer` computes it for every class in the
+  same pass that classifies the frames (no second model run).
 - Grad-CAM (`explainer="gradcam"`): MONAI's `monai.visualize.GradCAM` on the whole model (its
   `forward` returns the mean logits) at `model.gradcam_target_layer(m)` of every head m; works for
   any layer and for models without the pooled linear head. MONAI leaves its hooks on the model;
@@ -16,91 +16,12 @@ one back into the scan-region box of the ORIGINAL frame and zeroes it outside th
 from __future__ import annotations
 
 import contextlib
-import os
-import threading
-import warnings
-import weakref
 
 import cv2
 import numpy as np
 import torch
 
 from pocovid.region import ScanRegion
-
-
-_TRACED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-_TRACE_LOCK = threading.Lock()  # one tracing at a time (a service may analyse in several threads)
-
-
-def fast_trunk(model, size: int):
-    """The model's frozen trunk compiled for inference at `size` x `size` input: traced and frozen
-    with TorchScript (batch norm folded into the convolutions) and fed channels-last tensors, about
-    3x the frames/s of the eager trunk on a small CPU. Checked against the eager trunk once; None
-    (use the eager trunk) when tracing fails, does not match, or POCOVID_EAGER=1. Cached per model."""
-    if os.environ.get("POCOVID_EAGER") == "1":
-        return None
-    params = list(model.trunk.parameters())
-    if not params:
-        return None
-    key = (int(size), str(params[0].device), sum(p._version for p in params), params[0].data_ptr())
-    with _TRACE_LOCK:
-        hit = _TRACED.get(model)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        traced = _trace(model, size, params)
-        _TRACED[model] = (key, traced)
-    return traced
-
-
-def _trace(model, size: int, params):
-    traced = None
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            was = model.trunk.training
-            model.trunk.eval()
-            example = torch.zeros(1, 3, size, size, device=params[0].device)
-            t = torch.jit.freeze(torch.jit.trace(model.trunk, example))
-            model.trunk.train(was)
-            g = torch.Generator().manual_seed(0)
-            probe = torch.randn(2, 3, size, size, generator=g).to(params[0].device)
-            ref = model.trunk(probe)
-            got = t(probe.contiguous(memory_format=torch.channels_last))
-            if got.shape == ref.shape and torch.allclose(got, ref, atol=1e-3 * float(ref.abs().max()) + 1e-5):
-                traced = t
-    except Exception:  # tracing is an optimisation: the eager trunk always works
-        traced = None
-    return traced
-
-
-#: Frames per model call. On a small CPU a few frames at a time run ~2.5x faster than 32: the
-#: activations stay in the caches (benchmarks/analyze_speed.py measures it).
-CHUNK = 4
-
-
-@torch.no_grad()
-def forward_with_cams(model, x: torch.Tensor, trunk=None, chunk: int = CHUNK) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One pass: members' logits (B, M, C), globally pooled trunk features (B, K) (for the
-    out-of-distribution density) and the CAM of every class (B, C, h, w), mean over heads.
-    `trunk`: a compiled trunk from `fast_trunk` (default: the model's eager trunk). The batch is
-    run `chunk` frames at a time.
-
-    The CAMs equal `model.class_activation_map(x, c)` for each class c."""
-    if chunk and len(x) > chunk:
-        parts = [forward_with_cams(model, x[i:i + chunk], trunk, 0) for i in range(0, len(x), chunk)]
-        return tuple(torch.cat(p) for p in zip(*parts))
-    if trunk is not None:
-        h = trunk(x.contiguous(memory_format=torch.channels_last))
-    else:
-        h = model.forward_trunk(x)
-    pooled = h.float().mean((2, 3))
-    logits, cams = [], None
-    for head in model.heads:
-        f = head.features(h)
-        logits.append(head.classify(f))
-        c = torch.einsum("bkhw,ck->bchw", f, head.fc.weight)
-        cams = c if cams is None else cams + c
-    return torch.stack(logits, 1), pooled, cams / len(model.heads)
 
 
 @contextlib.contextmanager

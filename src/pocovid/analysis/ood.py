@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, fields
 
 import cv2
 import numpy as np
-import torch
+from pocovid.models.density import FeatureDensity, fit_feature_density  # noqa: F401  (fit: re-exported)
 
 
 @dataclass
@@ -136,42 +136,6 @@ def small_mask(region, size: int) -> np.ndarray | None:
 
 
 # ---------------------------------------------------------------------------------- feature density
-class FeatureDensity:
-    """The Gaussian of the training frames' pooled trunk features (`extra["feature_density"]`)."""
-
-    def __init__(self, d: dict):
-        self.mean = torch.as_tensor(d["mean"], dtype=torch.float32)
-        self.precision = torch.as_tensor(d["precision"], dtype=torch.float32)
-        self.q = {k: float(v) for k, v in (d.get("d2_train") or {}).items()}
-        self.n = int(d.get("n", 0))
-
-    @classmethod
-    def of(cls, model) -> "FeatureDensity | None":
-        extra = (getattr(model, "meta", None) or {}).get("extra") or {}
-        d = extra.get("feature_density") if isinstance(extra, dict) else None
-        if not isinstance(d, dict) or "mean" not in d or "precision" not in d:
-            return None
-        fd = cls(d)
-        return fd if fd.q.get("q999") and fd.mean.numel() == fd.precision.shape[0] else None
-
-    def d2(self, pooled: torch.Tensor | np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(pooled, dtype=torch.float32).cpu() - self.mean
-        return ((x @ self.precision) * x).sum(1).numpy()
-
-
-def fit_feature_density(pooled: np.ndarray) -> dict:
-    """A `feature_density` record from pooled trunk features (N, K) of training frames (Ledoit-Wolf),
-    the same as `pocovid.training.cv.feature_density` computes for a model file."""
-    from sklearn.covariance import LedoitWolf
-
-    pooled = np.asarray(pooled, np.float32)
-    lw = LedoitWolf().fit(pooled)
-    d2 = lw.mahalanobis(pooled)
-    q = {name: float(np.percentile(d2, p)) for name, p in (("q50", 50), ("q95", 95), ("q99", 99), ("q999", 99.9))}
-    return {"mean": torch.from_numpy(lw.location_.astype(np.float32)),
-            "precision": torch.from_numpy(lw.precision_.astype(np.float32)), "d2_train": q, "n": int(len(pooled))}
-
-
 # ----------------------------------------------------------------------------------------- decision
 def decide(cues: list[dict], d2: np.ndarray | None, density: FeatureDensity | None, region, params: OODParams) -> dict:
     """Combine the per-frame image cues, the feature density and the region into one verdict:

@@ -3,8 +3,9 @@ and the model file.
 
     from pocovid.models import create_model, list_models, save_model, load_model
     model = create_model("efficientnet_lite0", classes=["covid", "pneumonia", "regular"])
-    x = model.normalize(frames_uint8_nhwc)         # (B, 3, H, W) float
+    x = model.preprocess(cropped_frames)            # (B, 3, H, W) float: what the model sees
     logits = model(x)                               # (B, n_classes), mean over heads
+    out = model.infer(x)                            # FrameOutput: members' log-probs, pooled, CAMs
 
 Backbones register with `@register_model` (a function per architecture returning a `Backbone`);
 `list_models()` names them, `create_backbone(name)` builds one, `create_model(name, ...)` builds
@@ -16,11 +17,15 @@ from pocovid.models.backbone import (DEFAULT_MODEL, Backbone, ModelError, create
                                      register_model)
 from pocovid.models import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers)
 from pocovid.models import vgg as _vgg  # noqa: F401  (registers)
-from pocovid.models.classifier import Adapter, FrameClassifier, Head, create_model
-from pocovid.models.model_file import FORMAT, FORMAT_VERSION, load_model, read_model_meta, save_model
+from pocovid.models.classifier import Adapter, FrameClassifier, FrameOutput, Head, create_model
+from pocovid.models.compiled import compiled_trunk
+from pocovid.models.density import FeatureDensity, fit_feature_density
+from pocovid.models.preprocess import InputConfig, resolve_input_config, to_grey
+from pocovid.models.model_file import FORMAT, FORMAT_VERSION, load_model, model_summary, read_model_meta, save_model
 
 __all__ = [
-    "DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "Adapter", "Backbone", "FrameClassifier", "Head",
-    "ModelError", "create_backbone", "create_model", "list_models", "load_model", "read_model_meta",
-    "register_model", "save_model",
+    "DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "Adapter", "Backbone", "FeatureDensity", "FrameClassifier",
+    "FrameOutput", "Head", "InputConfig", "ModelError", "compiled_trunk", "create_backbone", "create_model",
+    "fit_feature_density", "list_models", "load_model", "model_summary", "read_model_meta", "register_model",
+    "resolve_input_config", "save_model", "to_grey",
 ]

@@ -17,13 +17,8 @@ import torch
 from torch import nn
 
 from pocovid.errors import PocovidError
+from pocovid.models.preprocess import NORMALIZATIONS
 
-#: Normalisations a backbone may ask for (see `FrameClassifier.normalize`).
-#:   "tf":       x / 127.5 - 1 on 0..255 pixels (EfficientNet-Lite, TensorFlow-trained)
-#:   "imagenet": (x / 255 - mean) / std, mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225)
-NORMALIZATIONS = ("tf", "imagenet")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class ModelError(PocovidError):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -33,8 +34,57 @@ import torch.nn.functional as F
 from torch import nn
 
 from pocovid.data.labels import THREE_CLASSES
-from pocovid.models.backbone import (DEFAULT_MODEL, IMAGENET_MEAN, IMAGENET_STD, ModelError,
-                                     create_backbone)
+from pocovid.models.backbone import DEFAULT_MODEL, ModelError, create_backbone
+from pocovid.models.preprocess import InputConfig, resolve_input_config
+
+
+#: Frames per model call in `infer`. On a small CPU a few frames at a time run ~2.5x faster than
+#: 32: the activations stay in the caches (benchmarks/analyze_speed.py measures it).
+INFER_CHUNK = 4
+
+
+@dataclass
+class FrameOutput:
+    """What one pass of the model gives for a batch of B frames. A new head adds its field here
+    and in `FrameClassifier.infer`; `cat`, `numpy` and the frame pass carry every field along.
+
+    log_probs: (B, M, C) every ensemble member's class log-probabilities
+    pooled:    (B, K) globally pooled trunk features (the out-of-distribution density)
+    cams:      (B, C, h, w) class activation map of every class, mean over heads (None: not asked)
+    """
+
+    log_probs: torch.Tensor | np.ndarray
+    pooled: torch.Tensor | np.ndarray
+    cams: torch.Tensor | np.ndarray | None = None
+
+    @classmethod
+    def cat(cls, parts: Sequence["FrameOutput"]) -> "FrameOutput":
+        """Parts along the frame axis (torch or numpy alike)."""
+        def join(vs):
+            if vs[0] is None:
+                return None
+            return torch.cat(vs) if isinstance(vs[0], torch.Tensor) else np.concatenate(vs)
+        return cls(**{f.name: join([getattr(p, f.name) for p in parts]) for f in fields(cls)})
+
+    def numpy(self) -> "FrameOutput":
+        return FrameOutput(**{f.name: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
+                              for f in fields(self) for v in [getattr(self, f.name)]})
+
+    def select(self, sel) -> "FrameOutput":
+        """The frames `sel` (a slice or index array) of every field."""
+        return FrameOutput(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[sel])
+                              for f in fields(self)})
+
+    @property
+    def probs(self):
+        """(B, C) the ensemble's class probabilities: the mean of the members'."""
+        return np.exp(self.log_probs).mean(1) if isinstance(self.log_probs, np.ndarray) else \
+            self.log_probs.exp().mean(1)
+
+    @property
+    def member_probs(self):
+        """(B, M, C) every member's class probabilities."""
+        return np.exp(self.log_probs) if isinstance(self.log_probs, np.ndarray) else self.log_probs.exp()
 
 
 class Adapter(nn.Sequential):
@@ -182,24 +232,20 @@ class FrameClassifier(nn.Module):
                     head=count(self.head_parameters()), trainable=count(self.trainable_parameters()))
 
     # ---- input --------------------------------------------------------------------------------
-    def normalize(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """RGB uint8 frames (B, H, W, 3) or (H, W, 3), already resized -> normalised float
-        (B, 3, H, W) on the model's device. Grey frames must be replicated to 3 channels first."""
-        x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-        if x.dtype != torch.uint8:
-            raise ValueError(f"normalize expects uint8 RGB frames, got {x.dtype}")
-        if x.ndim == 3:
-            x = x[None]
-        if x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"normalize expects (B, H, W, 3) frames, got shape {tuple(x.shape)}")
-        x = x.to(self.heads[0].fc.weight.device).permute(0, 3, 1, 2).float()
-        if self.normalization == "tf":
-            x = x / 127.5 - 1.0
-        else:
-            mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-            x = (x / 255.0 - mean) / std
-        return x.contiguous()
+    @property
+    def input_config(self) -> InputConfig:
+        """What this model sees (size, normalisation, grey, crop, sampling): see models/preprocess.py."""
+        return resolve_input_config(self)
+
+    def input_tensor(self, pixels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Prepared uint8 pixels (B, S, S) (see `InputConfig.pixels`) -> the normalised input
+        (B, 3, S, S) on the model's device."""
+        return self.input_config.tensor(pixels, self.heads[0].fc.weight.device)
+
+    def preprocess(self, frames) -> torch.Tensor:
+        """Frames cropped to the scan region (RGB or grey uint8, any size) -> the model's input."""
+        cfg = self.input_config
+        return cfg.tensor(np.stack([cfg.pixels(f) for f in frames]), self.heads[0].fc.weight.device)
 
     # ---- forward ------------------------------------------------------------------------------
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +273,25 @@ class FrameClassifier(nn.Module):
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
         """Mean of the heads' softmax probabilities (B, n_classes)."""
         return F.softmax(self.forward_members(x), dim=-1).mean(dim=1)
+
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor, cams: bool = True, trunk=None, chunk: int = INFER_CHUNK) -> "FrameOutput":
+        """Every output of one pass over normalised input (B, 3, H, W), in eval mode: see
+        `FrameOutput`. `trunk`: a compiled trunk (`pocovid.models.compiled_trunk`) to use instead
+        of the eager one; the batch runs `chunk` frames at a time."""
+        if chunk and len(x) > chunk:
+            return FrameOutput.cat([self.infer(x[i:i + chunk], cams, trunk, 0) for i in range(0, len(x), chunk)])
+        h = trunk(x.contiguous(memory_format=torch.channels_last)) if trunk is not None else self.forward_trunk(x)
+        logits, cam = [], None
+        for head in self.heads:
+            f = head.features(h)
+            logits.append(head.classify(f))
+            if cams:
+                c = torch.einsum("bkhw,ck->bchw", f, head.fc.weight)
+                cam = c if cam is None else cam + c
+        logits = torch.stack(logits, 1)
+        return FrameOutput(log_probs=torch.log_softmax(logits.double(), -1).float(), pooled=h.float().mean((2, 3)),
+                           cams=cam / len(self.heads) if cams else None)
 
     # ---- explanations -------------------------------------------------------------------------
     def feature_map(self, x: torch.Tensor, head: int = 0) -> torch.Tensor:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from pocovid import __version__
 from pocovid.data.splits import Splits
 from pocovid.errors import PocovidError
+from pocovid.files import atomic_path, write_json
 from pocovid.training.config import TrainConfig, fingerprint
 from pocovid.training.fit import fit_head, inner_split, predict_head
 from pocovid.training.frames import FrameSet, extract_frames, trunk_features
@@ -41,19 +42,15 @@ class RunResult:
     timings: dict
 
 
-def _atomic_json(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, allow_nan=False, default=str))
-    os.replace(tmp, path)
-
-
 def build_model(cfg: TrainConfig, pretrained: bool = True, weights: str | None = None):
     from pocovid.models import create_model
 
-    return create_model(cfg.backbone, list(cfg.classes), cut=cfg.cut, n_frozen=cfg.n_frozen,
-                        adapter_channels=cfg.adapter_channels, dropout=cfg.dropout,
-                        spatial_dropout=cfg.spatial_dropout, n_heads=cfg.n_heads,
-                        pretrained=pretrained, weights=weights)
+    model = create_model(cfg.backbone, list(cfg.classes), cut=cfg.cut, n_frozen=cfg.n_frozen,
+                         adapter_channels=cfg.adapter_channels, dropout=cfg.dropout,
+                         spatial_dropout=cfg.spatial_dropout, n_heads=cfg.n_heads,
+                         pretrained=pretrained, weights=weights)
+    model.training_config = cfg.to_dict()  # what the model sees follows the config (model.input_config)
+    return model
 
 
 def _clips_of(splits: Splits, cfg: TrainConfig) -> list[dict]:
@@ -87,8 +84,7 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
     if fpath.exists():
         frames = FrameSet.load(fpath)
     else:
-        frames = extract_frames(clips, root, list(cfg.classes), size, cfg.rate_hz, cfg.max_frames, cfg.crop,
-                                progress=progress)
+        frames = extract_frames(clips, root, list(cfg.classes), model.input_config, progress=progress)
         frames.save(fpath)
     present = {c["label"] for c in frames.clips}
     missing = [c for c in cfg.classes if c not in present]
@@ -161,8 +157,9 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     torch.manual_seed(cfg.seed)
     base = build_model(cfg, pretrained=pretrained, weights=weights)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_json({"config": cfg.to_dict(), "pocovid_version": __version__, "splits_root": str(splits.root),
-                  "n_folds": splits.n_folds, "split_seed": splits.seed}, out_dir / "config.json")
+    write_json(out_dir / "config.json", {"config": cfg.to_dict(), "pocovid_version": __version__,
+                                         "splits_root": str(splits.root), "n_folds": splits.n_folds,
+                                         "split_seed": splits.seed})
     frames, feats = prepare(splits, out_dir, cfg, base, root=root, progress=progress)
     timings["prepare_s"] = time.perf_counter() - t0
     dfp = data_fingerprint(frames)
@@ -194,9 +191,8 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
             # the fold's model: out-of-fold explanations (CAMs) and audits need it, not just its numbers
             save_model(base, out_dir / f"fold{k}.pt", training_config=cfg.to_dict(), data_fingerprint=dfp,
                        extra={"fold": k, "heads": rec})
-            tmp = out_dir / f"oof-fold{k}.tmp.npz"
-            np.savez(tmp, probs=probs, records=json.dumps(rec), key=np.array(dfp + fingerprint(cfg.to_dict())))
-            os.replace(tmp, fold_file)
+            with atomic_path(fold_file) as tmp, open(tmp, "wb") as f:
+                np.savez(f, probs=probs, records=json.dumps(rec), key=np.array(dfp + fingerprint(cfg.to_dict())))
             fold_records.append(rec)
         timings["cv_s"] = time.perf_counter() - t1
         oof = oof_members.mean(1)
@@ -226,24 +222,18 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                           "splits": {"n_folds": splits.n_folds, "seed": splits.seed},
                           "feature_density": feature_density(feats)})
     timings["total_s"] = time.perf_counter() - t0
-    _atomic_json({"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
-                  "n_clips": len(frames.clips), "n_frames": n_frames_all, "failures": frames.failures},
-                 out_dir / "run.json")
+    write_json(out_dir / "run.json", {"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
+                                      "n_clips": len(frames.clips), "n_frames": n_frames_all,
+                                      "failures": frames.failures})
     return RunResult(out_dir, metrics, model_path, frames, oof, timings)
 
 
 def feature_density(feats) -> dict:
-    """Where the training frames lie in the trunk's pooled feature space (a Gaussian, Ledoit-Wolf
-    shrinkage): a new frame far from it (Mahalanobis distance) is not like anything trained on."""
-    from sklearn.covariance import LedoitWolf
+    """The model file's feature density from the clean copy of the cached trunk features."""
+    from pocovid.models import fit_feature_density
 
-    pooled = np.stack([np.asarray(feats[0, i], np.float32).mean((1, 2)) for i in range(feats.shape[1])])
-    lw = LedoitWolf().fit(pooled)
-    d2 = lw.mahalanobis(pooled)
-    q = {name: float(np.percentile(d2, p)) for name, p in (("q50", 50), ("q95", 95), ("q99", 99), ("q999", 99.9))}
-    return {"mean": torch.from_numpy(lw.location_.astype(np.float32)),
-            "precision": torch.from_numpy(lw.precision_.astype(np.float32)),
-            "d2_train": q, "n": int(len(pooled))}
+    return fit_feature_density(np.stack([np.asarray(feats[0, i], np.float32).mean((1, 2))
+                                         for i in range(feats.shape[1])]))
 
 
 def _clip_rows(frames: FrameSet, probs: np.ndarray, cfg: TrainConfig) -> list[dict]:

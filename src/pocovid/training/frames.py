@@ -3,24 +3,21 @@ outputs on them: the two things computed once per run and shared by every fold a
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from pocovid.errors import PocovidError
+from pocovid.files import atomic_path
 from pocovid.media import MediaError
+from pocovid.models import InputConfig
 from pocovid.region import load_clip
 from pocovid.training.augment import AugmentConfig, augment_grey, ultrasound_augmentation
-
-
-def to_grey(image: np.ndarray) -> np.ndarray:
-    """RGB -> grey: scanner colour tints say which site a clip is from, not what the lung shows."""
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
 
 
 @dataclass
@@ -49,51 +46,42 @@ class FrameSet:
         return np.array([c.get("fold", -1) for c in self.clips])[self.clip_of]
 
     def save(self, path: str | os.PathLike) -> None:
-        import json
-
-        tmp = Path(str(path) + ".tmp.npz")
-        np.savez(tmp, frames=self.frames, clip_of=self.clip_of, time_s=self.time_s,
-                 clips=json.dumps(self.clips), classes=json.dumps(self.classes),
-                 failures=json.dumps(self.failures))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, frames=self.frames, clip_of=self.clip_of, time_s=self.time_s,
+                     clips=json.dumps(self.clips), classes=json.dumps(self.classes),
+                     failures=json.dumps(self.failures))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "FrameSet":
-        import json
-
         d = np.load(path, allow_pickle=False)
         return cls(d["frames"], d["clip_of"], d["time_s"], json.loads(str(d["clips"])),
                    json.loads(str(d["classes"])), json.loads(str(d["failures"])))
 
 
-def extract_frames(clips: list[dict], root: str | os.PathLike | None, classes: list[str], size: int,
-                   rate_hz: float | None, max_frames: int | None, crop: bool = True,
+def extract_frames(clips: list[dict], root: str | os.PathLike | None, classes: list[str], input_config: InputConfig,
                    progress: bool = True) -> FrameSet:
-    """Sample, crop (scan region per clip), grey and resize the frames of `clips` (dicts with at
-    least `path` and `label`). Unreadable clips are left out and listed in `failures`."""
+    """The model's pixels (`InputConfig.pixels`: cropped to each clip's scan region, resized, grey)
+    of the frames of `clips` (dicts with at least `path` and `label`), sampled as `input_config`
+    says. Unreadable clips are left out and listed in `failures`."""
+    cfg = input_config
     frames, clip_of, times, kept, failures = [], [], [], [], []
     for c in tqdm(clips, desc="frames", unit="clip", disable=not progress):
         path = Path(root) / c["path"] if root is not None else Path(c["path"])
         try:
-            clip = load_clip(path, rate_hz=rate_hz, max_frames=max_frames, size=size, crop=crop)
+            clip = load_clip(path, rate_hz=cfg.rate_hz, max_frames=cfg.max_frames, crop=cfg.crop)
         except (MediaError, ValueError) as e:
             failures.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
         ci = len(kept)
         kept.append(dict(c, n_frames=len(clip.frames), region=clip.region.to_dict()))
         for f, t in zip(clip.frames, clip.times):
-            frames.append(to_grey(f))
+            frames.append(cfg.pixels(f))
             clip_of.append(ci)
             times.append(t)
     if not frames:
         raise PocovidError("no frames could be extracted from any recording" +
                            (f" ({len(failures)} failed; first: {failures[0]})" if failures else ""))
     return FrameSet(np.stack(frames), np.array(clip_of), np.array(times, np.float32), kept, list(classes), failures)
-
-
-def grey_to_input(grey: np.ndarray) -> np.ndarray:
-    """(N, S, S) grey uint8 -> (N, S, S, 3) uint8, the layout the model's `normalize` takes."""
-    return np.repeat(grey[..., None], 3, axis=3)
 
 
 @torch.no_grad()
@@ -103,7 +91,7 @@ def trunk_features(model, grey: np.ndarray, n_aug: int, aug_cfg: AugmentConfig |
     (1 + n_aug, N, C, h, w) float16. With `out`, written to that .npy file (memory-mapped)."""
     model.eval()
     n = len(grey)
-    probe = model.forward_trunk(model.normalize(grey_to_input(grey[:1])))
+    probe = model.forward_trunk(model.input_tensor(grey[:1]))
     shape = (1 + n_aug, n, *probe.shape[1:])
     if out is not None:
         tmp = Path(str(out) + ".tmp.npy")
@@ -117,7 +105,7 @@ def trunk_features(model, grey: np.ndarray, n_aug: int, aug_cfg: AugmentConfig |
             g = grey[i:i + batch_size]
             if aug is not None:
                 g = augment_grey(g, aug)
-            feats[k, i:i + len(g)] = model.forward_trunk(model.normalize(grey_to_input(g))).numpy()
+            feats[k, i:i + len(g)] = model.forward_trunk(model.input_tensor(g)).numpy()
             bar.update(len(g))
     bar.close()
     if out is not None:

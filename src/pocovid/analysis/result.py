@@ -1,0 +1,168 @@
+"""The declared result of analysing one recording: what result.json, `analyze --json`, the REST
+API and the web page all carry. Pydantic models, so the JSON Schema comes from the code:
+
+    result.to_json()                    # the result.json dict (plain JSON)
+    AnalysisResult.model_validate(d)    # back from result.json / the API
+    result_schema()                     # JSON Schema (`pocovid schema`, GET /api/schema/result)
+
+`SCHEMA_VERSION` goes up whenever a field changes meaning, appears or goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 2
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class Segment(_Model):
+    """A run of consecutive frames whose most likely class is not the clip's."""
+
+    label: str
+    start_s: float
+    end_s: float
+    n_frames: int
+    share: float = Field(description="share of the clip's analysed frames")
+    mean_probability: float
+    sizeable: bool = Field(description="long enough to raise frames_disagree")
+
+
+class Prediction(_Model):
+    label: str = Field(description="the clip's most likely class (shown even when withheld)")
+    probabilities: dict[str, float]
+    withheld: bool = Field(description="true: out of distribution, no diagnosis is given")
+    aggregation: str
+    frames_disagree: bool
+    disagreement: list[Segment]
+    class_share: dict[str, float] = Field(description="share of frames each class wins")
+
+
+class Uncertainty(_Model):
+    score: float
+    method: str
+    threshold: float
+    threshold_source: str
+    n_members: int
+    description: str
+    components: dict[str, float]
+
+
+class OutOfDistribution(_Model):
+    reasons: list[str]
+    weak_cues: list[str]
+    cues: dict[str, Any]
+
+
+class MediaSummary(_Model):
+    kind: str
+    format: str
+    fps: float | None
+    n_frames: int
+    width: int
+    height: int
+    duration_s: float
+
+
+class Sampling(_Model):
+    rate_hz: float | None
+    max_frames: int | None
+    n_frames_analyzed: int
+    input_size: int
+    crop: bool
+    grey: bool
+
+
+class ModelSummary(_Model):
+    backbone: str | None
+    classes: list[str]
+    n_heads: int
+    input_size: int
+    created: str | None = None
+    pocovid_version: str | None = None
+    format_version: int | None = None
+    data_fingerprint: str | None = None
+    cv_video_balanced_accuracy: float | None = None
+    has_feature_density: bool = False
+
+
+class FrameResult(_Model):
+    index: int
+    time_s: float
+    probabilities: dict[str, float]
+    member_std: float = Field(description="ensemble members' standard deviation of the predicted class's "
+                                             "probability (0 = all members agree)")
+    density_d2: float | None = None
+
+
+class KeyFrame(_Model):
+    rank: int
+    index: int
+    time_s: float
+    label: str = Field(description="the class this key moment and its heatmap are evidence for")
+    image: str = Field(description="file name in the result's folder")
+    probabilities: dict[str, float]
+    evidence: float
+    heat_inside_region: float | None
+
+
+class AnalysisResult(_Model):
+    """One recording analysed (see docs/analyze.md)."""
+
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["ok"] = "ok"
+    file: str
+    model: str
+    model_info: ModelSummary
+    pocovid_version: str
+    created: str
+    notice: str
+    prediction: Prediction
+    uncertainty: Uncertainty
+    review_recommended: bool
+    review_reasons: list[str]
+    out_of_distribution: bool
+    ood: OutOfDistribution
+    region: dict[str, Any]
+    media: MediaSummary
+    sampling: Sampling
+    explainer: str
+    explainer_description: str
+    key_frame_min_gap_s: float
+    frames: list[FrameResult]
+    key_frames: list[KeyFrame]
+    timeline: str | None = Field(None, description="file name of the timeline plot")
+    report: str | None = Field(None, description="file name of the HTML report")
+    overlay_video: str | None = Field(None, description="file name of the overlay video")
+    timings: dict[str, float] = Field(default_factory=dict)
+
+    def artifacts(self) -> list[str]:
+        """File names this result wrote into its folder (result.json included)."""
+        names = ["result.json", self.report, self.timeline, self.overlay_video] + [k.image for k in self.key_frames]
+        return [n for n in names if n]
+
+    def to_json(self) -> dict:
+        """The result.json dict."""
+        return self.model_dump(mode="json")
+
+
+class FailedAnalysis(_Model):
+    """A recording that could not be analysed (an entry of `analyze --json` and the batch)."""
+
+    schema_version: int = SCHEMA_VERSION
+    status: Literal["failed"] = "failed"
+    file: str
+    reason: str = Field(description="one line: the file and why")
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+def result_schema() -> dict:
+    """JSON Schema of result.json (`AnalysisResult`)."""
+    return AnalysisResult.model_json_schema()

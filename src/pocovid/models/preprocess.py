@@ -1,0 +1,96 @@
+"""What the model sees: the one place that turns a frame of a recording into the model's input.
+
+    cfg = resolve_input_config(model)        # from what the model file records (as timm's
+                                              # resolve_data_config reads a model's own config)
+    px = cfg.pixels(region.crop(frame))      # (S, S) uint8: resized, grey      (cacheable)
+    x = cfg.tensor(np.stack(pxs))            # (B, 3, S, S) float, normalised   (the model's input)
+
+Two stages because training caches the uint8 pixels once per frame, and a recording's frames are
+turned into pixels in the decode thread while the model runs on earlier ones. Everything else
+(training, evaluate, analyze, the service) calls these; nothing restates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from pocovid.region import resize_frame
+
+#: Per-channel (mean, std) on 0..255 pixels for each normalisation a backbone may ask for.
+#:   "tf":       x / 127.5 - 1 (EfficientNet-Lite, TensorFlow-trained)
+#:   "imagenet": (x / 255 - mean) / std with torchvision's ImageNet statistics (VGG-16)
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "tf": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
+    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+}
+
+
+def to_grey(image: np.ndarray) -> np.ndarray:
+    """RGB -> grey: scanner colour tints say which site a clip is from, not what the lung shows."""
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+@dataclass(frozen=True)
+class InputConfig:
+    """How frames are sampled from a recording and prepared for the model.
+
+    size:          square input side
+    normalization: a key of NORMALIZATIONS
+    grey:          frames are turned grey (and repeated to 3 channels)
+    crop:          frames are cropped to the recording's scan region first
+    rate_hz, max_frames: how training sampled a recording (evaluate samples the same way;
+                   analyze looks at every frame unless told otherwise)
+    """
+
+    size: int = 224
+    normalization: str = "tf"
+    grey: bool = True
+    crop: bool = True
+    rate_hz: float | None = 3.0
+    max_frames: int | None = 30
+
+    def __post_init__(self) -> None:
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization {self.normalization!r} (known: {', '.join(NORMALIZATIONS)})")
+        if int(self.size) < 8:
+            raise ValueError(f"input size must be >= 8, got {self.size}")
+
+    def pixels(self, image: np.ndarray) -> np.ndarray:
+        """A frame (already cropped to the scan region), RGB or grey uint8 of any size ->
+        (S, S) grey uint8 (or (S, S, 3) when `grey` is False)."""
+        out = resize_frame(image, self.size)
+        return to_grey(out) if self.grey else out
+
+    def tensor(self, pixels: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, S, S) grey or (B, S, S, 3) RGB uint8 pixels ((S, S): one grey frame) ->
+        normalised float (B, 3, S, S) on `device`."""
+        x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
+        if x.dtype != torch.uint8:
+            raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim == 3:  # (B, S, S) grey
+            x = x[..., None].expand(*x.shape, 3)
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
+        mean, std = NORMALIZATIONS[self.normalization]
+        x = x.to(device).permute(0, 3, 1, 2).float()
+        m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
+        s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
+        return ((x - m) / s).contiguous()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def resolve_input_config(model) -> InputConfig:
+    """The input a model expects, from what its file records: the backbone's size and
+    normalisation, and the sampling and size its training used (`training_config`)."""
+    tc = getattr(model, "training_config", None) or {}
+    return InputConfig(size=int(tc.get("size") or model.input_size), normalization=model.normalization,
+                       grey=bool(tc.get("grey", True)), crop=bool(tc.get("crop", True)),
+                       rate_hz=tc.get("rate_hz", 3.0), max_frames=tc.get("max_frames", 30))
