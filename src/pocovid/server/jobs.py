@@ -29,7 +29,7 @@ from typing import Any, Callable
 from pocovid.errors import PocovidError
 from pocovid.files import write_json
 from pocovid.server.db import Database, plain_json
-from pocovid.server.results import RESULT_JSON, artifact_names
+from pocovid.server.results import RESULT_JSON, artifact_names, result_dict
 from pocovid.server.storage import Storage
 
 log = logging.getLogger("pocovid.server")
@@ -228,9 +228,7 @@ class JobRunner:
             model = self.models.for_this_thread()
             config = self.config_factory()
             result = self.analyze(upload, model, out_dir, config=config, progress=self._progress_cb(id_))
-            if not isinstance(result, dict):
-                raise TypeError(f"the analysis returned {type(result).__name__}, not a dict")
-            result = plain_json(result)
+            result = plain_json(result_dict(result))
             if isinstance(result.get("file"), str):  # the stored name (a random id), not a server path
                 result["file"] = upload.name
             write_json(out_dir / RESULT_JSON, result)
