@@ -26,9 +26,11 @@ def phantom_frames(size: int, seeds=(0, 1, 2), n_frames: int = 8, width: int = 2
                    labels=("covid", "pneumonia", "regular"), groups: bool = False):
     """(N, size, size) grey model-size crops of phantom clips and their class index in `labels`,
     prepared as `analyze` prepares frames (scan region of the clip, crop, resize, grey)."""
+    from pocovid.models import InputConfig
     from pocovid.phantom import make_phantom
-    from pocovid.region import detect_scan_region, resize_frame
-    from pocovid.training.frames import to_grey
+    from pocovid.region import detect_scan_region
+
+    cfg = InputConfig(size=size)
 
     xs, ys, gs = [], [], []
     for li, label in enumerate(labels):
@@ -37,7 +39,7 @@ def phantom_frames(size: int, seeds=(0, 1, 2), n_frames: int = 8, width: int = 2
                              fps=10.0, seed=int(s), probe="convex" if s % 3 else "linear")
             region = detect_scan_region(p.frames)
             for f in p.frames:
-                xs.append(to_grey(resize_frame(region.crop(f), size)))
+                xs.append(cfg.pixels(region.crop(f)))
                 ys.append(li)
                 gs.append(int(s))
     if groups:
@@ -49,9 +51,7 @@ def quick_phantom_model(size: int = 96, n_heads: int = 2, steps: int = 120, seed
                         classes=("covid", "pneumonia", "regular"), seeds=(0, 1, 2, 3, 4, 5), n_frames: int = 6):
     """A `FrameClassifier` (efficientnet_lite0, pretrained trunk) whose heads are fitted on phantom
     frames at `size` pixels; `meta["extra"]["feature_density"]` is set from the same frames."""
-    from pocovid.analysis.ood import FeatureDensity, fit_feature_density
-    from pocovid.models import create_model
-    from pocovid.training.frames import grey_to_input
+    from pocovid.models import FeatureDensity, create_model, fit_feature_density
 
     torch.manual_seed(seed)
     model = create_model("efficientnet_lite0", list(classes), n_heads=n_heads, pretrained=True)
@@ -59,11 +59,11 @@ def quick_phantom_model(size: int = 96, n_heads: int = 2, steps: int = 120, seed
     grey, y, groups = phantom_frames(size, seeds=seeds, n_frames=n_frames, labels=classes, groups=True)
     model.eval()
     with torch.no_grad():
-        h = torch.cat([model.forward_trunk(model.normalize(grey_to_input(grey[i:i + 64])))
+        h = torch.cat([model.forward_trunk(model.input_tensor(grey[i:i + 64]))
                        for i in range(0, len(grey), 64)])
     yt = torch.from_numpy(y)
     rng = np.random.default_rng(seed)
-    for m, head in enumerate(model.heads):
+    for head in model.heads:
         head.train()
         opt = torch.optim.Adam(head.parameters(), lr=2e-3, weight_decay=1e-4)
         for _ in range(steps):
