@@ -13,7 +13,6 @@ from pocovid.evaluation.metrics import (
     evaluation_result,
     fold_summary,
     frame_metrics,
-    to_jsonable,
     video_metrics,
 )
 from pocovid.evaluation.report import format_summary, write_evaluation
@@ -29,7 +28,6 @@ __all__ = [
     "fold_summary",
     "format_summary",
     "frame_metrics",
-    "to_jsonable",
     "video_metrics",
     "write_evaluation",
 ]

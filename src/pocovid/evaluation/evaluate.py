@@ -23,7 +23,7 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
     from pocovid.data.labels import parse_classes, parse_probes
     from pocovid.evaluation.metrics import evaluation_result
     from pocovid.evaluation.report import write_evaluation
-    from pocovid.inference import load, predict_recording, sampling_of
+    from pocovid.inference import load, predict_recording
 
     model = load(model_spec)
     model_classes = list(model.classes)
@@ -33,9 +33,9 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
         raise PocovidError(f"class(es) {', '.join(unknown)} not predicted by this model "
                            f"(it knows {', '.join(model_classes)})")
     idx = index_dataset(root, probes=parse_probes(probes) if probes else None)
-    s = sampling_of(model)
-    rate = rate_hz if rate_hz is not None else s["rate_hz"]
-    mx = max_frames if max_frames is not None else s["max_frames"]
+    sampling = model.input_config  # frames sampled as the model's training sampled them, unless told
+    rate = rate_hz if rate_hz is not None else sampling.rate_hz
+    mx = max_frames if max_frames is not None else sampling.max_frames
     skipped = [f"{p}: {why}" for p, why in idx.failures] + [f"{p}: {why}" for p, why in idx.skipped]
     ys, probs, clip_ids, rows = [], [], [], []
     items = []
@@ -48,11 +48,11 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
         raise PocovidError(f"{root}: no labelled recording of the classes {', '.join(wanted)} to evaluate")
     for ci, it in enumerate(tqdm(items, desc="evaluate", unit="clip", disable=not progress)):
         try:
-            pred = predict_recording(model, idx.abspath(it), rate, mx, crop=s["crop"])
+            pred = predict_recording(model, idx.abspath(it), rate, mx)
         except PocovidError as e:
             skipped.append(str(e))
             continue
-        p = pred.frame_probs
+        p = pred.probs
         ys.extend([model_classes.index(it.label)] * len(p))
         probs.append(p)
         clip_ids.extend([ci] * len(p))
@@ -60,14 +60,14 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
         rows.append({"path": it.path, "label": it.label, "predicted": model_classes[int(np.argmax(clip_p))],
                      **{f"p_{c}": round(float(v), 4) for c, v in zip(model_classes, clip_p)},
                      "patient": it.patient, "probe": it.probe, "n_frames": len(p),
-                     "uncertainty": round(float(pred.members.mean(0).std(0).mean()), 4)})
+                     "member_spread": round(float(pred.member_probs.mean(0).std(0).mean()), 4)})
     if not probs:
         raise PocovidError(f"{root}: none of the {len(items)} recordings could be read")
     metrics = evaluation_result(np.array(ys), np.concatenate(probs), np.array(clip_ids), model_classes,
                                 method=aggregation)
     metrics["skipped"] = skipped
     metrics["model"] = str(model_spec)
-    metrics["sampling"] = {"rate_hz": rate, "max_frames": mx, "crop": s["crop"]}
+    metrics["sampling"] = {"rate_hz": rate, "max_frames": mx, "crop": sampling.crop}
     if out_dir is not None:
         write_evaluation(Path(out_dir), metrics=metrics, clip_table=rows, labels=model_classes, skipped=skipped)
     return metrics

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
+from pocovid.files import jsonable
 from sklearn.metrics import (
     accuracy_score,
     balanced_accuracy_score,
@@ -43,25 +45,6 @@ def _num(x: Any) -> float | None:
         return None
     x = float(x)
     return x if math.isfinite(x) else None
-
-
-def to_jsonable(obj: Any) -> Any:
-    """`obj` with numpy scalars / arrays turned into Python ones and NaN / inf into None."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _num(obj)
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return obj
 
 
 def _check_probs(probs: Any, n_classes: int | None = None) -> np.ndarray:
@@ -309,7 +292,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, labels: Sequen
         row = cm / support[:, None]
         col = cm / predicted[None, :]
     cal = calibration(y, p)
-    return to_jsonable({
+    return jsonable({
         "n": n,
         "accuracy": accuracy,
         "balanced_accuracy": balanced,
@@ -367,7 +350,7 @@ def clip_predictions(y_true_frames: Any, probs_frames: np.ndarray, clip_ids: Seq
             row[f"p_{name}"] = float(p_clip[j, k])
         row["n_frames"] = int(n_frames[j])
         for col, v in extra_cols.items():
-            row[col] = to_jsonable(v[first_pos[j]])
+            row[col] = jsonable(v[first_pos[j]])
         rows.append(row)
     return rows
 
@@ -402,7 +385,7 @@ def fold_summary(per_fold: list[dict]) -> dict:
         name: {m: _stat([_num(f.get("per_class", {}).get(name, {}).get(m)) for f in per_fold])
                for m in PER_CLASS_METRICS}
         for name in names}
-    return to_jsonable(out)
+    return jsonable(out)
 
 
 def evaluation_result(frame_y: Any, frame_probs: np.ndarray, clip_ids: Sequence, labels: Sequence[str], *,
@@ -442,6 +425,6 @@ def evaluation_result(frame_y: Any, frame_probs: np.ndarray, clip_ids: Sequence,
             sub_ids = [c for c, keep in zip(ids, m) if keep]
             per_video.append(video_metrics(y[m], p[m], sub_ids, labels, method))
             per_frame.append(frame_metrics(y[m], p[m], labels))
-        result["folds"] = {"ids": to_jsonable(fold_ids), "video": fold_summary(per_video),
+        result["folds"] = {"ids": jsonable(fold_ids), "video": fold_summary(per_video),
                            "frame": fold_summary(per_frame)}
-    return to_jsonable(result)
+    return jsonable(result)

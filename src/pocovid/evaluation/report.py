@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pocovid.evaluation.metrics import PER_CLASS_METRICS, to_jsonable
+from pocovid.evaluation.metrics import PER_CLASS_METRICS
+from pocovid.files import atomic_path, jsonable, write_json
 
 #: Plots written by `write_evaluation`, by key of the returned dict.
 PLOT_FILES = {
@@ -79,7 +80,7 @@ def _prediction_rows(clip_table: Any, labels: Sequence[str]) -> tuple[list[str],
 
 
 def _cell(v: Any) -> Any:
-    v = to_jsonable(v)
+    v = jsonable(v)
     if v is None:
         return ""
     if isinstance(v, float):
@@ -91,20 +92,11 @@ def _cell(v: Any) -> Any:
 
 def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Mapping]) -> Path:
     path = Path(path)
-    with path.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(columns)
         for r in rows:
             w.writerow([_cell(r.get(c)) for c in columns])
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON with indent 2; NaN / inf become null (the file is strict JSON)."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
     return path
 
 

@@ -20,12 +20,12 @@ import torch
 
 from pocovid.region import resize_frame
 
-#: Per-channel (mean, std) on 0..255 pixels for each normalisation a backbone may ask for.
+#: (scale, mean, std) of each normalisation a backbone may ask for: x = (pixels / scale - mean) / std.
 #:   "tf":       x / 127.5 - 1 (EfficientNet-Lite, TensorFlow-trained)
 #:   "imagenet": (x / 255 - mean) / std with torchvision's ImageNet statistics (VGG-16)
-NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "tf": ((127.5, 127.5, 127.5), (127.5, 127.5, 127.5)),
-    "imagenet": ((0.485 * 255, 0.456 * 255, 0.406 * 255), (0.229 * 255, 0.224 * 255, 0.225 * 255)),
+NORMALIZATIONS: dict[str, tuple[float, tuple[float, ...], tuple[float, ...]]] = {
+    "tf": (127.5, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0)),
+    "imagenet": (255.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
 
@@ -77,8 +77,8 @@ class InputConfig:
             x = x[..., None].expand(*x.shape, 3)
         if x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
-        mean, std = NORMALIZATIONS[self.normalization]
-        x = x.to(device).permute(0, 3, 1, 2).float()
+        scale, mean, std = NORMALIZATIONS[self.normalization]
+        x = x.to(device).permute(0, 3, 1, 2).float() / scale
         m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
         s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
         return ((x - m) / s).contiguous()
