@@ -159,11 +159,20 @@ def data_index_cmd(
         fail(f"--strict: {n_bad} file(s) not indexed (listed above)")
 
 
-@data_app.command("split")
+def _split_defaults() -> dict:
+    import inspect
+
+    from pocovid.data import patient_folds
+
+    return {k: p.default for k, p in inspect.signature(patient_folds).parameters.items()}
+
+
+@data_app.command("split", cls=_defaults_from(_split_defaults))
 def data_split_cmd(
     source: str = typer.Argument(..., help="Dataset folder, or an index CSV from `pocovid data index --out`."),
-    folds: int = typer.Option(5, "--folds", "-k", help="Number of folds."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the shuffles; the same seed gives the same folds."),
+    n_folds: int = typer.Option(None, "--folds", "-k", help="Number of folds (default {n_folds})."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the shuffles; the same seed gives the same folds "
+                             "(default {seed})."),
     probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
     classes: str = typer.Option(None, "--classes", help=_CLASSES_HELP),
     out: str = typer.Option("splits.json", "--out", "-o", help="Split file to write (JSON, docs/splits.md)."),
@@ -180,12 +189,13 @@ def data_split_cmd(
                 fail(f"--strict: {len(idx.failures) + len(idx.skipped)} file(s) not indexed (listed above)")
         elif idx.warnings:
             typer.echo(f"{len(idx.warnings)} warning(s) while indexing; `pocovid data index` lists them")
-        splits = patient_folds(idx, n_folds=folds, seed=seed)
+        given = {k: v for k, v in (("n_folds", n_folds), ("seed", seed)) if v is not None}
+        splits = patient_folds(idx, **given)
         splits.save(out)
     except PocovidError as e:
         fail(str(e))
     n_pat = len({it.patient for it in splits.items()})
-    typer.echo(f"{len(splits.items())} recordings, {n_pat} patients, {folds} folds, seed {seed}"
+    typer.echo(f"{len(splits.items())} recordings, {n_pat} patients, {splits.n_folds} folds, seed {splits.seed}"
                + (f", probe {','.join(splits.probes)}" if splits.probes else "")
                + f", classes {','.join(splits.classes)}")
     typer.echo(splits.table())
