@@ -280,6 +280,47 @@ def test_report_is_self_contained(analysed):
     assert "not a diagnosis" in text and "Frames disagree" in text
 
 
+def _report_of(r: AnalysisResult, out, tmp_path) -> str:
+    from pocovid.analysis.report import write_html
+
+    return write_html(tmp_path / "report.html", r, out).read_text(encoding="utf-8")
+
+
+def test_report_withholds_the_verdict_out_of_distribution(analysed, tmp_path):
+    import re
+
+    from pocovid.analysis.report import clinical_name
+
+    r, out, _ = analysed["covid"]
+    reason = "no plausible ultrasound scan region found"
+    r = r.model_copy(deep=True, update={"out_of_distribution": True, "review_recommended": True})
+    r.ood.reasons, r.prediction.withheld = [reason], True
+    text = _report_of(r, out, tmp_path)
+    assert "outside what the model was trained on" in text and reason in text and "for transparency" in text
+    shown = clinical_name(r.prediction.label)
+    bold = re.findall(r"<(strong|b)\b[^>]*>(.*?)</\1>", text, re.S)
+    assert not [t for _, t in bold if shown in t or r.prediction.label in t], bold
+    assert "Most likely" not in text and "nats" not in text
+    assert "<details>" in text and "Timings" in text
+
+
+def test_report_speaks_the_clinicians_words(analysed, tmp_path):
+    r, out, _ = analysed["regular"]
+    text = _report_of(r, out, tmp_path)
+    assert "healthy" in text and "bacterial pneumonia" in text and "COVID-19" in text
+    assert ">regular<" not in text and "nats" not in text
+    p = r.prediction.probabilities[r.prediction.label]
+    assert f"{round(100 * p)}%" in text
+    assert ("review recommended" in text) == r.review_recommended
+
+
+def test_report_escapes_what_it_shows(analysed, tmp_path):
+    r, out, _ = analysed["regular"]
+    r = r.model_copy(update={"file": "/data/<script>alert(1)</script>.mp4"})
+    text = _report_of(r, out, tmp_path)
+    assert "<script" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
 # --------------------------------------------------------------------------- uncertainty, moments
 def test_uncertainty_threshold_from_out_of_fold_predictions(tmp_path, model):
     rng = np.random.default_rng(0)

@@ -312,7 +312,7 @@ def _write_artifacts(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: 
         t0 = time.perf_counter()
         result.report = "report.html"
         result.timings = {k: round(v, 3) for k, v in timings.items()}
-        write_html(out_dir / "report.html", result.to_json(), out_dir)
+        write_html(out_dir / "report.html", result, out_dir)
         timings["report_s"] = time.perf_counter() - t0
 
 

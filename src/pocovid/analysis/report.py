@@ -4,12 +4,15 @@ and the overlay video."""
 from __future__ import annotations
 
 import base64
-import html
+import functools
 import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from pocovid.analysis.result import AnalysisResult
+from pocovid.files import write_text
 
 NOTICE = ("Decision support for trained clinicians, not a diagnosis. Research software: the model "
           "was trained on a small public dataset; read the probabilities, the uncertainty and the "
@@ -55,7 +58,7 @@ def timeline_plot(path: str | os.PathLike, times: np.ndarray, probs: np.ndarray,
             pad = 0.5 * (np.median(np.diff(t)) if len(t) > 1 else 0.1)
             ax.axvspan(lo - pad, hi + pad, color=cols[s["label"]], alpha=0.12, lw=0)
     for i, c in enumerate(classes):
-        style = dict(color=cols[c], lw=2.2 if i == predicted else 1.3, label=c)
+        style = dict(color=cols[c], lw=2.2 if i == predicted else 1.3, label=clinical_name(c))
         if single:
             ax.plot(t, probs[:, i], "o", ms=8, **style)
         else:
@@ -157,7 +160,7 @@ def probability_bar(width: int, probs: np.ndarray, classes: list[str], t: float,
     y = int(23 * scale)
     cv2.putText(strip, f"{t:6.2f} s", (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale, (255, 255, 255), 1, cv2.LINE_AA)
     x += int(90 * scale)
-    for c, p in zip(classes, probs):
+    for c, p in zip(classes, probs, strict=True):
         txt = f"{c} {p:.2f}"
         cv2.putText(strip, txt, (x, y), cv2.FONT_HERSHEY_SIMPLEX, 0.55 * scale, _rgb(cols[c]), 1, cv2.LINE_AA)
         x += int((len(txt) * 11 + 20) * scale)
@@ -169,120 +172,59 @@ def probability_bar(width: int, probs: np.ndarray, classes: list[str], t: float,
 
 
 # ---------------------------------------------------------------------------------------- HTML
+#: The clinician's word for each class key (the keys stay as they are in result.json).
+CLINICAL_NAMES = {"regular": "healthy", "covid": "COVID-19", "pneumonia": "bacterial pneumonia",
+                  "viral": "viral pneumonia"}
+
+#: What each uncertainty score means, in plain words (result.uncertainty.description is the technical one).
+_UNCERTAINTY_WORDS = {
+    "entropy": "How evenly the clip's probabilities are spread over the classes (0 = all on one class)",
+    "bald": "How much the ensemble's members disagree with each other about the clip",
+    "frame_bald": "How much the ensemble's members disagree with each other, frame by frame",
+    "member_std": "How far apart the ensemble's members put the most likely class, frame by frame",
+    "margin": "How close the second most likely class comes to the first (1 = a tie)",
+}
+
+# review reasons analyze.py writes for causes the report shows from the result's own fields
+_SHOWN_FROM_FIELDS = ("the input does not look like", "the model is uncertain", "frames disagree")
+
+
+def clinical_name(c: str) -> str:
+    return CLINICAL_NAMES.get(c, c)
+
+
+def percent(p: float) -> str:
+    """A probability as a whole percent ("<1%" for a small non-zero one)."""
+    return "<1%" if 0 < p < 0.005 else f"{round(100 * p)}%"
+
+
 def _data_uri(path: Path) -> str:
     mime = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}.get(path.suffix.lower(), "image/png")
     return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
-color:#222;padding:0 16px}
-h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd;padding-bottom:4px}
-.notice{background:#fff4d6;border:1px solid #e0b84c;padding:10px 14px;border-radius:6px;margin:12px 0}
-.alert{background:#fde2e1;border:1px solid #d9534f;padding:10px 14px;border-radius:6px;margin:12px 0}
-.ok{background:#e6f4ea;border:1px solid #5cb85c;padding:10px 14px;border-radius:6px;margin:12px 0}
-table{border-collapse:collapse;margin:8px 0}td,th{padding:4px 10px;text-align:left;border-bottom:1px solid #eee;
-vertical-align:top}.bar{display:inline-block;height:12px;border-radius:2px}
-img{max-width:100%;height:auto;border:1px solid #ddd}figure{margin:14px 0}figcaption{font-size:.92em;color:#444}
-.muted{color:#666;font-size:.9em}code{background:#f4f4f4;padding:1px 4px;border-radius:3px}
-"""
+@functools.cache
+def _environment():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["clinical"] = clinical_name
+    env.filters["pct"] = percent
+    return env
 
 
-def _e(x) -> str:
-    return html.escape(str(x), quote=True)
-
-
-def _prob_table(probs: dict, colours: dict, bold: str | None = None) -> str:
-    rows = []
-    for c, p in sorted(probs.items(), key=lambda kv: -kv[1]):
-        w = max(1, int(round(240 * p)))
-        name = f"<b>{_e(c)}</b>" if c == bold else _e(c)
-        rows.append(f"<tr><td>{name}</td><td>{p:.3f}</td><td><span class='bar' style='width:{w}px;"
-                    f"background:{colours.get(c, '#888')}'></span></td></tr>")
-    return "<table><tr><th>class</th><th>probability</th><th></th></tr>" + "".join(rows) + "</table>"
-
-
-def write_html(path: str | os.PathLike, result: dict, out_dir: str | os.PathLike) -> Path:
-    """The self-contained report: every image embedded as a data: URI, no external resource."""
+def write_html(path: str | os.PathLike, result: AnalysisResult, out_dir: str | os.PathLike) -> Path:
+    """The self-contained report (templates/report.html.j2): every image embedded as a data: URI,
+    no script, no external resource. Out of distribution, the verdict is withheld; with review
+    recommended, it is shown muted."""
     out_dir = Path(out_dir)
-    classes = list(result["prediction"]["probabilities"])
-    cols = class_colours(classes)
-    pred = result["prediction"]
-    unc = result["uncertainty"]
-    ood = result["ood"]
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>pocovid analysis: "
-             f"{_e(Path(result['file']).name)}</title><style>{_CSS}</style></head><body>"]
-    parts.append(f"<h1>Lung ultrasound analysis</h1><div class='muted'>{_e(result['file'])} &middot; "
-                 f"pocovid {_e(result['pocovid_version'])} &middot; {_e(result['created'])}</div>")
-    parts.append(f"<div class='notice'><b>Decision support, not a diagnosis.</b> {_e(result['notice'])}</div>")
-    if result["out_of_distribution"]:
-        parts.append("<div class='alert'><b>This input does not look like the lung ultrasound the model was "
-                     "trained on: no diagnosis is given.</b><ul>" + "".join(f"<li>{_e(r)}</li>" for r in ood["reasons"]) + "</ul>"
-                     "The probabilities below are shown for transparency only.</div>")
-    elif result["review_recommended"]:
-        parts.append("<div class='alert'><b>Review recommended.</b><ul>" +
-                     "".join(f"<li>{_e(r)}</li>" for r in result["review_reasons"]) + "</ul></div>")
-    else:
-        parts.append("<div class='ok'>The ensemble agrees with itself and the frames agree with each other "
-                     "(uncertainty below the review threshold). Still decision support only.</div>")
-    label = pred["label"]
-    head = ("Model output (withheld as a diagnosis: input out of distribution)" if result["out_of_distribution"]
-            else f"Model output: most likely <b>{_e(label)}</b> ({pred['probabilities'][label]:.2f})")
-    parts.append(f"<h2>Clip-level probabilities</h2><p>{head}. Mean of the probabilities of "
-                 f"{result['sampling']['n_frames_analyzed']} analysed frames.</p>")
-    parts.append(_prob_table(pred["probabilities"], cols, None if result["out_of_distribution"] else label))
-    thr = unc.get("threshold")
-    parts.append(f"<p>Uncertainty ({_e(unc['method'])}, ensemble of {unc['n_members']} members): "
-                 f"<b>{unc['score']:.4f}</b>; review threshold {thr if thr is None else f'{thr:.4f}'} "
-                 f"({_e(unc['threshold_source'])}). {_e(unc['description'])}</p>")
-    tl = result.get("timeline")
-    parts.append("<h2>Timeline</h2>")
-    if result["prediction"].get("frames_disagree"):
-        segs = [s for s in pred["disagreement"] if s["sizeable"]]
-        parts.append("<p><b>Frames disagree:</b> " + "; ".join(
-            f"{_e(s['label'])} from {s['start_s']:.2f} s to {s['end_s']:.2f} s ({s['n_frames']} frames, "
-            f"{s['share']:.0%} of the clip)" for s in segs) + ". Look at these segments.</p>")
-    if tl:
-        parts.append(f"<figure><img alt='timeline' src='{_data_uri(out_dir / tl)}'><figcaption>Probability of "
-                     "each class per analysed frame; dashed lines: key moments; shaded: runs of frames favouring "
-                     "another class; band: range of the ensemble members for the most likely class."
-                     "</figcaption></figure>")
-    if result["key_frames"]:
-        if result["out_of_distribution"]:
-            parts.append("<h2>Where the model looked</h2><p><b>The input is out of distribution: these frames "
-                         "are no evidence for a diagnosis.</b></p>")
-        else:
-            parts.append("<h2>Key moments</h2>")
-        parts.append(f"<p>Frames where the evidence for <b>{_e(label)}</b> peaks, at least "
-                     f"{result['key_frame_min_gap_s']:.2f} s apart. Left: the original frame; right: "
-                     f"{_e(result['explainer_description'])}, inside the scan region only.</p>")
-        for k in result["key_frames"]:
-            probs = ", ".join(f"{c} {p:.2f}" for c, p in k["probabilities"].items())
-            parts.append(f"<figure><img alt='key moment {k['rank']}' src='{_data_uri(out_dir / k['image'])}'>"
-                         f"<figcaption>{k['rank']}. t = {k['time_s']:.2f} s (frame {k['index']}): {_e(probs)}"
-                         f"</figcaption></figure>")
-    if result.get("overlay_video"):
-        parts.append(f"<p>Overlay video of the whole clip: <code>{_e(result['overlay_video'])}</code> "
-                     f"(in this folder).</p>")
-    # details
-    reg = result["region"]
-    parts.append("<h2>Details</h2><table>")
-    m = result["model_info"]
-    rows = [("model", f"{result['model']} ({m.get('backbone')}, {m.get('n_heads')} heads, classes "
-                      f"{', '.join(m.get('classes', []))})"),
-            ("recording", f"{result['media']['kind']}, {result['media']['width']}x{result['media']['height']}, "
-                          f"{result['media']['n_frames']} frames"
-                          + (f" at {result['media']['fps']:.2f} fps" if result['media']['fps'] else "")),
-            ("frames analysed", f"{result['sampling']['n_frames_analyzed']}"
-                                + (f" at {result['sampling']['rate_hz']:g} Hz" if result['sampling']['rate_hz']
-                                   else " (every frame)")),
-            ("scan region", f"{reg['shape']} ({reg['method']}), box {reg['box']}" + (f"; {reg['note']}" if reg.get('note') else "")),
-            ("out of distribution", f"{result['out_of_distribution']}" + (
-                f" ({'; '.join(ood['reasons'])})" if ood["reasons"] else "")),
-            ("time", ", ".join(f"{k} {v:.2f} s" for k, v in result["timings"].items()))]
-    parts += [f"<tr><th>{_e(a)}</th><td>{_e(b)}</td></tr>" for a, b in rows]
-    parts.append("</table>")
-    parts.append(f"<p class='muted'>{_e(result['notice'])}</p></body></html>")
-    p = Path(path)
-    p.write_text("".join(parts), encoding="utf-8")
-    return p
+    names = [n for n in [result.timeline, *(k.image for k in result.key_frames)] if n]
+    unc, pred = result.uncertainty, result.prediction
+    page = _environment().get_template("report.html.j2").render(
+        result=result, file_name=Path(result.file).name, images={n: _data_uri(out_dir / n) for n in names},
+        colours=class_colours(pred.probabilities), uncertain=unc.score >= unc.threshold,
+        sizeable=[s for s in pred.disagreement if s.sizeable],
+        other_reasons=[r for r in result.review_reasons if not r.startswith(_SHOWN_FROM_FIELDS)],
+        uncertainty_words=_UNCERTAINTY_WORDS.get(unc.method, unc.description.removesuffix(", nats")))
+    return write_text(path, page)
