@@ -25,7 +25,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see speed_models.py)
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -66,26 +65,27 @@ def model_file(spec: str | None, tmp: Path) -> tuple[str, str]:
 
 
 def model_alone(model_spec: str, clip: Path) -> float:
-    from pocovid.analysis.analyze import _input_size, grey_to_input, to_grey
-    from pocovid.analysis.explain import fast_trunk, forward_with_cams
     from pocovid.inference import load
+    from pocovid.models import compiled_trunk
+    from pocovid.models.classifier import INFER_CHUNK
     from pocovid.region import load_clip
 
     model = load(model_spec)
-    size = _input_size(model)
-    c = load_clip(clip, size=size)
-    grey = np.stack([to_grey(f) for f in c.frames])
+    cfg = model.input_config
+    c = load_clip(clip, size=cfg.size)
+    pixels = np.stack([cfg.pixels(f) for f in c.frames])  # the model's input pixels, as analyze makes them
     out = {}
     t = time.perf_counter()
-    trunk = fast_trunk(model, size)
+    trunk = compiled_trunk(model, cfg.size)
     out["compile_s"] = time.perf_counter() - t
     for name, tr, chunk in (("eager, 32 frames a call", None, 32), ("compiled, 32 a call", trunk, 32),
-                            ("eager, 4 a call", None, 4), ("compiled, 4 a call (analyze)", trunk, 4)):
-        forward_with_cams(model, model.normalize(grey_to_input(grey[:32])), tr, chunk)  # warm-up
+                            ("eager, 4 a call", None, 4),
+                            (f"compiled, {INFER_CHUNK} a call (analyze)", trunk, INFER_CHUNK)):
+        model.infer(model.input_tensor(pixels[:32]), cams=True, trunk=tr, chunk=chunk)  # warm-up
         t = time.perf_counter()
-        for i in range(0, len(grey), 32):
-            forward_with_cams(model, model.normalize(grey_to_input(grey[i:i + 32])), tr, chunk)
-        out[name] = len(grey) / (time.perf_counter() - t)
+        for i in range(0, len(pixels), 32):
+            model.infer(model.input_tensor(pixels[i:i + 32]), cams=True, trunk=tr, chunk=chunk)
+        out[name] = len(pixels) / (time.perf_counter() - t)
     return out
 
 
@@ -120,15 +120,13 @@ def cam_inside_real(root: Path, model_spec: str, frames_per_recording: int = 5, 
     inside the scan-region mask, per recording of the real data. With `run` (a `pocovid train`
     folder with fold models), each recording of the run's split is explained by the model of the
     fold that held it out: out-of-fold CAMs."""
-    from pocovid.analysis.analyze import _input_size, grey_to_input, to_grey
-    from pocovid.analysis.explain import forward_with_cams, mass_inside
+    from pocovid.analysis.explain import mass_inside
     from pocovid.data import index_dataset
     from pocovid.errors import PocovidError
     from pocovid.inference import load
     from pocovid.region import load_clip
 
     model = load(model_spec)
-    size = _input_size(model)
     idx = index_dataset(root)
     fold_of, fold_models = {}, {}
     if run is not None:
@@ -145,16 +143,15 @@ def cam_inside_real(root: Path, model_spec: str, frames_per_recording: int = 5, 
                 continue
             model = fold_models[fold_of[it.path]]
         try:
-            c = load_clip(idx.abspath(it), rate_hz=3.0, max_frames=frames_per_recording, size=size)
+            c = load_clip(idx.abspath(it), rate_hz=3.0, max_frames=frames_per_recording, size=model.input_config.size)
         except PocovidError:
             continue
         if c.region.is_full:
             full += 1
             continue
-        grey = np.stack([to_grey(f) for f in c.frames])
-        logits, _, cams = forward_with_cams(model, model.normalize(grey_to_input(grey)))
-        pred = int(torch.softmax(logits, -1).mean((0, 1)).argmax())
-        v = [mass_inside(cm, c.region) for cm in cams[:, pred].numpy()]
+        out = model.infer(model.preprocess(c.frames), cams=True).numpy()
+        pred = int(out.probs.mean(0).argmax())
+        v = [mass_inside(cm, c.region) for cm in out.cams[:, pred]]
         v = [x for x in v if np.isfinite(x)]
         if v:
             shares.append(float(np.mean(v)))
@@ -181,6 +178,7 @@ def main(argv=None) -> int:
                                           Path(a.run) if a.run else None), a.run)
     clip = Path(a.clip) if a.clip else make_clip(tmp / "phantom_800x600_10s_30fps.mp4")
     spec, desc = model_file(a.model, tmp)
+    from pocovid.analysis.result import AnalysisResult
     from pocovid.media import probe
 
     info = probe(clip)
@@ -197,21 +195,22 @@ def main(argv=None) -> int:
         if rc != 0:
             print(f"{name}: FAILED (exit {rc}): {err.strip()[-500:]}")
             continue
-        r = json.loads((out / clip.stem / "result.json").read_text())
-        n = r["sampling"]["n_frames_analyzed"]
-        t = r["timings"]
+        r = AnalysisResult.model_validate_json((out / clip.stem / "result.json").read_text())
+        n = r.sampling.n_frames_analyzed
+        t = r.timings
         inside = t["total_s"]
-        print(f"{name}: {wall:.2f} s wall (process: start-up, model load, analysis), {n / wall:.1f} frames/s end to end; "
-              f"analysis itself {inside:.2f} s; peak memory {rss:.2f} GB; target "
-              f"{'<= 20 s' if extra else '<= 10 s'}, <= 1.5 GB: {'OK' if wall <= (20 if extra else 10) and rss <= 1.5 else 'MISSED'}")
+        ok = wall <= (20 if extra else 10) and rss <= 1.5
+        print(f"{name}: {wall:.2f} s wall (process: start-up, model load, analysis), {n / wall:.1f} frames/s "
+              f"end to end; analysis itself {inside:.2f} s; peak memory {rss:.2f} GB; target "
+              f"{'<= 20 s' if extra else '<= 10 s'}, <= 1.5 GB: {'OK' if ok else 'MISSED'}")
         startup = wall - inside
         parts = {"start-up + model load": startup} | {k[:-2]: v for k, v in t.items() if k != "total_s"}
         print("  where the time goes: " + ", ".join(f"{k} {v:.2f} s" for k, v in parts.items()))
         print("  (decode, crop_resize and ood run in a second thread, overlapping model; the trunk compiles "
               "while the region is searched: model_compile_wait is what is left of it)")
-        print(f"  prediction {r['prediction']['label']} {r['prediction']['probabilities']}, key frames at "
-              f"{[k['time_s'] for k in r['key_frames']]} s, heat inside region "
-              f"{[k['heat_inside_region'] for k in r['key_frames']]}")
+        print(f"  prediction {r.prediction.label} {r.prediction.probabilities}, key frames at "
+              f"{[k.time_s for k in r.key_frames]} s, heat inside region "
+              f"{[k.heat_inside_region for k in r.key_frames]}")
     if a.real:
         _print_cam(cam_inside_real(Path(a.real), spec, a.real_frames, Path(a.run) if a.run else None), a.run)
     return 0

@@ -37,11 +37,11 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 from pocovid import testing  # noqa: E402
 from pocovid.analysis import AnalysisConfig, analyze_recording  # noqa: E402
-from pocovid.analysis.ood import fit_feature_density  # noqa: E402
+from pocovid.analysis.result import AnalysisResult  # noqa: E402
+from pocovid.models import fit_feature_density  # noqa: E402
 
 CFG = AnalysisConfig(rate_hz=3.0, max_frames=16, report=False, key_frames=0)
 
@@ -70,11 +70,9 @@ def with_density(model, density: dict | None):
 def real_training_frames(root: Path, model, run: str | None):
     """Pooled trunk features (N, K) of the real training frames, their recording paths (relative
     to root) and fold, and the dataset index with patient folds."""
-    from pocovid.analysis.analyze import _input_size, grey_to_input, to_grey
-    from pocovid.analysis.explain import fast_trunk
     from pocovid.data import index_dataset, patient_folds
     from pocovid.errors import PocovidError
-    from pocovid.region import load_clip
+    from pocovid.inference import predict_recording
 
     cfg = getattr(model, "training_config", None) or {}
     probe = cfg.get("probe", "convex")
@@ -90,19 +88,14 @@ def real_training_frames(root: Path, model, run: str | None):
         pooled = np.stack([np.asarray(tr[0, i], np.float32).mean((1, 2)) for i in range(tr.shape[1])])
         paths = np.array([fs.clips[c]["path"] for c in fs.clip_of])
         return pooled, paths, np.array([fold_of.get(p, -1) for p in paths]), idx, fold_of
-    size = _input_size(model)
-    trunk = fast_trunk(model, size)
     feats, paths = [], []
     for it in splits.items():
-        try:
-            c = load_clip(idx.abspath(it.path), rate_hz=cfg.get("rate_hz", 3.0), max_frames=cfg.get("max_frames", 30), size=size)
+        try:  # the frames as training sampled them (model.input_config), the trunk's pooled features
+            rec = predict_recording(model, idx.abspath(it.path))
         except PocovidError:
             continue
-        x = model.normalize(grey_to_input(np.stack([to_grey(f) for f in c.frames])))
-        with torch.no_grad():
-            h = trunk(x.contiguous(memory_format=torch.channels_last)) if trunk else model.forward_trunk(x)
-        feats.append(h.float().mean((2, 3)).numpy())
-        paths += [it.path] * len(c.frames)
+        feats.append(np.asarray(rec.outputs.pooled, np.float32))
+        paths += [it.path] * len(rec)
     paths = np.array(paths)
     return np.concatenate(feats), paths, np.array([fold_of.get(p, -1) for p in paths]), idx, fold_of
 
@@ -136,23 +129,24 @@ def phantom_inputs(tmp: Path) -> dict[str, Path]:
     for label in ("covid", "pneumonia", "regular"):
         for probe in ("convex", "linear"):
             p = tmp / f"phantom_{label}_{probe}.mp4"
-            write_phantom(p, label=label, probe=probe, n_frames=30, fps=15, width=480, height=400, overlays=True, seed=3)
+            write_phantom(p, label=label, probe=probe, n_frames=30, fps=15, width=480, height=400, overlays=True,
+                          seed=3)
             out[p.stem] = p
     return out
 
 
-def run(model, inputs: dict[str, Path], out: Path, show: bool = True) -> dict[str, dict]:
+def run(model, inputs: dict[str, Path], out: Path, show: bool = True) -> dict[str, AnalysisResult]:
     res = {}
     for name, p in inputs.items():
         r = analyze_recording(p, model, out / name, CFG)
         res[name] = r
         if show:
-            c = r["ood"]["cues"]
+            c = r.ood.cues
             ratio = c.get("density_ratio")
-            print(f"  {name:28s} {'OOD' if r['out_of_distribution'] else 'ok ':3s}  d2/q999 "
+            print(f"  {name:28s} {'OOD' if r.out_of_distribution else 'ok ':3s}  d2/q999 "
                   f"{'-' if ratio is None else f'{ratio:6.2f}'}  colour {c['colour_share']:.3f}  corr "
                   f"{c['spatial_correlation']:.2f}  bright {c['bright_share']:.2f}  "
-                  f"{'; '.join(r['ood']['reasons'] or r['ood']['weak_cues'])[:110]}")
+                  f"{'; '.join(r.ood.reasons or r.ood.weak_cues)[:110]}")
     return res
 
 
@@ -160,7 +154,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--real", default=None, help="real data root (the public POCUS layout)")
-    ap.add_argument("--run", default=None, help="a `pocovid train` run whose cache holds the real frames' trunk features")
+    ap.add_argument("--run", default=None,
+                    help="a `pocovid train` run whose cache holds the real frames' trunk features")
     ap.add_argument("--list-real", action="store_true", help="print every real recording's line, not only flagged ones")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -179,10 +174,10 @@ def main(argv=None) -> int:
 
     print("\nnon-lung inputs (should be flagged):")
     bad = run(m_all, non_lung_inputs(tmp / "in"), tmp / "out")
-    caught = sum(r["out_of_distribution"] for r in bad.values())
+    caught = sum(r.out_of_distribution for r in bad.values())
     print("\nphantom lung clips (synthetic):")
     ph = run(m_all, phantom_inputs(tmp / "in"), tmp / "out")
-    ph_flag = sum(r["out_of_distribution"] for r in ph.values())
+    ph_flag = sum(r.out_of_distribution for r in ph.values())
 
     real_flag, real_n, by_probe = 0, 0, {}
     if a.real:
@@ -201,18 +196,20 @@ def main(argv=None) -> int:
                 print(f"  unreadable: {e}")
                 continue
             real_n += 1
-            real_flag += r["out_of_distribution"]
-            by_probe.setdefault(it.probe, []).append(r["out_of_distribution"])
-            if r["out_of_distribution"] or a.list_real:
-                c = r["ood"]["cues"]
-                print(f"  {it.path:60s} {'OOD' if r['out_of_distribution'] else 'ok'} d2/q999 "
-                      f"{c.get('density_ratio') or 0:.2f} {'; '.join(r['ood']['reasons'])[:100]}")
+            real_flag += r.out_of_distribution
+            by_probe.setdefault(it.probe, []).append(r.out_of_distribution)
+            if r.out_of_distribution or a.list_real:
+                c = r.ood.cues
+                print(f"  {it.path:60s} {'OOD' if r.out_of_distribution else 'ok'} d2/q999 "
+                      f"{c.get('density_ratio') or 0:.2f} {'; '.join(r.ood.reasons)[:100]}")
     print("\nsummary")
+    missed = [k for k, r in bad.items() if not r.out_of_distribution]
     print(f"  non-lung inputs caught:          {caught}/{len(bad)} ({caught / len(bad):.0%})"
-          + ("" if caught == len(bad) else "; missed: " + ", ".join(k for k, r in bad.items() if not r["out_of_distribution"])))
+          + ("" if not missed else "; missed: " + ", ".join(missed)))
     print(f"  phantom lung clips flagged:      {ph_flag}/{len(ph)}")
     if a.real:
-        print(f"  real recordings wrongly flagged: {real_flag}/{real_n} ({real_flag / max(real_n, 1):.1%}; target <= 5%): "
+        print(f"  real recordings wrongly flagged: {real_flag}/{real_n} ({real_flag / max(real_n, 1):.1%}; "
+              "target <= 5%): "
               + ", ".join(f"{pr} probe {sum(v)}/{len(v)}" for pr, v in sorted(by_probe.items()))
               + f" (the model trains on {(model.training_config or {}).get('probe', '?')} recordings only)")
     print(f"  ({time.perf_counter() - t0:.0f} s)")

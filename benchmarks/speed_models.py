@@ -59,7 +59,7 @@ def bench(name: str, train_batch: int, infer_batch: int, min_time: float, max_it
     out["params_total"] = sum(p.numel() for p in full.parameters())
     out["full_trainable"] = sum(p.numel() for p in full.trainable_parameters())
     out["full_train"] = _rate(full_step, train_batch, min_time, max_iter)
-    del full, opt
+    full = opt = None  # free the memory (full_step is not called again)
 
     # (b) pocovid: frozen trunk cached once, then train the trainable part on the cache
     model = create_model(name, pretrained=False)  # default cut and n_frozen

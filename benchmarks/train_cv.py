@@ -29,12 +29,11 @@ def baseline(frames, model, folds: np.ndarray) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from pocovid.evaluation import evaluation_result
-    from pocovid.training.frames import grey_to_input
 
     feats = []
     with torch.no_grad():
         for i in range(0, len(frames.frames), 64):
-            x = model.normalize(grey_to_input(frames.frames[i:i + 64]))
+            x = model.input_tensor(frames.frames[i:i + 64])  # cached grey pixels -> the model's input
             feats.append(model.forward_trunk(x).mean((2, 3)).numpy())  # trunk = the whole backbone
     X = np.concatenate(feats)
     y = frames.y
@@ -95,8 +94,9 @@ def main(argv=None) -> int:
     if f:
         ba = f["balanced_accuracy"]
         print(f"{'':<28} video BA over folds {ba['mean']:.3f} +- {ba['std']:.3f}")
-    print(f"wall time: {wall:.0f} s (prepare {res.timings.get('prepare_s', 0):.0f} s, cv {res.timings.get('cv_s', 0):.0f} s"
-          f", final {res.timings.get('final_s', 0):.0f} s); peak memory (RSS) {peak:.0f} MB")
+    t = res.timings
+    print(f"wall time: {wall:.0f} s (prepare {t.get('prepare_s', 0):.0f} s, cv {t.get('cv_s', 0):.0f} s"
+          f", final {t.get('final_s', 0):.0f} s); peak memory (RSS) {peak:.0f} MB")
     return 0
 
 
