@@ -244,3 +244,23 @@ def test_help_and_readme_name_only_commands_that_exist():
     assert len(refs) > 10
     bad = [f"{where}: pocovid {' '.join(words)}" for where, words in refs if not _names_a_command(words, root)]
     assert not bad, bad
+
+
+# ------------------------------------------------------------------------------ analyze end to end
+
+def test_analyze_prints_one_line_per_file_and_lists_failures(model_file, tmp_path):
+    import json
+
+    from pocovid.phantom import write_phantom
+
+    clip = tmp_path / "scan.mp4"
+    write_phantom(clip, label="covid", n_frames=8, fps=10.0, width=240, height=200, seed=1)
+    r = cli("analyze", clip, tmp_path / "missing.mp4", "--model", model_file, "--out", tmp_path / "out",
+            "--quiet", "--key-frames", "1", "--rate", "0")
+    assert r.exit_code == 1, r.stderr
+    (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(str(clip))]
+    assert "most likely covid" in line and "uncertainty" in line, line
+    assert "missing.mp4: no such file" in r.stderr and "Traceback" not in r.stderr
+    r = cli("analyze", clip, "--model", model_file, "--out", tmp_path / "out", "--quiet", "--json", "--key-frames", "1")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads(r.stdout)["status"] == "ok"

@@ -604,24 +604,22 @@ def analyze_cmd(
         fail(f"{e}{hint}")
     if not quiet:
         typer.echo(f"pocovid {__version__}: decision support for trained clinicians, not a diagnosis", err=True)
-    results, failures = analyze_files(files, m, out, cfg, progress=None if quiet else _file_progress)
-    if json_out:
-        clean = [{k: v for k, v in r.items() if k != "out_dir"} for r in results]
-        if len(files) > 1:
-            typer.echo(json.dumps(clean, indent=2))
-        elif clean:
-            typer.echo(json.dumps(clean[0], indent=2))
+    batch = analyze_files(files, m, out, cfg, progress=None if quiet else _file_progress)
+    if json_out:  # every file's result or failure, in input order
+        js = batch.to_json()
+        typer.echo(json.dumps(js if len(files) > 1 else js[0], indent=2))
     else:
-        for r in results:
-            typer.echo(_analysis_line(r))
-        if results:
+        for entry in batch.entries:
+            if entry.ok:
+                typer.echo(_analysis_line(entry.result, entry.folder))
+        if batch.results:
             typer.echo("Decision support for trained clinicians, not a diagnosis: read the report "
                        "(probabilities, uncertainty, key moments).")
-        typer.echo(f"summary: {Path(out) / 'summary.csv'}")
-    for f in failures:
+        typer.echo(f"summary: {batch.summary or Path(out) / 'summary.csv'}")
+    for f in batch.failures:
         typer.echo(f"error: {f}", err=True)
-    if failures:
-        typer.echo(f"{len(failures)} of {len(files)} file(s) failed", err=True)
+    if batch.failures:
+        typer.echo(f"{len(batch.failures)} of {len(files)} file(s) failed", err=True)
         raise typer.Exit(1)
 
 
@@ -630,22 +628,19 @@ def _file_progress(i: int, n: int, path: str) -> None:
         typer.echo(f"[{i + 1}/{n}] {path}", err=True)
 
 
-def _analysis_line(r: dict) -> str:
+def _analysis_line(r, folder) -> str:
+    """One line for an `AnalysisResult`: the diagnosis (or why none), probabilities, uncertainty."""
     from pathlib import Path
 
-    p = r["prediction"]
-    u = r["uncertainty"]
-    report = r.get("report")
-    where = f" -> {Path(r['out_dir']) / report}" if report and r.get("out_dir") else ""
-    if r["out_of_distribution"]:  # no label, no probabilities: they are not a diagnosis here
-        return (f"{r['file']}: NOT LUNG ULTRASOUND of the kind the model knows? no diagnosis ("
-                + "; ".join(r["ood"]["reasons"]) + ")" + where)
-    probs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p["probabilities"].items(), key=lambda kv: -kv[1]))
-    flags = ""
-    if r["review_recommended"]:
-        flags = " REVIEW RECOMMENDED (" + "; ".join(r["review_reasons"]) + ")"
-    return (f"{r['file']}: most likely {p['label']} [{probs}] uncertainty {u['score']:.3f} ({u['method']}, "
-            f"review threshold {u['threshold']:.3f}){flags}{where}")
+    where = f" -> {Path(folder) / r.report}" if r.report and folder else ""
+    if r.out_of_distribution:  # no label, no probabilities: they are not a diagnosis here
+        return (f"{r.file}: NOT LUNG ULTRASOUND of the kind the model knows? no diagnosis ("
+                + "; ".join(r.ood.reasons) + ")" + where)
+    p, u = r.prediction, r.uncertainty
+    probs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
+    flags = " REVIEW RECOMMENDED (" + "; ".join(r.review_reasons) + ")" if r.review_recommended else ""
+    return (f"{r.file}: most likely {p.label} [{probs}] uncertainty {u.score:.3f} ({u.method}, "
+            f"review threshold {u.threshold:.3f}){flags}{where}")
 
 
 def main() -> None:
