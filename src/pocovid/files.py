@@ -68,14 +68,24 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def jsonable(obj: Any) -> Any:
-    """`obj` with numpy scalars and arrays turned into Python ones, tuples into lists, paths into
-    strings and NaN / inf into None: something `json.dumps(..., allow_nan=False)` accepts."""
+    """`obj` with numpy scalars and arrays turned into Python ones, tuples into lists, sets into
+    lists (sorted when their items sort), paths into strings, NaN / inf into None, array-likes
+    (`.tolist()`) into lists and any other object into its `str`: something
+    `json.dumps(..., allow_nan=False)` accepts."""
+    if obj is None or isinstance(obj, str):
+        return obj
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, np.ndarray):
         return jsonable(obj.tolist())
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        items = [jsonable(v) for v in obj]
+        try:
+            return sorted(items)
+        except TypeError:  # mixed types: no order
+            return items
     if isinstance(obj, (bool, np.bool_)):
         return bool(obj)
     if isinstance(obj, (int, np.integer)):
@@ -87,7 +97,9 @@ def jsonable(obj: Any) -> Any:
         return obj.item()
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
-    return obj
+    if callable(getattr(obj, "tolist", None)):  # array-likes (torch tensors, ...)
+        return jsonable(obj.tolist())
+    return str(obj)
 
 
 def dumps(obj: Any, indent: int | None = 2) -> str:

@@ -8,11 +8,12 @@ names, no DICOM tag values (uploads are stored under random ids; see storage.py)
 from __future__ import annotations
 
 import json
-import math
 import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from pocovid.files import jsonable
 
 SCHEMA_VERSION = 1
 
@@ -144,7 +145,7 @@ class Database:
         fields = dict(fields)
         for k in ("result", "files"):
             if k in fields and fields[k] is not None:
-                fields[k] = json.dumps(plain_json(fields[k]), allow_nan=False)
+                fields[k] = json.dumps(jsonable(fields[k]), allow_nan=False)
         fields["updated"] = time.time()
         cols = ", ".join(f"{k} = ?" for k in fields)
         cur = self._exec(f"UPDATE analyses SET {cols} WHERE id = ?", (*fields.values(), id_))
@@ -198,27 +199,6 @@ class Database:
         cur = self._exec("UPDATE contributions SET status = ?, decided = ?, note = ? WHERE id = ?",
                          (status, time.time(), note, id_))
         return self.get_contribution(id_) if cur.rowcount else None
-
-
-def plain_json(o):
-    """`o` as plain JSON data: numpy scalars / arrays -> Python, paths -> str, NaN / inf -> None."""
-    if o is None or isinstance(o, (bool, str)):
-        return o
-    if isinstance(o, int):
-        return int(o)
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): plain_json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple, set)):
-        return [plain_json(v) for v in o]
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "tolist"):  # numpy arrays and scalars
-        return plain_json(o.tolist())
-    if hasattr(o, "item"):
-        return plain_json(o.item())
-    return str(o)
 
 
 def _analysis(row: sqlite3.Row) -> dict:
