@@ -31,7 +31,9 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient  # noqa: E402
 
+from pocovid.analysis.result import SCHEMA_VERSION, AnalysisResult, result_schema  # noqa: E402
 from pocovid.errors import PocovidError  # noqa: E402
+from pocovid.models import InputConfig  # noqa: E402
 from pocovid.phantom import write_dicom, write_phantom, write_video  # noqa: E402
 from pocovid.server import ServerConfig, create_app  # noqa: E402
 from pocovid.server.db import Database  # noqa: E402
@@ -43,11 +45,13 @@ TOKEN = "s3cret-token-for-tests"
 # ------------------------------------------------------------------------------------------ helpers
 
 class FakeModel:
-    """Stands in for a FrameClassifier where the stub analysis does not need one."""
+    """Stands in for a FrameClassifier where the stub analysis does not need one (what
+    `pocovid.models.model_summary` reads, and the model file's metadata)."""
 
+    backbone_name = "efficientnet_lite0"
     classes = ["covid", "pneumonia", "regular"]
     n_heads = 2
-    input_size = 96
+    input_config = InputConfig(size=96)
     meta = {"backbone": "efficientnet_lite0", "pocovid_version": "0.1.0", "format_version": 1,
             "created": "2026-01-01T00:00:00+00:00", "data_fingerprint": "abc",
             "metrics": {"video": {"balanced_accuracy": 0.87, "n": 40}, "frame": {"balanced_accuracy": 0.8}},
@@ -57,9 +61,43 @@ class FakeModel:
         return self
 
 
+PROBS = {"covid": 0.8, "pneumonia": 0.15, "regular": 0.05}
+
+
+def make_result(path, *, kind="video", n_frames=6, fps=10.0, overlay="overlay.mp4", key_images=("key_frame_1.png",),
+                **update) -> AnalysisResult:
+    """A declared result as the real analysis writes it (covid at 0.8, in distribution), with the
+    real analysis' artifact names; `update` replaces top-level fields."""
+    frames = [{"index": i, "time_s": round(i / (fps or 1.0), 3), "probabilities": PROBS, "member_std": 0.01}
+              for i in range(n_frames)]
+    key_frames = [{"rank": r, "index": 0, "time_s": 0.0, "label": "covid", "image": name, "probabilities": PROBS,
+                   "evidence": 0.8, "heat_inside_region": 0.9} for r, name in enumerate(key_images, 1)]
+    data = {
+        "file": str(path), "model": "stub", "pocovid_version": "0.1.0", "created": "2026-01-01T00:00:00+00:00",
+        "notice": "Decision support for trained clinicians, not a diagnosis.",
+        "model_info": {"backbone": "efficientnet_lite0", "classes": list(PROBS), "n_heads": 2, "input_size": 96},
+        "prediction": {"label": "covid", "probabilities": PROBS, "withheld": False, "aggregation": "mean",
+                       "frames_disagree": False, "disagreement": [], "class_share": {"covid": 1.0}},
+        "uncertainty": {"score": 0.01, "method": "member_std", "threshold": 0.1, "threshold_source": "default",
+                        "n_members": 2, "description": "ensemble disagreement", "components": {"member_std": 0.01}},
+        "review_recommended": False, "review_reasons": [], "out_of_distribution": False,
+        "ood": {"reasons": [], "weak_cues": [], "cues": {}},
+        "region": {"kind": "fan", "path": "/etc/passwd"},  # not an artifact field: never read as a file
+        "media": {"kind": kind, "format": "mp4" if kind == "video" else "png", "fps": fps, "n_frames": n_frames,
+                  "width": 96, "height": 80, "duration_s": n_frames / (fps or 1.0)},
+        "sampling": {"rate_hz": None, "max_frames": None, "n_frames_analyzed": n_frames, "input_size": 96,
+                     "crop": True, "grey": True},
+        "explainer": "cam", "explainer_description": "class activation map", "key_frame_min_gap_s": 0.5,
+        "frames": frames, "key_frames": key_frames,
+        "timeline": "timeline.png", "report": "report.html", "overlay_video": overlay,
+    }
+    return AnalysisResult.model_validate({**data, **update})
+
+
 def stub_analyze(path, model, out_dir, config=None, progress=None):
     """Reads the recording with pocovid's reader (so unreadable files fail as in the real analysis)
-    and writes artifacts with the real analysis' names and a result of its schema."""
+    and writes artifacts with the real analysis' names; returns a declared result (`make_result`)
+    whose second key frame names a file outside its folder (never served)."""
     from PIL import Image
 
     from pocovid.media import probe, read_frames
@@ -76,19 +114,8 @@ def stub_analyze(path, model, out_dir, config=None, progress=None):
     if info.kind == "video":
         write_video(out / "overlay.mp4", np.stack([f.image for f in frames]), info.fps or 10.0)
         overlay = "overlay.mp4"
-    probs = {"covid": 0.8, "pneumonia": 0.15, "regular": 0.05}
-    return {
-        "schema_version": 1, "file": str(path), "model": "stub",
-        "prediction": {"label": "covid", "probabilities": probs, "withheld": False, "frames_disagree": False},
-        "uncertainty": {"score": 0.01, "method": "member_std", "threshold": 0.1},
-        "review_recommended": False, "review_reasons": [], "out_of_distribution": False,
-        "media": {"kind": info.kind, "n_frames": info.n_frames, "fps": info.fps},
-        "frames": [{"index": f.index, "time_s": round(f.time_s, 3), "probabilities": probs} for f in frames],
-        "key_frames": [{"rank": 1, "index": 0, "time_s": 0.0, "image": "key_frame_1.png", "probabilities": probs,
-                        "evidence": 0.8}],
-        "timeline": "timeline.png", "report": "report.html", "overlay_video": overlay,
-        "not_an_artifact": "../pocovid.sqlite3", "absolute": "/etc/passwd",
-    }
+    return make_result(path, kind=info.kind, n_frames=len(frames), fps=info.fps, overlay=overlay,
+                       key_images=("key_frame_1.png", "../pocovid.sqlite3"))
 
 
 def make_app(data_dir, analyze=stub_analyze, model=None, **cfg):
@@ -162,12 +189,15 @@ def test_type_is_sniffed_from_content_not_name():
 def test_out_of_distribution_result_is_never_summarised_as_a_diagnosis():
     from pocovid.server.results import summarize_result
 
-    res = {"prediction": {"label": "covid", "probabilities": {"covid": 0.9}, "withheld": True},
-           "out_of_distribution": True, "review_recommended": True}
+    ok = make_result("x.mp4")
+    res = ok.model_copy(update={"out_of_distribution": True, "review_recommended": True,
+                                "prediction": ok.prediction.model_copy(update={"withheld": True})})
     s = summarize_result(res)
     assert s["diagnosis"] is None and s["probability"] is None and s["withheld"] and s["not_lung"]
-    ok = summarize_result({**res, "prediction": {**res["prediction"], "withheld": False}, "out_of_distribution": False})
-    assert ok["diagnosis"] == "covid" and ok["probability"] == 0.9 and ok["withheld"] is False
+    s = summarize_result(ok)
+    assert s["diagnosis"] == "covid" and s["probability"] == 0.8 and s["withheld"] is False
+    assert s["not_lung"] is False and s["review_recommended"] is False
+    assert set(summarize_result(None).values()) == {None}
 
 
 def test_artifacts_are_the_declared_fields_only(tmp_path):
@@ -178,12 +208,10 @@ def test_artifacts_are_the_declared_fields_only(tmp_path):
     for name in ("report.html", "timeline.png", "key_frame_1.png", "result.json", "stray.png", "notes.txt"):
         (tmp_path / name).write_bytes(b"x")
     reason = ("the recording does not look like lung ultrasound: " + "dark " * 60)[:293]  # > NAME_MAX
-    result = {"prediction": {"label": "covid", "withheld": True}, "out_of_distribution": True,
-              "review_reasons": [reason], "ood": {"reasons": [reason]}, "notice": reason, "file": "notes.txt",
-              "report": "report.html", "timeline": "timeline.png", "overlay_video": None,
-              "key_frames": [{"rank": 1, "image": "key_frame_1.png"}, {"rank": 2, "image": "missing.png"},
-                             {"rank": 3, "image": "../result.json"}, {"rank": 4, "image": "/etc/passwd"},
-                             {"rank": 5, "image": "x" * 300}, {"rank": 6, "image": reason}]}
+    result = make_result("notes.txt", overlay=None, review_reasons=[reason], notice=reason,
+                         ood={"reasons": [reason], "weak_cues": [], "cues": {}},
+                         key_images=("key_frame_1.png", "missing.png", "../result.json", "/etc/passwd", "x" * 300,
+                                     reason))
     assert artifact_names(result, tmp_path) == ["key_frame_1.png", "report.html", "result.json", "timeline.png"]
 
 
@@ -283,6 +311,60 @@ def test_health_model_page_and_docs_work_offline(client):
         assert path in spec["paths"], path
     body = spec["paths"]["/api/analyses"]["post"]["requestBody"]["content"]
     assert "multipart/form-data" in body
+
+
+def test_the_result_is_declared_schema_endpoint_and_openapi(tmp_path, media):
+    """`result` is the declared AnalysisResult: /openapi.json documents its shape,
+    GET /api/schema/result gives its JSON Schema (no token needed), and what is stored and served
+    validates back into it."""
+    with TestClient(make_app(tmp_path, token=TOKEN)) as c:
+        r = c.get("/api/schema/result")
+        assert r.status_code == 200 and r.json() == result_schema()
+        assert r.json()["properties"]["schema_version"]["default"] == SCHEMA_VERSION
+        spec = c.get("/openapi.json").json()
+        assert spec["paths"]["/api/schema/result"]["get"]["tags"] == ["analyses"]
+        schemas = spec["components"]["schemas"]
+        status_result = json.dumps(schemas["AnalysisStatus"]["properties"]["result"])
+        assert "#/components/schemas/AnalysisResult" in status_result
+        assert {"prediction", "uncertainty", "frames", "key_frames", "schema_version"} <= set(
+            schemas["AnalysisResult"]["properties"])
+        a = wait_for(c, upload(c, media["clip.mp4"]).json()["id"])
+        assert a["status"] == "done", a
+        res = AnalysisResult.model_validate(a["result"])
+        assert res.schema_version == SCHEMA_VERSION and res.file == f"{a['id']}.mp4"
+        on_disk = AnalysisResult.model_validate(json.loads(c.get(a["files"]["result.json"]).content))
+        assert on_disk == res
+
+
+def test_a_stored_result_of_another_schema_version_is_shown_without_it(client, media):
+    """A row written by an older pocovid (its result does not validate): the status says so in
+    `error` with `result: null` and no diagnosis, never a 500; its files are still listed."""
+    id_ = upload(client, media["still.png"]).json()["id"]
+    assert wait_for(client, id_)["status"] == "done"
+    old = {"schema_version": 1, "file": "x.png", "model": "stub", "report": "report.html",
+           "prediction": {"label": "covid", "probabilities": {"covid": 0.8}, "withheld": False},
+           "review_recommended": False, "out_of_distribution": False, "key_frames": []}
+    assert client.app.state.db.update_analysis(id_, result=old)
+    r = client.get(f"/api/analyses/{id_}")
+    assert r.status_code == 200, r.text
+    a = r.json()
+    assert a["status"] == "done" and a["result"] is None and a["diagnosis"] is None
+    assert "schema_version 1" in a["error"] and f"schema_version {SCHEMA_VERSION}" in a["error"]
+    assert "result.json" in a["files"] and a["links"]["result_json"] and a["links"]["report"] is None
+    page = client.get("/api/analyses")
+    assert page.status_code == 200
+    item = next(it for it in page.json()["items"] if it["id"] == id_)
+    assert item["diagnosis"] is None and "schema_version 1" in item["error"]
+
+
+def test_an_analysis_must_return_the_declared_result(tmp_path, media):
+    """The job runner takes an AnalysisResult only: a plain dict fails the job with a reason."""
+    def returns_a_dict(path, model, out_dir, config=None, progress=None):
+        return stub_analyze(path, model, out_dir, config, progress).to_json()
+
+    with TestClient(make_app(tmp_path, analyze=returns_a_dict)) as c:
+        a = wait_for(c, upload(c, media["still.png"]).json()["id"])
+        assert a["status"] == "failed" and "TypeError" in a["error"] and a["result"] is None
 
 
 def test_model_that_cannot_load_gives_503_and_failed_jobs(tmp_path, media):

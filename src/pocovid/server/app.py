@@ -3,8 +3,8 @@
     app = create_app(ServerConfig(data_dir="srv"))                  # the real analysis
     app = create_app(cfg, analyze=stub, model=object())             # tests: any analysis callable
 
-`analyze(path, model, out_dir, config=..., progress=callable(fraction, stage)) -> dict` runs in the
-worker pool (jobs.py); by default it is `pocovid.analysis.analyze_recording`.
+`analyze(path, model, out_dir, config=..., progress=callable(fraction, stage)) -> AnalysisResult` runs
+in the worker pool (jobs.py); by default it is `pocovid.analysis.analyze_recording`.
 
 The endpoints live in `routes/` (one router per concern); they reach the shared state (config,
 storage, db, jobs, models: set on `app.state` here) through the dependencies of `deps.py`.
@@ -28,7 +28,7 @@ from pocovid.server.config import ServerConfig
 from pocovid.server.db import Database
 from pocovid.server.headers import SecurityHeaders
 from pocovid.server.jobs import JobRunner, ModelProvider, default_analysis_config, real_analyze
-from pocovid.server.routes import admin, analyses, contributions, pages
+from pocovid.server.routes import admin, analyses, contributions, pages, schema
 from pocovid.server.storage import Storage
 from pocovid.server.uploads import UploadError
 
@@ -101,6 +101,6 @@ def create_app(config: ServerConfig | None = None, *, analyze: Callable | None =
     app.add_exception_handler(UploadError, upload_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     pages.mount_static(app)
-    for r in (pages, admin, analyses, contributions):
+    for r in (pages, admin, analyses, schema, contributions):
         app.include_router(r.router)
     return app

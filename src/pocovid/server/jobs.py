@@ -26,10 +26,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from pocovid.analysis.result import AnalysisResult
 from pocovid.errors import PocovidError
-from pocovid.files import write_json
-from pocovid.server.db import Database, plain_json
-from pocovid.server.results import RESULT_JSON, artifact_names, result_dict
+from pocovid.files import jsonable, write_json
+from pocovid.models import model_summary
+from pocovid.server.db import Database
+from pocovid.server.results import RESULT_JSON, artifact_names
 from pocovid.server.storage import Storage
 
 log = logging.getLogger("pocovid.server")
@@ -101,23 +103,16 @@ class ModelProvider:
         return self.spec if str(self.spec) == "default" else Path(str(self.spec)).name
 
     def info(self) -> dict:
-        """Name, classes, versions and cross-validation figures from the model file's metadata."""
+        """`ModelInfo`: `pocovid.models.model_summary` (what results say about the model) plus the
+        server's name for it and the file's training config and cross-validation figures."""
         m = self.get()
-        meta = dict(getattr(m, "meta", None) or {})
-        name = self.name
-        return {
-            "name": name,
-            "backbone": meta.get("backbone") or getattr(m, "backbone_name", None) or type(m).__name__,
-            "classes": list(getattr(m, "classes", [])),
-            "n_heads": int(getattr(m, "n_heads", 1) or 1),
-            "input_size": int(getattr(m, "input_size", 0) or 0) or None,
-            "version": meta.get("pocovid_version"),
-            "format_version": meta.get("format_version"),
-            "created": meta.get("created"),
-            "data_fingerprint": meta.get("data_fingerprint"),
-            "training_config": plain_json(meta.get("training_config") or {}),
-            "metrics": plain_json(meta.get("metrics")),
-        }
+        s = model_summary(m)
+        meta = getattr(m, "meta", None) or {}
+        return {"name": self.name, "backbone": s["backbone"], "classes": s["classes"], "n_heads": s["n_heads"],
+                "input_size": s["input_size"], "version": s["pocovid_version"], "format_version": s["format_version"],
+                "created": s["created"], "data_fingerprint": s["data_fingerprint"],
+                "training_config": jsonable(meta.get("training_config") or {}),
+                "metrics": jsonable(meta.get("metrics"))}
 
 
 def default_analysis_config(overlay_video: bool = True):
@@ -142,7 +137,8 @@ def real_analyze(*args, **kwargs):
 
 
 class JobRunner:
-    """Runs queued analyses with `analyze(path, model, out_dir, config=..., progress=...)`."""
+    """Runs queued analyses with `analyze(path, model, out_dir, config=..., progress=...)`, which
+    returns an `AnalysisResult` (anything else fails the job as an internal error)."""
 
     def __init__(self, db: Database, storage: Storage, models: ModelProvider, *, analyze: Callable = real_analyze,
                  workers: int = 1, config_factory: Callable[[], Any] = default_analysis_config,
@@ -228,13 +224,15 @@ class JobRunner:
             model = self.models.for_this_thread()
             config = self.config_factory()
             result = self.analyze(upload, model, out_dir, config=config, progress=self._progress_cb(id_))
-            result = plain_json(result_dict(result))
-            if isinstance(result.get("file"), str):  # the stored name (a random id), not a server path
-                result["file"] = upload.name
-            write_json(out_dir / RESULT_JSON, result)
+            if not isinstance(result, AnalysisResult):
+                raise TypeError(f"the analysis returned {type(result).__name__}, not an AnalysisResult")
+            # the stored name (a random id), never a server path
+            result = result.model_copy(update={"file": upload.name})
+            data = result.to_json()
+            write_json(out_dir / RESULT_JSON, data)
             files = artifact_names(result, out_dir)
             model_name = self.models.name
-            if self.db.update_analysis(id_, status="done", progress=1.0, stage="done", result=result, files=files,
+            if self.db.update_analysis(id_, status="done", progress=1.0, stage="done", result=data, files=files,
                                        finished=time.time(), error=None, model=model_name):
                 log.info("analysis %s: done in %.1f s (%d files)", id_, time.time() - t0, len(files))
         except JobInterrupted:

@@ -1,13 +1,14 @@
-"""An analysis result as the server reads it: the one shape `pocovid.analysis.analyze_recording`
-returns (its result.json, docs/analyze.md), never guessed.
+"""An analysis result as the server reads it: the declared `pocovid.analysis.result.AnalysisResult`
+(result.json, docs/analyze.md), validated when it is written and again when it is read back.
 
-    result_dict(result)            # AnalysisResult (or a dict) -> the result.json dict
+    stored_result(row_result)      # the stored JSON -> (AnalysisResult, None) or (None, why not)
     summarize_result(result)       # diagnosis, probability and flags for the history and the status
-    artifact_names(result, folder) # the files it declares (and result.json): the only ones served
+    artifact_names(result, folder) # the files it declares (and result.json) that exist: the only ones served
     links_for(result, files)       # URLs of the main artifacts, from the declared fields
 
 The artifact fields: top-level `report`, `timeline`, `overlay_video` (a file name in the analysis
-folder, or null) and `key_frames[*].image`. Nothing else in the result names a file.
+folder, or null) and `key_frames[*].image` (`AnalysisResult.artifacts()`). Nothing else in the
+result names a file.
 """
 
 from __future__ import annotations
@@ -16,49 +17,44 @@ import os
 from pathlib import Path
 from typing import Any
 
-ARTIFACT_FIELDS = ("report", "timeline", "overlay_video")
+from pydantic import ValidationError
+
+from pocovid.analysis.result import SCHEMA_VERSION, AnalysisResult
+
 RESULT_JSON = "result.json"
 
 
-def result_dict(result: Any) -> dict:
-    """The result as its result.json dict: `AnalysisResult.to_json()` for the declared result of
-    `pocovid.analysis`; a dict as it is (analyses injected by tests return one). TypeError otherwise."""
-    if isinstance(result, dict):
-        return result
-    to_json = getattr(type(result), "to_json", None)
-    if to_json is None:
-        raise TypeError(f"the analysis returned {type(result).__name__}, not a result")
-    return result_dict(to_json(result))
+def stored_result(data: Any) -> tuple[AnalysisResult | None, str | None]:
+    """The stored result JSON validated back into an `AnalysisResult`; (None, a one-line note) when
+    there is none or it does not validate (written by an older pocovid, another schema_version)."""
+    if data is None:
+        return None, None
+    try:
+        return AnalysisResult.model_validate(data), None
+    except ValidationError as e:
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        return None, (f"the stored result (schema_version {version}) does not match this server's result schema "
+                      f"(schema_version {SCHEMA_VERSION}; {e.error_count()} difference(s)): it is not shown; "
+                      f"upload the recording again to analyse it with this version")
 
 
-def summarize_result(result: dict | None) -> dict:
+def summarize_result(result: AnalysisResult | None) -> dict:
     """Diagnosis, its probability and the flags of a result (`prediction.label`,
     `prediction.probabilities`, `prediction.withheld`, `review_recommended`, `out_of_distribution`).
     Out of distribution: the label is withheld, never shown as a diagnosis (docs/analyze.md)."""
     out = {"diagnosis": None, "probability": None, "withheld": None, "review_recommended": None, "not_lung": None}
-    if not isinstance(result, dict):
+    if result is None:
         return out
-    pred = result.get("prediction") or {}
-    ood = result.get("out_of_distribution")
-    review = result.get("review_recommended")
-    out["not_lung"] = None if ood is None else bool(ood)
-    out["review_recommended"] = None if review is None else bool(review)
-    out["withheld"] = bool(pred.get("withheld") or ood)
+    pred = result.prediction
+    out["not_lung"] = result.out_of_distribution
+    out["review_recommended"] = result.review_recommended
+    out["withheld"] = bool(pred.withheld or result.out_of_distribution)
     if out["withheld"]:
         return out
-    label = pred.get("label")
-    probs = pred.get("probabilities") or {}
-    out["diagnosis"] = None if label is None else str(label)
-    if label in probs and probs[label] is not None:
-        out["probability"] = float(probs[label])
+    out["diagnosis"] = pred.label
+    p = pred.probabilities.get(pred.label)
+    out["probability"] = None if p is None else float(p)
     return out
-
-
-def declared_artifacts(result: dict) -> list[str]:
-    """The file names the result declares, in its order (report, timeline, overlay video, key frames)."""
-    names: list[Any] = [result.get(k) for k in ARTIFACT_FIELDS]
-    names += [k.get("image") for k in result.get("key_frames") or [] if isinstance(k, dict)]
-    return [n for n in names if isinstance(n, str)]
 
 
 def is_plain_name(name: str) -> bool:
@@ -67,22 +63,22 @@ def is_plain_name(name: str) -> bool:
             and "\x00" not in name and not os.path.isabs(name))
 
 
-def artifact_names(result: dict, out_dir: Path) -> list[str]:
-    """The declared artifacts that exist in `out_dir` (plain names only), plus result.json, sorted.
-    These, and only these, are served under /api/analyses/{id}/files/."""
-    names = [*declared_artifacts(result), RESULT_JSON]
+def artifact_names(result: AnalysisResult, out_dir: Path) -> list[str]:
+    """The declared artifacts (`result.artifacts()`, result.json included) that exist in `out_dir`
+    (plain names only), sorted. These, and only these, are served under /api/analyses/{id}/files/."""
     # os.path.isfile: False (not an error) for a name the file system refuses, e.g. too long
-    return sorted({n for n in names if is_plain_name(n) and os.path.isfile(Path(out_dir) / n)})
+    return sorted({n for n in result.artifacts() if is_plain_name(n) and os.path.isfile(Path(out_dir) / n)})
 
 
-def links_for(result: dict, files: dict[str, str]) -> dict:
+def links_for(result: AnalysisResult | None, files: dict[str, str]) -> dict:
     """URLs of the main artifacts: `files` maps the served names to their URLs. The analysis writes
     no separate source video (the recording itself is at /api/analyses/{id}/source)."""
-    def url(field: str) -> str | None:
-        name = result.get(field)
-        return files.get(name) if isinstance(name, str) else None
+    def url(name: str | None) -> str | None:
+        return files.get(name) if name else None
 
-    key_frames = [k.get("image") for k in result.get("key_frames") or [] if isinstance(k, dict)]
-    return {"report": url("report"), "timeline": url("timeline"), "overlay_video": url("overlay_video"),
-            "source_video": None, "result_json": files.get(RESULT_JSON),
-            "key_frames": [files[n] for n in key_frames if isinstance(n, str) and n in files]}
+    links = {"report": None, "timeline": None, "overlay_video": None, "source_video": None,
+             "result_json": files.get(RESULT_JSON), "key_frames": []}
+    if result is not None:
+        links.update(report=url(result.report), timeline=url(result.timeline), overlay_video=url(result.overlay_video),
+                     key_frames=[files[k.image] for k in result.key_frames if k.image in files])
+    return links

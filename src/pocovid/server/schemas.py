@@ -6,6 +6,8 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from pocovid.analysis.result import AnalysisResult
+
 Status = Literal["queued", "running", "done", "failed"]
 
 
@@ -54,8 +56,11 @@ class AnalysisStatus(AnalysisSummary):
     attempts: int = 0
     deidentified: bool = Field(False, description="A DICOM upload, de-identified before it was stored")
     model: Optional[str] = None
-    result: Optional[dict[str, Any]] = Field(None, description="When done: the result, as `pocovid analyze --json` "
-                                                               "writes it (artifact paths relative to the analysis)")
+    result: Optional[AnalysisResult] = Field(None, description="When done: the declared result (result.json, as "
+                                                               "`pocovid analyze --json` writes it; artifact paths "
+                                                               "relative to the analysis; GET /api/schema/result). "
+                                                               "Null, with a note in `error`, when the stored result "
+                                                               "was written under another schema_version")
     files: dict[str, str] = Field(default_factory=dict, description="Artifact name -> URL")
     links: AnalysisLinks = Field(default_factory=AnalysisLinks)
 

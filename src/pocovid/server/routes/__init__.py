@@ -3,6 +3,7 @@
     pages.py          the web page at / and the offline API docs at /docs
     admin.py          health and the model's description (tag "service")
     analyses.py       upload a recording, poll its analysis, fetch its artifacts, delete it
+    schema.py         the JSON Schema of the analysis result (tag "analyses")
     contributions.py  contribute a labelled recording; the admin's review queue
     common.py         OpenAPI pieces the upload endpoints share
 """

@@ -12,7 +12,8 @@ from fastapi.responses import FileResponse
 
 from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admin
 from pocovid.server.headers import CSP_FILES
-from pocovid.server.results import links_for, summarize_result
+from pocovid.analysis.result import AnalysisResult
+from pocovid.server.results import links_for, stored_result, summarize_result
 from pocovid.server.routes.common import AUTH_ERRORS, FILE_BODY, FILE_PROP, NOT_FOUND, UPLOAD_ERRORS, multipart_doc
 from pocovid.server.schemas import AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary
 from pocovid.server.storage import new_id, valid_id
@@ -35,20 +36,34 @@ def analysis_row(analysis_id: str, db: Db) -> dict:
 Row = Annotated[dict, Depends(analysis_row)]
 
 
-def summary(row: dict, pre: str) -> dict:
-    s = summarize_result(row["result"]) if row["status"] == "done" else {}
-    return {**{k: row[k] for k in ("id", "status", "created", "kind", "format", "size", "progress", "stage",
-                                   "error")}, **s, "url": f"{pre}/api/analyses/{row['id']}"}
+def read_result(row: dict) -> tuple[AnalysisResult | None, str | None]:
+    """A finished analysis' stored result validated back (`stored_result`): (result, None), or (None,
+    a note for `error`) when it was written under another schema_version; (None, None) when not done."""
+    if row["status"] != "done":
+        return None, None
+    result, note = stored_result(row["result"])
+    if note:
+        log.debug("analysis %s: its stored result does not validate; shown without it", row["id"])
+    return result, note
+
+
+def summary(row: dict, pre: str, read: tuple[AnalysisResult | None, str | None] | None = None) -> dict:
+    """The history fields of a row (`read`: its `read_result`, when already done)."""
+    result, note = read or read_result(row)
+    fields = {k: row[k] for k in ("id", "status", "created", "kind", "format", "size", "progress", "stage", "error")}
+    if note:
+        fields["error"] = note
+    return {**fields, **summarize_result(result), "url": f"{pre}/api/analyses/{row['id']}"}
 
 
 def status_of(row: dict, pre: str) -> AnalysisStatus:
-    done = row["status"] == "done"
+    read = read_result(row)
+    result = read[0]
     base = f"{pre}/api/analyses/{row['id']}/files/"
-    files = {f: base + f for f in row["files"]} if done else {}
-    links = AnalysisLinks(**links_for(row["result"], files)) if done else AnalysisLinks()
-    return AnalysisStatus(**summary(row, pre), started=row["started"], finished=row["finished"],
+    files = {f: base + f for f in row["files"]} if row["status"] == "done" else {}
+    return AnalysisStatus(**summary(row, pre, read), started=row["started"], finished=row["finished"],
                           attempts=row["attempts"], deidentified=row["deidentified"], model=row["model"],
-                          result=row["result"] if done else None, files=files, links=links)
+                          result=result, files=files, links=AnalysisLinks(**links_for(result, files)))
 
 
 @router.post("", status_code=202, response_model=AnalysisCreated, responses=UPLOAD_ERRORS,
