@@ -264,3 +264,12 @@ def test_analyze_prints_one_line_per_file_and_lists_failures(model_file, tmp_pat
     r = cli("analyze", clip, "--model", model_file, "--out", tmp_path / "out", "--quiet", "--json", "--key-frames", "1")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["status"] == "ok"
+
+
+def test_schema_command_prints_the_result_schema():
+    import json
+
+    from pocovid.analysis.result import result_schema
+
+    r = CliRunner().invoke(app, ["schema"])
+    assert r.exit_code == 0 and json.loads(r.stdout) == result_schema()

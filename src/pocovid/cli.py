@@ -123,6 +123,16 @@ def info_cmd(files: Annotated[list[str], typer.Argument(help="Recordings (video,
         raise typer.Exit(1)
 
 
+@app.command("schema")
+def schema_cmd():
+    """Print the JSON Schema of result.json (what `analyze --json` and the service return)."""
+    import json
+
+    from pocovid.analysis.result import result_schema
+
+    typer.echo(json.dumps(result_schema(), indent=2))
+
+
 # ------------------------------------------------------------------------------ data (index, split)
 
 _PROBE_HELP = "Keep these probes: convex, linear, unknown (comma-separated). Default: all."
@@ -562,8 +572,8 @@ def analyze_cmd(
     model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
     out: str = typer.Option("analysis", "--out", "-o",
                             help="Output folder: one sub-folder per file (DIR/<file stem>) and DIR/summary.csv."),
-    json_out: bool = typer.Option(False, "--json", help="Print result.json to stdout (a JSON list for several "
-                                                       "files) and nothing else."),
+    json_out: bool = typer.Option(False, "--json", help="Print a JSON list to stdout and nothing else: each "
+                                                       "file's result.json or its failure, in order."),
     rate_hz: float = typer.Option(None, "--rate", help="Frames per second analysed, 0: every frame "
                                   "(default: every frame)."),
     overlay_video: bool = typer.Option(None, "--overlay-video/--no-overlay-video",
@@ -606,8 +616,7 @@ def analyze_cmd(
         typer.echo(f"pocovid {__version__}: decision support for trained clinicians, not a diagnosis", err=True)
     batch = analyze_files(files, m, out, cfg, progress=None if quiet else _file_progress)
     if json_out:  # every file's result or failure, in input order
-        js = batch.to_json()
-        typer.echo(json.dumps(js if len(files) > 1 else js[0], indent=2))
+        typer.echo(json.dumps(batch.to_json(), indent=2))
     else:
         for entry in batch.entries:
             if entry.ok:

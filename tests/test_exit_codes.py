@@ -1,0 +1,41 @@
+"""Exit codes are part of the interface: a hospital pipeline that checks them must never see a
+crash. `pocovid analyze` used to abort with 134 at interpreter exit (a background thread still
+alive) although its outputs were written; these run the real CLI in fresh processes."""
+
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from pocovid.phantom import write_phantom
+
+RUNS = 20
+
+
+def _analyze(*args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "pocovid.cli", "analyze", *map(str, args), "--quiet"],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+@pytest.mark.slow
+def test_analyze_exits_0_on_an_image_and_1_on_a_missing_file_every_time(tmp_path):
+    image = tmp_path / "lung.png"
+    write_phantom(image, label="covid", seed=1)
+    ok = Counter(_analyze(image, "--out", tmp_path / f"o{i}").returncode for i in range(RUNS))
+    missing = Counter(_analyze(tmp_path / "nope.mp4", "--out", tmp_path / "m").returncode for _ in range(RUNS))
+    assert ok == Counter({0: RUNS}), ok
+    assert missing == Counter({1: RUNS}), missing
+    assert (tmp_path / "o0" / "lung" / "result.json").is_file()
+
+
+def test_a_bad_file_in_a_batch_exits_1_with_one_line(tmp_path):
+    write_phantom(tmp_path / "good.png", label="regular", seed=2)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    r = _analyze(tmp_path / "good.png", tmp_path / "bad.mp4", "--out", tmp_path / "o")
+    assert r.returncode == 1, r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "bad.mp4" in errors[0] and "Traceback" not in r.stderr
+    assert (tmp_path / "o" / "good" / "result.json").is_file()
