@@ -33,7 +33,9 @@ chromium:
 	  { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium could not be installed: tests/test_browser.py will skip"
 
+# lint first (seconds): ruff's settings are in pyproject.toml
 test: setup chromium
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -q
 
 bench: setup

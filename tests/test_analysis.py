@@ -257,7 +257,7 @@ def test_written_results_validate_against_the_published_schema(analysed):
     schema = result_schema()
     assert schema["properties"]["schema_version"]["default"] == 2
     assert {"prediction", "uncertainty", "key_frames", "out_of_distribution"} <= set(schema["required"])
-    for r, out, _ in analysed.values():
+    for _, out, _ in analysed.values():
         jsonschema.validate(json.loads((out / "result.json").read_text()), schema)
     broken = analysed["covid"][0].to_json()
     del broken["prediction"]["withheld"]
@@ -338,7 +338,8 @@ def test_uncertainty_threshold_from_out_of_fold_predictions(tmp_path, model):
             y.append(label)
     (tmp_path / "cv").mkdir()
     np.savez(tmp_path / "cv" / "oof_members.npz", members=np.array(members, np.float32), clip_of=np.array(clip_of),
-             y=np.array(y), time_s=np.zeros(len(y)), classes=np.array(CLASSES), paths=np.array([f"c{i}" for i in range(n_clips)]),
+             y=np.array(y), time_s=np.zeros(len(y)), classes=np.array(CLASSES),
+             paths=np.array([f"c{i}" for i in range(n_clips)]),
              folds=np.arange(n_clips) % 5)
     u = uncertainty_threshold_from_oof(tmp_path)  # the run folder, or the file itself
     assert u == uncertainty_threshold_from_oof(tmp_path / "cv" / "oof_members.npz")

@@ -192,7 +192,8 @@ def test_dicom_multiframe_uncompressed(tmp_path, clip):
     assert ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"  # Explicit VR Little Endian
     assert (ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel, ds.BitsAllocated) == ("US", "RGB", 3, 8)
-    assert int(ds.NumberOfFrames) == T and int(ds.CineRate) == 15 and float(ds.FrameTime) == pytest.approx(1000 / 15, rel=1e-4)
+    assert int(ds.NumberOfFrames) == T and int(ds.CineRate) == 15
+    assert float(ds.FrameTime) == pytest.approx(1000 / 15, rel=1e-4)
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "InstitutionName", "StudyDate", "ReferringPhysicianName",
                "AccessionNumber", "StudyInstanceUID"):
         assert str(ds.get(kw, "")), kw
@@ -236,7 +237,8 @@ def test_dicom_single_frame(tmp_path, compressed):
     ds = pydicom.dcmread(path, stop_before_pixels=True)
     assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.6.1" and "NumberOfFrames" not in ds
     info = probe(path)
-    assert (info.kind, info.format, info.n_frames, info.fps, info.width, info.height) == ("image", "dicom", 1, None, W, H)
+    got = (info.kind, info.format, info.n_frames, info.fps, info.width, info.height)
+    assert got == ("image", "dicom", 1, None, W, H)
     frames = read_frames(path)
     assert len(frames) == 1 and frames[0].time_s == 0.0
     assert mad(frames[0].image, p.frames[0]) <= (3.0 if compressed else 0.0)

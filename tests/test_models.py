@@ -201,7 +201,8 @@ def test_input_tensor_normalises_as_the_backbone_asks():
         m.input_tensor(px.astype(np.float32))
     v = create_model("vgg16", CLASSES, pretrained=False)
     y = v.input_tensor(torch.full((1, 2, 2, 3), 255, dtype=torch.uint8))
-    assert torch.allclose(y[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    assert torch.allclose(y[0, :, 0, 0], (1 - mean) / std)
 
 
 def test_preprocess_is_pixels_then_tensor():

@@ -170,7 +170,8 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
         reasons.append("the input does not look like lung ultrasound of the kind the model was trained on: "
                        + "; ".join(ood["reasons"]))
     if score >= thr["threshold"]:
-        reasons.append(f"the model is uncertain: {thr['method']} {score:.3f} >= review threshold {thr['threshold']:.3f}")
+        reasons.append(f"the model is uncertain: {thr['method']} {score:.3f} >= review threshold "
+                       f"{thr['threshold']:.3f}")
     if dis["frames_disagree"]:
         segs = [s for s in dis["segments"] if s["sizeable"]]
         reasons.append("frames disagree: " + "; ".join(

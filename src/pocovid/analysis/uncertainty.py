@@ -143,7 +143,8 @@ def selective_figures(correct: np.ndarray, scores: np.ndarray, threshold: float)
     # area under the risk-coverage curve (lower is better): error rate kept as clips are added by score
     order = np.argsort(scores, kind="stable")
     risk = np.cumsum(~correct[order]) / np.arange(1, len(order) + 1)
-    return {"n_clips": int(len(correct)), "flag_rate": float(flagged.mean()), "accuracy_all": acc(np.ones_like(flagged)),
+    return {"n_clips": int(len(correct)), "flag_rate": float(flagged.mean()),
+            "accuracy_all": acc(np.ones_like(flagged)),
             "accuracy_unflagged": acc(~flagged), "accuracy_flagged": acc(flagged), "aurc": float(risk.mean())}
 
 

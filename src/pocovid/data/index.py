@@ -263,7 +263,7 @@ def read_metadata(path: Path, warnings: list[str]) -> dict[str, _MetaRow]:
         if not any(v.strip() for v in values):
             continue
         values = values + [""] * (len(header) - len(values))
-        get = lambda col: values[pos[col]].strip() if col is not None else ""  # noqa: E731
+        get = lambda col, values=values: values[pos[col]].strip() if col is not None else ""
         name = get(c_file)
         if not name:
             continue

@@ -169,7 +169,8 @@ class Splits:
                 raise bad(f"fold {k} has no 'items' list")
             fold = []
             for j, it in enumerate(items):
-                if not isinstance(it, dict) or not all(isinstance(it.get(x), str) for x in ("path", "label", "patient")):
+                if not isinstance(it, dict) or not all(isinstance(it.get(x), str)
+                                                       for x in ("path", "label", "patient")):
                     raise bad(f"fold {k} item {j} lacks path / label / patient")
                 fold.append(SplitItem(path=it["path"], label=it["label"], patient=it["patient"],
                                       kind=str(it.get("kind", "")), probe=str(it.get("probe", "")),

@@ -96,7 +96,8 @@ def plot_roc(y_true: Any, probs: Any, labels: Sequence[str], path: str | os.Path
     for k, name in enumerate(labels):
         pos = y == k
         if pos.all() or not pos.any():
-            ax.plot([], [], color=f"C{k}", label=f"{name}: no curve ({'no negatives' if pos.any() else 'no positives'})")
+            why = "no negatives" if pos.any() else "no positives"
+            ax.plot([], [], color=f"C{k}", label=f"{name}: no curve ({why})")
             continue
         fpr, tpr, _ = roc_curve(pos.astype(int), p[:, k])
         auc = roc_auc_score(pos.astype(int), p[:, k])

@@ -196,7 +196,8 @@ class VideoReader(MediaReader):
                         break
                     if i not in wanted:
                         continue
-                t = (frame.pts - self._start) * self._time_base if frame.pts is not None and self._time_base else i / fps
+                has_pts = frame.pts is not None and self._time_base
+                t = (frame.pts - self._start) * self._time_base if has_pts else i / fps
                 yield Frame(i, float(max(t, 0.0)), frame.to_ndarray(format="rgb24"))
         except MediaError:
             raise

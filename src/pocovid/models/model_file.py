@@ -15,16 +15,15 @@ else with a one-line `ModelError`.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import os
-import tempfile
 from pathlib import Path, PurePath
 
 import numpy as np
 import torch
 
 from pocovid import __version__
+from pocovid.files import atomic_path
 from pocovid.models.backbone import ModelError, is_model, list_models
 from pocovid.models.preprocess import NORMALIZATIONS
 from pocovid.models.classifier import FrameClassifier
@@ -81,27 +80,8 @@ def save_model(model: FrameClassifier, path: str | os.PathLike, *, training_conf
         "extra": _plain(extra, "extra"),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(p.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    with atomic_path(p, durable=True) as tmp, open(tmp, "wb") as f:
+        torch.save(payload, f)
     return p
 
 

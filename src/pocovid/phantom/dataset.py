@@ -91,7 +91,7 @@ def write_demo_dataset(
 
     rows = []
     pid = 0
-    for ci, cls in enumerate(classes):
+    for cls in classes:
         for _ in range(n_patients_per_class):
             pid += 1
             probe = probes[(pid - 1) % len(probes)]

@@ -90,16 +90,22 @@ def trunk_features(model, grey: np.ndarray, n_aug: int, aug_cfg: AugmentConfig |
     """The frozen trunk's output for every frame, clean (copy 0) and `n_aug` augmented copies:
     (1 + n_aug, N, C, h, w) float16. With `out`, written to that .npy file (memory-mapped)."""
     model.eval()
-    n = len(grey)
     probe = model.forward_trunk(model.input_tensor(grey[:1]))
-    shape = (1 + n_aug, n, *probe.shape[1:])
-    if out is not None:
-        tmp = Path(str(out) + ".tmp.npy")
+    shape = (1 + n_aug, len(grey), *probe.shape[1:])
+    if out is None:
+        return _fill_trunk_features(model, grey, np.empty(shape, np.float16), aug_cfg, seed, batch_size, progress)
+    with atomic_path(out) as tmp:  # a cache file is whole or absent: a killed run leaves no half file
         feats = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-    else:
-        feats = np.empty(shape, np.float16)
-    bar = tqdm(total=shape[0] * n, desc="trunk features", unit="frame", disable=not progress)
-    for k in range(shape[0]):
+        _fill_trunk_features(model, grey, feats, aug_cfg, seed, batch_size, progress)
+        feats.flush()
+        del feats
+    return np.load(out, mmap_mode="r")
+
+
+def _fill_trunk_features(model, grey, feats, aug_cfg, seed, batch_size, progress) -> np.ndarray:
+    n = len(grey)
+    bar = tqdm(total=feats.shape[0] * n, desc="trunk features", unit="frame", disable=not progress)
+    for k in range(feats.shape[0]):
         aug = ultrasound_augmentation(aug_cfg, size=grey.shape[1], seed=seed * 1000 + k) if k else None
         for i in range(0, n, batch_size):
             g = grey[i:i + batch_size]
@@ -108,9 +114,4 @@ def trunk_features(model, grey: np.ndarray, n_aug: int, aug_cfg: AugmentConfig |
             feats[k, i:i + len(g)] = model.forward_trunk(model.input_tensor(g)).numpy()
             bar.update(len(g))
     bar.close()
-    if out is not None:
-        feats.flush()
-        del feats
-        os.replace(tmp, out)
-        return np.load(out, mmap_mode="r")
     return feats
