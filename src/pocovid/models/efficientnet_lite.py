@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
-import torch
 from torch import nn
 
 from pocovid.models.backbone import Backbone, ModelError, load_state_dict_file, quiet, register_model
