@@ -18,9 +18,11 @@ Everything is deterministic for a seed; the default set (3 classes x 3 patients 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import os
 from pathlib import Path
+
+from pocovid.phantom.generator import PhantomConfig
+from pocovid.phantom.writers import write_phantom
 
 _PREFIX = {"covid": "Cov", "pneumonia": "Pneu", "regular": "Reg", "viral": "Vir"}
 _META_LABEL = {"covid": "COVID-19", "pneumonia": "Bacterial pneumonia", "regular": "regular",
@@ -71,8 +73,32 @@ def write_demo_dataset(
     Patient `i` of the set uses probe `probes[i % len(probes)]`; with layout="public" and
     `metadata=True` a `dataset_metadata.csv` names each file's label, probe, source and patient.
     """
-    from pocovid.phantom import PhantomConfig, write_phantom
+    _check_args(layout, classes, n_patients_per_class, clips_per_patient, images_per_patient)
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    video_ext = video_ext if video_ext.startswith(".") else "." + video_ext
+    image_ext = image_ext if image_ext.startswith(".") else "." + image_ext
+    rows = []
+    for cls, pid, probe in _patients(classes, n_patients_per_class, probes):
+        for kind, count, ext in (("video", clips_per_patient, video_ext), ("image", images_per_patient, image_ext)):
+            for j in range(1, count + 1):
+                path, stem = _file_path(root, layout, patient_folders, cls, pid, probe, kind, j, ext)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                nf = n_frames if kind == "video" else 1
+                _write_clip(path, cls, probe, width, height, nf, fps, overlays, _clip_seed(seed, pid, kind, j))
+                rows.append({
+                    "Current location": path.parent.relative_to(root).as_posix(),
+                    "Filename": stem, "Label": _META_LABEL[cls], "Lung Severity Score": _SEVERITY[cls],
+                    "License": "CC0 1.0 (synthetic phantom)", "Type": kind, "Probe": probe,
+                    "Source ID": 1, "Framerate": fps, "Resolution": f"{width}x{height}", "Length (frames)": nf,
+                    "Patient ID / Name": pid, **_FINDINGS[cls],
+                })
+    if layout == "public" and metadata:
+        _write_metadata(root / "dataset_metadata.csv", rows)
+    return root
 
+
+def _check_args(layout, classes, n_patients_per_class, clips_per_patient, images_per_patient) -> None:
     if layout not in ("public", "folders"):
         raise ValueError(f"layout must be 'public' or 'folders'; got {layout!r}")
     bad = [c for c in classes if c not in _PREFIX]
@@ -80,54 +106,49 @@ def write_demo_dataset(
         raise ValueError(f"unknown class(es) {bad}; known: {', '.join(_PREFIX)}")
     if n_patients_per_class < 1 or clips_per_patient < 0 or images_per_patient < 0:
         raise ValueError("n_patients_per_class must be >= 1, clips/images per patient >= 0")
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    video_ext = video_ext if video_ext.startswith(".") else "." + video_ext
-    image_ext = image_ext if image_ext.startswith(".") else "." + image_ext
-    cfg_fields = {f.name for f in dataclasses.fields(PhantomConfig)}
 
-    def config(**kw):
-        return PhantomConfig(**{k: v for k, v in kw.items() if k in cfg_fields})
 
-    rows = []
+def _patients(classes, n_patients_per_class: int, probes):
+    """(class, patient number, probe) for every patient; numbers run across classes (1, 2, ...)
+    so a patient id is unique in the set, and probes take turns."""
     pid = 0
     for cls in classes:
         for _ in range(n_patients_per_class):
             pid += 1
-            probe = probes[(pid - 1) % len(probes)]
-            pat = f"pat{pid:02d}"
-            for kind, count, ext in (("video", clips_per_patient, video_ext), ("image", images_per_patient, image_ext)):
-                for j in range(1, count + 1):
-                    word = "clip" if kind == "video" else "img"
-                    if layout == "public":
-                        folder = root / ("pocus_videos" if kind == "video" else "pocus_images") / probe
-                        stem = f"{_PREFIX[cls]}_demo_{pat}_{word}{j}"
-                        path = folder / f"{stem}{ext}"
-                    elif patient_folders:
-                        folder = root / cls / pat
-                        stem = f"{word}{j}"
-                        path = folder / f"{stem}{ext}"
-                    else:
-                        folder = root / cls
-                        stem = f"demo_{pat}_{word}{j}"
-                        path = folder / f"{stem}{ext}"
-                    folder.mkdir(parents=True, exist_ok=True)
-                    # The same patient seed for all of a patient's clips (same anatomy), a new one per clip.
-                    clip_seed = seed * 100_003 + pid * 101 + j * 7 + (0 if kind == "video" else 50)
-                    nf = n_frames if kind == "video" else 1
-                    write_phantom(path, config(label=_PHANTOM_LABEL[cls], probe=probe, width=width, height=height,
-                                               n_frames=nf, fps=fps, overlays=overlays, seed=clip_seed))
-                    rows.append({
-                        "Current location": path.parent.relative_to(root).as_posix(),
-                        "Filename": stem, "Label": _META_LABEL[cls], "Lung Severity Score": _SEVERITY[cls],
-                        "License": "CC0 1.0 (synthetic phantom)", "Type": kind, "Probe": probe,
-                        "Source ID": 1, "Framerate": fps, "Resolution": f"{width}x{height}", "Length (frames)": nf,
-                        "Patient ID / Name": pid, **_FINDINGS[cls],
-                    })
-    if layout == "public" and metadata:
-        with open(root / "dataset_metadata.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)
-            w.writeheader()
-            for r in rows:
-                w.writerow(r)
-    return root
+            yield cls, pid, probes[(pid - 1) % len(probes)]
+
+
+def _file_path(root: Path, layout: str, patient_folders: bool, cls: str, pid: int, probe: str, kind: str,
+               j: int, ext: str) -> tuple[Path, str]:
+    """Where file `j` of a patient goes in the layout, and its stem (the metadata's Filename)."""
+    pat = f"pat{pid:02d}"
+    word = "clip" if kind == "video" else "img"
+    if layout == "public":  # the class is in the name's prefix, the probe in the folder
+        folder = root / ("pocus_videos" if kind == "video" else "pocus_images") / probe
+        stem = f"{_PREFIX[cls]}_demo_{pat}_{word}{j}"
+    elif patient_folders:
+        folder = root / cls / pat
+        stem = f"{word}{j}"
+    else:  # the file-name rule finds the patient in "demo_patNN_..."
+        folder = root / cls
+        stem = f"demo_{pat}_{word}{j}"
+    return folder / f"{stem}{ext}", stem
+
+
+def _clip_seed(seed: int, pid: int, kind: str, j: int) -> int:
+    # The same patient seed for all of a patient's clips (same anatomy), a new one per clip.
+    return seed * 100_003 + pid * 101 + j * 7 + (0 if kind == "video" else 50)
+
+
+def _write_clip(path: Path, cls: str, probe: str, width: int, height: int, n_frames: int, fps: float,
+                overlays: bool, seed: int) -> None:
+    write_phantom(path, PhantomConfig(label=_PHANTOM_LABEL[cls], probe=probe, width=width, height=height,
+                                      n_frames=n_frames, fps=fps, overlays=overlays, seed=seed))
+
+
+def _write_metadata(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=METADATA_COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow(r)

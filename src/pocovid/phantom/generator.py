@@ -22,6 +22,7 @@ seed gives the same "patient" with or without the finding, which makes class com
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import cv2
@@ -210,50 +211,137 @@ def make_phantom(cfg: PhantomConfig | None = None, **overrides) -> Phantom:
         cfg = PhantomConfig(**overrides)
     elif overrides:
         cfg = replace(cfg, **overrides)
-    T = cfg.n_frames
+    # One generator per concern, so that e.g. the label changes the finding and nothing else.
     seed = cfg.seed % 2**63  # SeedSequence wants non-negative entropy
     rg = np.random.default_rng([seed, 1])  # geometry, ribs, wall: label-independent
     rt = np.random.default_rng([seed, 2])  # speckle: label-independent
     rf = np.random.default_rng([seed, 3, LABELS.index(cfg.label)])  # the finding
     geo = _Geometry(cfg, rg)
-    depth_cm = float(np.random.default_rng([seed, 5]).choice([10, 12, 14, 16] if cfg.probe == "convex"
-                                                             else [4, 5, 6]))  # what the depth scale shows
+    depth_cm = _depth_scale_cm(cfg.probe, seed)
+    sc = _build_scene(cfg, geo, rg)
+    speckle = _Speckle(rt, geo.nd, geo.nu, cfg.probe == "linear", pad=_speckle_pad(sc))
+    fs = _finding_setup(cfg.label, rf, sc.dp, sc.sig_p, geo.nd, geo.nu, sc.times, sc.slide)
+    overlay = None
+    if cfg.overlays:
+        overlay = draw_overlays(cfg, geo, np.random.default_rng([seed, 4]), depth_cm)
+    finding_frames = _finding_frames(cfg)
+    frames, fmasks = _render_clip(sc, speckle, fs, finding_frames, overlay)
+    return Phantom(frames=frames, mask=geo.mask.copy(), box=geo.box, fps=cfg.fps, label=cfg.label,
+                   finding_frames=finding_frames, finding_masks=fmasks,
+                   geometry=dict(geo.as_dict(), pleura_depth=float(sc.dp), region=geo.region,
+                                 depth_rows=geo.depth_rows, depth_cm=depth_cm),
+                   overlay_mask=None if overlay is None else overlay[1], config=cfg)
+
+
+def _depth_scale_cm(probe: str, seed: int) -> float:
+    """What the depth scale shows; its own generator, so it never shifts the other draws."""
+    choices = [10, 12, 14, 16] if probe == "convex" else [4, 5, 6]
+    return float(np.random.default_rng([seed, 5]).choice(choices))
+
+
+def _finding_frames(cfg: PhantomConfig) -> np.ndarray:
+    """(T,) bool: the frames that show the class finding (none for "regular")."""
+    T = cfg.n_frames
+    if cfg.label == "regular":
+        return np.zeros(T, bool)
+    if cfg.feature_frames is None:
+        return np.ones(T, bool)
+    a, b = cfg.feature_frames
+    finding_frames = np.zeros(T, bool)
+    finding_frames[min(a, T):min(b, T)] = True
+    return finding_frames
+
+
+# --------------------------------------------------------------------------------------------
+# the scene: the label-independent patient, drawn from the geometry generator
+
+
+@dataclass
+class _Ribs:
+    surface: np.ndarray  # (nd, nu) bright curved rib surfaces
+    shadow: np.ndarray  # (nd, nu) 0..1 acoustic shadow below them
+    vis: np.ndarray  # (T,) 0..1 how visible the ribs are on each frame
+    shift_px: np.ndarray  # (T,) lateral drift with the probe, in raster columns
+
+
+@dataclass
+class _Scene:
+    """Everything on the polar raster that does not change from frame to frame, plus the motion."""
+    cfg: PhantomConfig
+    geo: _Geometry
+    d: np.ndarray  # (nd, 1) depth, 0 at the probe face, 1 at the bottom
+    u: np.ndarray  # (1, nu) lateral position, -1 .. 1
+    times: np.ndarray  # (T,) seconds
+    dp: float  # pleural depth
+    sig_p: float  # pleura thickness (depth units)
+    gain_d: np.ndarray  # (nd, 1) gain with depth attenuation
+    gamma: float
+    edge: np.ndarray  # (1, nu) lateral falloff at the fan edges
+    tint: np.ndarray  # (3,) RGB tint of the display
+    slide: np.ndarray  # (T,) lung sliding in u units
+    slide_px: np.ndarray  # (T,) the same in raster columns
+    wall: np.ndarray  # (nd, nu) chest wall echo
+    lung: np.ndarray  # (nd, 1) haze below the pleura
+    w_lung: np.ndarray  # (nd, 1) 0 above, 1 below the pleura
+    pleura_amp: float
+    pleura_mod: Callable[[np.ndarray], np.ndarray]  # u -> lateral granularity of the pleura
+    pleura_dep: Callable[[np.ndarray], np.ndarray]  # u -> depth wobble of an irregular (covid) pleura
+    alines: np.ndarray  # (nd, nu) A-line echoes
+    ribs: _Ribs
+
+
+def _build_scene(cfg: PhantomConfig, geo: _Geometry, rg: np.random.Generator) -> _Scene:
+    # The draws from `rg` happen in this order; changing it changes every phantom.
     nd, nu = geo.nd, geo.nu
     d = np.linspace(0, 1, nd, dtype=_F)[:, None]  # (nd, 1)
     u = np.linspace(-1, 1, nu, dtype=_F)[None, :]  # (1, nu)
     px = 1.0 / nd  # one raster row in depth units
-    times = np.arange(T, dtype=np.float64) / cfg.fps
-
-    # ---- finding frames
-    if cfg.label == "regular":
-        finding_frames = np.zeros(T, bool)
-    elif cfg.feature_frames is None:
-        finding_frames = np.ones(T, bool)
-    else:
-        a, b = cfg.feature_frames
-        finding_frames = np.zeros(T, bool)
-        finding_frames[min(a, T):min(b, T)] = True
-
-    # ---- patient / probe parameters (label-independent)
+    times = np.arange(cfg.n_frames, dtype=np.float64) / cfg.fps
     linear = cfg.probe == "linear"
     dp = rg.uniform(0.18, 0.27) if linear else rg.uniform(0.15, 0.24)  # pleural depth
     sig_p = max(0.008 if not linear else 0.007, 1.2 * px)  # pleura thickness (depth units)
     alpha = rg.uniform(1.3, 1.9) if not linear else rg.uniform(0.9, 1.3)  # attenuation
     gain = rg.uniform(0.9, 1.1)
     gamma = rg.uniform(0.8, 0.95)
+    breath_T, slide = _breathing(rg, times)
+    slide_px = np.round(slide * geo.u_px_per_unit).astype(int)
+    tint = _tint(rg)
+    edge = (1.0 - 0.18 * np.abs(u) ** 4).astype(_F)  # beam quality drops at the fan edges
+    wall = _chest_wall(rg, d, u, dp, px)
+    lung, w_lung = _lung_haze(rg, d, dp, sig_p)
+    # pleura: lateral granularity that slides with the lung
+    pleura_amp = rg.uniform(1.5, 1.8)
+    pleura_mod = _lateral_fn(rg, 0.04)
+    pleura_dep = _lateral_fn(rg, 0.08)  # used for the irregular (covid) pleura
+    alines = _alines(rg, d, u, dp, sig_p)
+    ribs = _ribs(rg, d, u, dp, sig_p, times, breath_T, linear, geo.u_px_per_unit)
+    return _Scene(cfg=cfg, geo=geo, d=d, u=u, times=times, dp=dp, sig_p=sig_p,
+                  gain_d=(gain * np.exp(-alpha * d)).astype(_F), gamma=gamma, edge=edge, tint=tint,
+                  slide=slide, slide_px=slide_px, wall=wall, lung=lung, w_lung=w_lung,
+                  pleura_amp=pleura_amp, pleura_mod=pleura_mod, pleura_dep=pleura_dep, alines=alines, ribs=ribs)
+
+
+def _breathing(rg: np.random.Generator, times: np.ndarray) -> tuple[float, np.ndarray]:
+    """Respiration period and the lung sliding it causes (u units per frame)."""
     breath_T = rg.uniform(3.0, 4.5)
     breath_phi = rg.uniform(0, 2 * math.pi)
     slide_amp = rg.uniform(0.03, 0.05)  # in u units
     slide = slide_amp * np.sin(2 * math.pi * times / breath_T + breath_phi)
     slide -= slide[0]  # first frame at rest position
-    slide_px = np.round(slide * geo.u_px_per_unit).astype(int)
+    return breath_T, slide
+
+
+def _tint(rg: np.random.Generator) -> np.ndarray:
+    """Grey on most scanners, a slightly warm display on a quarter of them."""
     tint = np.array([1.0, 1.0, 1.0], _F)
     if rg.random() < 0.25:
         tint = np.array([1.0, rg.uniform(0.95, 1.0), rg.uniform(0.88, 0.97)], _F)
-    # lateral falloff at the fan edges (beam quality)
-    edge = (1.0 - 0.18 * np.abs(u) ** 4).astype(_F)
+    return tint
 
-    # chest wall: skin, fat, muscle with fascia striations (static, does not slide)
+
+def _chest_wall(rg, d, u, dp, px) -> np.ndarray:
+    """Skin, fat, muscle with fascia striations (static, does not slide)."""
+    nd, nu = d.shape[0], u.shape[1]
     skin = 0.7 * _gauss(d - rg.uniform(0.006, 0.012), max(0.005, px))
     fat_end = rg.uniform(0.3, 0.45) * dp
     wall = np.where(d < fat_end, _F(rg.uniform(0.1, 0.14)), _F(rg.uniform(0.2, 0.26))) + skin
@@ -264,138 +352,183 @@ def make_phantom(cfg: PhantomConfig | None = None, **overrides) -> Phantom:
         amp = rg.uniform(0.12, 0.32) * np.clip(_lateral_fn(rg, 0.12)(u) + 0.4, 0, 1.3)
         wall += amp * _gauss(d - dj - wav, max(0.004, 0.8 * px))
     wall *= 0.85 + 0.15 * _lateral_fn(rg, 0.4)(u)
+    return wall
 
-    # lung below the pleura: faint haze, decaying
+
+def _lung_haze(rg, d, dp, sig_p) -> tuple[np.ndarray, np.ndarray]:
+    """Faint, decaying haze below the pleura, and the 0 -> 1 weight that blends wall into lung."""
     lung_base = rg.uniform(0.11, 0.16)
     lung = (lung_base * (1 + 0.6 * np.exp(-(d - dp) / 0.08) * (d > dp))).astype(_F)
     w_lung = _smoothstep((d - dp + 1.5 * sig_p) / (3 * sig_p)).astype(_F)  # 0 above, 1 below pleura
+    return lung, w_lung
 
-    # pleura: lateral granularity that slides with the lung
-    pleura_amp = rg.uniform(1.5, 1.8)
-    pleura_mod = _lateral_fn(rg, 0.04)
-    pleura_dep = _lateral_fn(rg, 0.08)  # used for the irregular (covid) pleura
 
-    # A-lines: repeats of the pleura at multiples of its depth, fading
+def _alines(rg, d, u, dp, sig_p) -> np.ndarray:
+    """A-lines: repeats of the pleura at multiples of its depth, fading."""
     a0, rho = rg.uniform(0.38, 0.52), rg.uniform(0.6, 0.75)
-    alines = np.zeros((nd, 1), _F)
+    alines = np.zeros((d.shape[0], 1), _F)
     n_alines = int(rg.integers(2, 5))
     k_list = [k for k in range(2, 6) if k * dp < 0.95][:n_alines]
     for i, k in enumerate(k_list):
         alines += a0 * rho ** i * _gauss(d - k * dp, sig_p * (1.3 + 0.6 * (k - 1)))
-    alines = alines * (0.65 + 0.35 * (1 + _lateral_fn(rg, 0.25)(u)) / 2)
+    return alines * (0.65 + 0.35 * (1 + _lateral_fn(rg, 0.25)(u)) / 2)
 
-    # ribs: bright curved surface slightly above the pleura, dark acoustic shadow below
+
+def _ribs(rg, d, u, dp, sig_p, times, breath_T, linear, u_px_per_unit) -> _Ribs:
+    """Bright curved rib surfaces slightly above the pleura with dark acoustic shadows below,
+    seen on a window of the clip (probe tilt) and drifting a little with the probe."""
     ribs = []
     for side in (-1, 1):
         ur = side * (rg.uniform(0.8, 0.95) if linear else rg.uniform(0.72, 0.86))
         wr = rg.uniform(0.18, 0.26) if linear else rg.uniform(0.1, 0.16)
         dr = dp - rg.uniform(0.008, 0.025)
         ribs.append((ur, wr, dr))
-    ribs_vis = np.zeros(T, _F)
-    if rg.random() < 0.7:  # ribs appear on a window of the clip (probe tilt), fading in and out
-        span = max(1, int(round(T * rg.uniform(0.3, 0.9))))
-        start = int(rg.integers(0, T - span + 1))
-        ramp = max(1.0, 0.1 * T)
-        tt = np.arange(T)
-        ribs_vis = np.clip(np.minimum(tt - start + 1, start + span - tt) / ramp, 0, 1).astype(_F)
+    vis = _rib_visibility(rg, len(times))
     rib_drift = 0.015 * np.sin(2 * math.pi * times / (breath_T * 1.7) + rg.uniform(0, 6.3))
-    rib_surface = np.zeros((nd, nu), _F)
-    rib_shadow = np.zeros((nd, nu), _F)
+    nd, nu = d.shape[0], u.shape[1]
+    surface = np.zeros((nd, nu), _F)
+    shadow = np.zeros((nd, nu), _F)
     for ur, wr, dr in ribs:
         x = (u - ur) / wr
         ds = dr + 0.02 * np.square(np.clip(x, -1.2, 1.2))
         inside = _smoothstep((1.0 - np.abs(x)) / 0.25)
-        rib_surface += 0.85 * inside * _gauss(d - ds, 1.4 * sig_p)
-        rib_shadow = np.maximum(rib_shadow, inside * _smoothstep((d - ds - 0.6 * sig_p) / (2 * sig_p)))
-    rib_shift_px = np.round(rib_drift * geo.u_px_per_unit).astype(int)
+        surface += 0.85 * inside * _gauss(d - ds, 1.4 * sig_p)
+        shadow = np.maximum(shadow, inside * _smoothstep((d - ds - 0.6 * sig_p) / (2 * sig_p)))
+    shift_px = np.round(rib_drift * u_px_per_unit).astype(int)
+    return _Ribs(surface=surface, shadow=shadow, vis=vis, shift_px=shift_px)
 
-    # speckle: static complex field (the lung part slides with it), fresh noise mixed in per frame
-    sc = nd / 320.0
-    sy, sx = max(0.5, (0.9 if linear else 1.0) * sc), max(0.7, (1.6 if linear else 2.0) * nu / 320.0)
-    pad = int(np.abs(slide_px).max()) + int(np.abs(rib_shift_px).max()) + 4
-    re0, im0 = _complex_field(rt, (nd, nu + 2 * pad), sy, sx)
+
+def _rib_visibility(rg, T: int) -> np.ndarray:
+    """(T,) 0..1: on 70% of clips the ribs appear on a window of frames, fading in and out."""
+    vis = np.zeros(T, _F)
+    if rg.random() < 0.7:
+        span = max(1, int(round(T * rg.uniform(0.3, 0.9))))
+        start = int(rg.integers(0, T - span + 1))
+        ramp = max(1.0, 0.1 * T)
+        tt = np.arange(T)
+        vis = np.clip(np.minimum(tt - start + 1, start + span - tt) / ramp, 0, 1).astype(_F)
+    return vis
+
+
+# --------------------------------------------------------------------------------------------
+# speckle
+
+
+def _speckle_pad(sc: _Scene) -> int:
+    """Columns of static speckle beyond the raster, so the lung can slide over it."""
+    return int(np.abs(sc.slide_px).max()) + int(np.abs(sc.ribs.shift_px).max()) + 4
+
+
+class _Speckle:
+    """A static complex speckle field (the lung part slides with it) with fresh noise mixed in per frame."""
+
     beta = 0.3  # per-frame decorrelation
-    c0 = math.sqrt(1 - beta * beta)
-    noise_floor = rt.uniform(0.012, 0.02)
-    blur_y, blur_x = max(0.4, 0.7 * sc), max(0.4, 0.9 * nu / 320.0)
 
-    gain_d = (gain * np.exp(-alpha * d)).astype(_F)
+    def __init__(self, rt: np.random.Generator, nd: int, nu: int, linear: bool, pad: int):
+        self.rt, self.nd, self.nu, self.pad = rt, nd, nu, pad
+        sc = nd / 320.0
+        self.sy = max(0.5, (0.9 if linear else 1.0) * sc)
+        self.sx = max(0.7, (1.6 if linear else 2.0) * nu / 320.0)
+        self.re0, self.im0 = _complex_field(rt, (nd, nu + 2 * pad), self.sy, self.sx)
+        self.c0 = math.sqrt(1 - self.beta * self.beta)
+        self.noise_floor = rt.uniform(0.012, 0.02)
+        self.blur_y, self.blur_x = max(0.4, 0.7 * sc), max(0.4, 0.9 * nu / 320.0)  # display resolution
 
-    # ---- the finding (label-dependent parameters)
-    fs = _finding_setup(cfg.label, rf, dp, sig_p, nd, nu, times, slide)
-
-    # ---- overlays
-    overlay_rgb = overlay_alpha = None
-    if cfg.overlays:
-        overlay_rgb, overlay_alpha = draw_overlays(cfg, geo, np.random.default_rng([seed, 4]), depth_cm)
-
-    frames = np.empty((T, cfg.height, cfg.width, 3), np.uint8)
-    fmasks = np.zeros((T, cfg.height, cfg.width), bool) if cfg.label != "regular" else None
-    mask_f = geo.mask.astype(_F)
-    for t in range(T):
-        sh = slide_px[t]
-        nre = rt.standard_normal((nd, nu), dtype=_F)
-        nim = rt.standard_normal((nd, nu), dtype=_F)
-        nre = cv2.GaussianBlur(nre, (0, 0), sigmaX=sx, sigmaY=sy)
-        nim = cv2.GaussianBlur(nim, (0, 0), sigmaX=sx, sigmaY=sy)
+    def frame(self, sh: int) -> tuple[np.ndarray, np.ndarray]:
+        """Speckle amplitude of the next frame: (lung, shifted by `sh` columns; wall, static)."""
+        nd, nu, pad, c0 = self.nd, self.nu, self.pad, self.c0
+        nre = self.rt.standard_normal((nd, nu), dtype=_F)
+        nim = self.rt.standard_normal((nd, nu), dtype=_F)
+        nre = cv2.GaussianBlur(nre, (0, 0), sigmaX=self.sx, sigmaY=self.sy)
+        nim = cv2.GaussianBlur(nim, (0, 0), sigmaX=self.sx, sigmaY=self.sy)
         nstd = float(np.sqrt(0.5 * (nre.var() + nim.var()))) + 1e-6
-        bn = beta / nstd
+        bn = self.beta / nstd
+        re0, im0 = self.re0, self.im0
         # Rayleigh amplitude, its contrast softened as a scanner's log compression does
         s_lung = np.power(np.hypot(c0 * re0[:, pad - sh:pad - sh + nu] + bn * nre,
                                    c0 * im0[:, pad - sh:pad - sh + nu] + bn * nim), _SPECKLE_P) * _SPECKLE_NORM
         s_wall = np.power(np.hypot(c0 * re0[:, pad:pad + nu] + bn * nre,
                                    c0 * im0[:, pad:pad + nu] + bn * nim), _SPECKLE_P) * _SPECKLE_NORM
-        u_sl = u - _F(slide[t])  # lateral coordinate attached to the sliding lung
-        on = bool(finding_frames[t])
+        return s_lung, s_wall
 
-        # pleura (sliding granularity)
-        p_mod = 0.7 + 0.3 * np.clip(pleura_mod(u_sl), -1, 1)
-        if on and cfg.label == "covid":
-            p_d = dp + fs["pleura_irreg"] * pleura_dep(u_sl)
-            p_mod = p_mod * np.clip(0.55 + 0.45 * pleura_mod(u_sl * 1.7 + 0.3), 0.15, 1.0)
-            pleura = pleura_amp * p_mod * _gauss(d - p_d, sig_p * fs["pleura_thick"])
-        else:
-            pleura = pleura_amp * p_mod * _gauss(d - dp, sig_p)
 
-        a_amp = 1.0
-        lung_t = lung
-        if on and cfg.label == "covid":
-            a_amp = 0.0  # B-lines erase the A-lines
-            lung_t = lung * 1.25
-        tissue = wall * (1 - w_lung) * s_wall + (lung_t * w_lung + a_amp * alines) * s_lung
-        tissue = tissue + pleura * np.sqrt(s_lung)
-        fmask_p = None
-        if on and cfg.label == "pneumonia":
-            tissue, fmask_p = _apply_pneumonia(tissue, fs, d, u, t, s_lung, sig_p, nd, nu)
-        # ribs (static chest wall, drift slightly with the probe)
-        if ribs_vis[t] > 0:
-            rs = rib_shift_px[t]
-            shadow = np.roll(rib_shadow, rs, axis=1) if rs else rib_shadow
-            surf = np.roll(rib_surface, rs, axis=1) if rs else rib_surface
-            v = float(ribs_vis[t])
-            tissue = tissue * (1 - 0.94 * v * shadow) + v * surf * np.sqrt(s_wall)
-        amp = tissue * gain_d * edge
-        if on and cfg.label == "covid":
-            bl, fmask_p = _blines(fs, d, u, t, s_lung)
-            if ribs_vis[t] > 0:
-                bl = bl * (1 - 0.94 * float(ribs_vis[t]) * shadow)
-            amp = amp + bl
-        amp = amp + noise_floor * s_lung
-        img = np.power(np.clip(amp, 0, 1.2) * (1 / 1.2), gamma) * 255.0 * 1.1
-        img = cv2.GaussianBlur(img, (0, 0), sigmaX=blur_x, sigmaY=blur_y)  # display / video resolution
-        scr = geo.to_screen(np.clip(img, 0, 255).astype(_F)) * mask_f
-        frame = np.clip(scr[..., None] * tint, 0, 255).astype(np.uint8)
-        if overlay_rgb is not None:
-            np.copyto(frame, overlay_rgb, where=overlay_alpha[..., None])
-        frames[t] = frame
+# --------------------------------------------------------------------------------------------
+# frames
+
+
+def _render_clip(sc: _Scene, speckle: _Speckle, fs: dict, finding_frames: np.ndarray, overlay):
+    """(T, H, W, 3) uint8 frames and (T, H, W) finding masks (None for "regular")."""
+    cfg, geo = sc.cfg, sc.geo
+    T = cfg.n_frames
+    frames = np.empty((T, cfg.height, cfg.width, 3), np.uint8)
+    fmasks = np.zeros((T, cfg.height, cfg.width), bool) if cfg.label != "regular" else None
+    mask_f = geo.mask.astype(_F)
+    for t in range(T):
+        s_lung, s_wall = speckle.frame(sc.slide_px[t])
+        amp, fmask_p = _frame_amplitude(sc, fs, t, bool(finding_frames[t]), s_lung, s_wall)
+        amp = amp + speckle.noise_floor * s_lung
+        frames[t] = _display(sc, speckle, amp, mask_f, overlay)
         if fmasks is not None and fmask_p is not None:
             fmasks[t] = geo.to_screen(fmask_p.astype(np.uint8), nearest=True).astype(bool) & geo.mask
+    return frames, fmasks
 
-    return Phantom(frames=frames, mask=geo.mask.copy(), box=geo.box, fps=cfg.fps, label=cfg.label,
-                   finding_frames=finding_frames, finding_masks=fmasks,
-                   geometry=dict(geo.as_dict(), pleura_depth=float(dp), region=geo.region,
-                                 depth_rows=geo.depth_rows, depth_cm=depth_cm),
-                   overlay_mask=overlay_alpha, config=cfg)
+
+def _frame_amplitude(sc: _Scene, fs: dict, t: int, on: bool, s_lung, s_wall):
+    """Echo amplitude of frame t on the polar raster, and where the finding is (or None)."""
+    covid = on and sc.cfg.label == "covid"
+    u_sl = sc.u - _F(sc.slide[t])  # lateral coordinate attached to the sliding lung
+    pleura = _pleura(sc, fs, u_sl, covid)
+    a_amp = 1.0
+    lung_t = sc.lung
+    if covid:
+        a_amp = 0.0  # B-lines erase the A-lines
+        lung_t = sc.lung * 1.25
+    tissue = sc.wall * (1 - sc.w_lung) * s_wall + (lung_t * sc.w_lung + a_amp * sc.alines) * s_lung
+    tissue = tissue + pleura * np.sqrt(s_lung)
+    fmask_p = None
+    if on and sc.cfg.label == "pneumonia":
+        tissue, fmask_p = _apply_pneumonia(tissue, fs, sc.d, sc.u, t, s_lung, sc.sig_p, sc.geo.nd, sc.geo.nu)
+    shadow = None
+    if sc.ribs.vis[t] > 0:
+        tissue, shadow = _apply_ribs(tissue, sc.ribs, t, s_wall)
+    amp = tissue * sc.gain_d * sc.edge
+    if covid:
+        bl, fmask_p = _blines(fs, sc.d, sc.u, t, s_lung)
+        if shadow is not None:  # B-lines arise at the pleura, so a rib shadows them too
+            bl = bl * (1 - 0.94 * float(sc.ribs.vis[t]) * shadow)
+        amp = amp + bl
+    return amp, fmask_p
+
+
+def _pleura(sc: _Scene, fs: dict, u_sl, covid: bool) -> np.ndarray:
+    """The pleural line, its granularity sliding; thick, wavy and broken with covid."""
+    p_mod = 0.7 + 0.3 * np.clip(sc.pleura_mod(u_sl), -1, 1)
+    if covid:
+        p_d = sc.dp + fs["pleura_irreg"] * sc.pleura_dep(u_sl)
+        p_mod = p_mod * np.clip(0.55 + 0.45 * sc.pleura_mod(u_sl * 1.7 + 0.3), 0.15, 1.0)
+        return sc.pleura_amp * p_mod * _gauss(sc.d - p_d, sc.sig_p * fs["pleura_thick"])
+    return sc.pleura_amp * p_mod * _gauss(sc.d - sc.dp, sc.sig_p)
+
+
+def _apply_ribs(tissue, ribs: _Ribs, t: int, s_wall):
+    """Ribs belong to the static chest wall: they drift slightly with the probe, not with the lung."""
+    rs = ribs.shift_px[t]
+    shadow = np.roll(ribs.shadow, rs, axis=1) if rs else ribs.shadow
+    surf = np.roll(ribs.surface, rs, axis=1) if rs else ribs.surface
+    v = float(ribs.vis[t])
+    return tissue * (1 - 0.94 * v * shadow) + v * surf * np.sqrt(s_wall), shadow
+
+
+def _display(sc: _Scene, speckle: _Speckle, amp, mask_f, overlay) -> np.ndarray:
+    """Compress, blur and scan-convert the amplitude into an RGB screen frame, overlays on top."""
+    img = np.power(np.clip(amp, 0, 1.2) * (1 / 1.2), sc.gamma) * 255.0 * 1.1
+    img = cv2.GaussianBlur(img, (0, 0), sigmaX=speckle.blur_x, sigmaY=speckle.blur_y)  # display / video resolution
+    scr = sc.geo.to_screen(np.clip(img, 0, 255).astype(_F)) * mask_f
+    frame = np.clip(scr[..., None] * sc.tint, 0, 255).astype(np.uint8)
+    if overlay is not None:
+        overlay_rgb, overlay_alpha = overlay
+        np.copyto(frame, overlay_rgb, where=overlay_alpha[..., None])
+    return frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,86 +654,119 @@ def _apply_pneumonia(tissue, fs, d, u, t, s_lung, sig_p, nd, nu):
 # --------------------------------------------------------------------------------------------
 # overlays (burnt-in screen furniture, all outside the sector)
 
+_WHITE, _GREY = (230, 230, 230), (160, 170, 175)
+_GREEN, _YELLOW, _CYAN = (120, 220, 120), (235, 220, 60), (90, 200, 230)
+
+
+@dataclass
+class _Canvas:
+    """The overlay layer being drawn, with a text size that follows the screen height."""
+    rgb: np.ndarray  # (H, W, 3) uint8
+    fscale: float  # font scale
+    lh: int  # line height
+
+    def text(self, s: str, org, colour, k: float = 1.0) -> None:
+        cv2.putText(self.rgb, s, org, cv2.FONT_HERSHEY_SIMPLEX, self.fscale * k, colour, 1, cv2.LINE_AA)
+
 
 def draw_overlays(cfg: PhantomConfig, geo: _Geometry, rng: np.random.Generator, depth_cm: float):
     """RGB layer and boolean alpha of the scanner screen furniture; never touches the sector."""
     H, W = cfg.height, cfg.width
-    rgb = np.zeros((H, W, 3), np.uint8)
-    rx0, ry0, rx1, ry1 = geo.region
-    bx0, by0, bx1, by1 = geo.box
-    font = cv2.FONT_HERSHEY_SIMPLEX
     fscale = max(0.22, H / 900.0)
-    thick = 1
-    lh = max(7, int(round(26 * fscale)))  # line height
-    white, grey = (230, 230, 230), (160, 170, 175)
-    green, yellow, cyan = (120, 220, 120), (235, 220, 60), (90, 200, 230)
-
+    cv = _Canvas(np.zeros((H, W, 3), np.uint8), fscale, max(7, int(round(26 * fscale))))
+    rx0, ry0, rx1, ry1 = geo.region
+    gain_db = int(rng.integers(40, 70))  # the layer's only two draws, in this order
+    focus = rng.uniform(0.35, 0.6)  # where the focus marker sits, 0..1 of the depth
     # a dark settings panel at the left (a UI rectangle, not black)
     panel_w = max(6, rx0 - max(3, W // 100))
-    rgb[ry0:H - 2, 0:panel_w] = (14, 15, 19)
-
-    # banner: patient, ID, date/time, probe and preset
-    y = max(lh - 1, int(ry0 * 0.45))
-    cv2.putText(rgb, "PHANTOM^TEST  ID PH0001", (4, y), font, fscale, white, thick, cv2.LINE_AA)
-    cv2.putText(rgb, "2020-03-14 10:22:31", (4, min(ry0 - 2, y + lh)), font, fscale * 0.9, grey, thick, cv2.LINE_AA)
-    probe_txt = "C5-1 Lung" if cfg.probe == "convex" else "L12-4 Lung"
-    tx = int(W * 0.45)
-    cv2.putText(rgb, probe_txt, (tx, y), font, fscale, white, thick, cv2.LINE_AA)
-    cv2.putText(rgb, "MI 0.9  TIs 0.3", (tx, min(ry0 - 2, y + lh)), font, fscale * 0.9, grey, thick, cv2.LINE_AA)
-
-    # logo: a coloured badge with letters, top right
-    lw, lhh = max(12, int(W * 0.09)), max(6, int(ry0 * 0.55))
-    lx0, ly0 = W - lw - 3, 2
-    cv2.rectangle(rgb, (lx0, ly0), (lx0 + lw, ly0 + lhh), (30, 110, 190), -1)
-    cv2.circle(rgb, (lx0 + lhh // 2 + 1, ly0 + lhh // 2), max(2, lhh // 3), (250, 250, 250), -1)
-    cv2.putText(rgb, "US", (lx0 + lhh + 1, ly0 + lhh - 2), font, fscale * 0.8, (250, 250, 250), thick, cv2.LINE_AA)
-
-    # settings column
+    cv.rgb[ry0:H - 2, 0:panel_w] = (14, 15, 19)
+    _draw_banner(cv, cfg.probe, ry0)
+    _draw_logo(cv, ry0)
     depth_cm = int(depth_cm)
-    gain_db = int(rng.integers(40, 70))
-    lines = [f"FR {cfg.fps:.0f}", f"Gn {gain_db}", f"D {depth_cm}cm", "DR 60", "2D", "P Gen"]
-    for i, s in enumerate(lines):
-        yy = ry0 + (i + 1) * lh
-        if yy > H - 2 * lh:
-            break
-        cv2.putText(rgb, s, (3, yy), font, fscale * 0.85, green, thick, cv2.LINE_AA)
-
-    # grey bar (a vertical ramp) at the bottom of the settings panel
-    gb_w = max(3, W // 60)
-    gb_x = max(2, panel_w - gb_w - 3)
-    gb_y0, gb_y1 = int(ry0 + 0.55 * (ry1 - ry0)), int(ry1 - 0.05 * (ry1 - ry0))
-    if gb_y1 - gb_y0 > 4:
-        ramp = np.linspace(255, 0, gb_y1 - gb_y0).astype(np.uint8)
-        rgb[gb_y0:gb_y1, gb_x:gb_x + gb_w] = ramp[:, None, None]
-
-    # caliper cross with a measurement, bottom left
-    cx_, cy_ = max(5, panel_w // 3), max(ry0 + 2, gb_y0 - lh)
-    arm = max(3, W // 60)
-    cv2.line(rgb, (cx_ - arm, cy_), (cx_ + arm, cy_), yellow, 1)
-    cv2.line(rgb, (cx_, cy_ - arm), (cx_, cy_ + arm), yellow, 1)
-    cv2.putText(rgb, "D1 2.3cm", (3, min(H - 3, cy_ + arm + lh)), font, fscale * 0.7, yellow, thick, cv2.LINE_AA)
-
-    # depth scale with tick marks right of the sector, focus marker, numbers every 5 cm
-    sx_ = min(W - 8, bx1 + max(3, W // 80))
-    top, bot = int(round(geo.depth_rows[0])), int(round(geo.depth_rows[1])) - 1
-    cv2.line(rgb, (sx_, top), (sx_, bot), grey, 1)
-    for cm in range(depth_cm + 1):
-        yy = int(round(top + (bot - top) * cm / depth_cm))
-        long = cm % 5 == 0
-        cv2.line(rgb, (sx_, yy), (sx_ + (5 if long else 3), yy), white if long else grey, 1)
-        if long and cm > 0:
-            cv2.putText(rgb, str(cm), (sx_ + 6, min(H - 2, yy + 4)), font, fscale * 0.8, white, thick, cv2.LINE_AA)
-    fy = int(top + (bot - top) * rng.uniform(0.35, 0.6))
-    tri = np.array([[sx_ - 1, fy], [sx_ - 5, fy - 3], [sx_ - 5, fy + 3]], np.int32)
-    cv2.fillPoly(rgb, [tri], cyan)
-
+    _draw_settings(cv, cfg.fps, depth_cm, gain_db, ry0)
+    gb_y0 = _draw_grey_bar(cv, panel_w, ry0, ry1)
+    _draw_caliper(cv, panel_w, ry0, gb_y0)
+    _draw_depth_scale(cv, geo, depth_cm, focus)
     # probe orientation marker: left of the top of the sector
-    mx = max(2, bx0 - max(4, W // 50))
-    cv2.circle(rgb, (mx, ry0 + 3), max(2, W // 160), cyan, -1)
+    mx = max(2, geo.box[0] - max(4, W // 50))
+    cv2.circle(cv.rgb, (mx, ry0 + 3), max(2, W // 160), _CYAN, -1)
 
+    rgb = cv.rgb
     alpha = rgb.any(axis=2)
     # never inside (or touching) the sector
     keep_out = cv2.dilate(geo.mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
     alpha &= ~keep_out
     rgb[~alpha] = 0
     return rgb, alpha
+
+
+def _draw_banner(cv: _Canvas, probe: str, ry0: int) -> None:
+    """Patient, ID, date/time, probe and preset above the sector."""
+    W, lh = cv.rgb.shape[1], cv.lh
+    y = max(lh - 1, int(ry0 * 0.45))
+    cv.text("PHANTOM^TEST  ID PH0001", (4, y), _WHITE)
+    cv.text("2020-03-14 10:22:31", (4, min(ry0 - 2, y + lh)), _GREY, 0.9)
+    tx = int(W * 0.45)
+    cv.text("C5-1 Lung" if probe == "convex" else "L12-4 Lung", (tx, y), _WHITE)
+    cv.text("MI 0.9  TIs 0.3", (tx, min(ry0 - 2, y + lh)), _GREY, 0.9)
+
+
+def _draw_logo(cv: _Canvas, ry0: int) -> None:
+    """A coloured badge with letters, top right."""
+    W = cv.rgb.shape[1]
+    lw, lhh = max(12, int(W * 0.09)), max(6, int(ry0 * 0.55))
+    lx0, ly0 = W - lw - 3, 2
+    cv2.rectangle(cv.rgb, (lx0, ly0), (lx0 + lw, ly0 + lhh), (30, 110, 190), -1)
+    cv2.circle(cv.rgb, (lx0 + lhh // 2 + 1, ly0 + lhh // 2), max(2, lhh // 3), (250, 250, 250), -1)
+    cv.text("US", (lx0 + lhh + 1, ly0 + lhh - 2), (250, 250, 250), 0.8)
+
+
+def _draw_settings(cv: _Canvas, fps: float, depth_cm: int, gain_db: int, ry0: int) -> None:
+    """The settings column in the left panel, as many lines as fit."""
+    H, lh = cv.rgb.shape[0], cv.lh
+    lines = [f"FR {fps:.0f}", f"Gn {gain_db}", f"D {depth_cm}cm", "DR 60", "2D", "P Gen"]
+    for i, s in enumerate(lines):
+        yy = ry0 + (i + 1) * lh
+        if yy > H - 2 * lh:
+            break
+        cv.text(s, (3, yy), _GREEN, 0.85)
+
+
+def _draw_grey_bar(cv: _Canvas, panel_w: int, ry0: int, ry1: int) -> int:
+    """A vertical grey ramp at the bottom of the settings panel; returns its top row."""
+    W = cv.rgb.shape[1]
+    gb_w = max(3, W // 60)
+    gb_x = max(2, panel_w - gb_w - 3)
+    gb_y0, gb_y1 = int(ry0 + 0.55 * (ry1 - ry0)), int(ry1 - 0.05 * (ry1 - ry0))
+    if gb_y1 - gb_y0 > 4:
+        ramp = np.linspace(255, 0, gb_y1 - gb_y0).astype(np.uint8)
+        cv.rgb[gb_y0:gb_y1, gb_x:gb_x + gb_w] = ramp[:, None, None]
+    return gb_y0
+
+
+def _draw_caliper(cv: _Canvas, panel_w: int, ry0: int, gb_y0: int) -> None:
+    """A caliper cross with a measurement, bottom left, above the grey bar."""
+    H, W, lh = cv.rgb.shape[0], cv.rgb.shape[1], cv.lh
+    cx_, cy_ = max(5, panel_w // 3), max(ry0 + 2, gb_y0 - lh)
+    arm = max(3, W // 60)
+    cv2.line(cv.rgb, (cx_ - arm, cy_), (cx_ + arm, cy_), _YELLOW, 1)
+    cv2.line(cv.rgb, (cx_, cy_ - arm), (cx_, cy_ + arm), _YELLOW, 1)
+    cv.text("D1 2.3cm", (3, min(H - 3, cy_ + arm + lh)), _YELLOW, 0.7)
+
+
+def _draw_depth_scale(cv: _Canvas, geo: _Geometry, depth_cm: int, focus: float) -> None:
+    """Depth scale right of the sector: a tick per cm, numbers every 5 cm, the focus marker at
+    `focus` (0..1) of the depth."""
+    H, W = cv.rgb.shape[:2]
+    sx_ = min(W - 8, geo.box[2] + max(3, W // 80))
+    top, bot = int(round(geo.depth_rows[0])), int(round(geo.depth_rows[1])) - 1
+    cv2.line(cv.rgb, (sx_, top), (sx_, bot), _GREY, 1)
+    for cm in range(depth_cm + 1):
+        yy = int(round(top + (bot - top) * cm / depth_cm))
+        long = cm % 5 == 0
+        cv2.line(cv.rgb, (sx_, yy), (sx_ + (5 if long else 3), yy), _WHITE if long else _GREY, 1)
+        if long and cm > 0:
+            cv.text(str(cm), (sx_ + 6, min(H - 2, yy + 4)), _WHITE, 0.8)
+    fy = int(top + (bot - top) * focus)
+    tri = np.array([[sx_ - 1, fy], [sx_ - 5, fy - 3], [sx_ - 5, fy + 3]], np.int32)
+    cv2.fillPoly(cv.rgb, [tri], _CYAN)

@@ -101,16 +101,7 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     exclusive) adds a SequenceOfUltrasoundRegions item for the scan sector.
     """
     import pydicom
-    from pydicom.datadict import tag_for_keyword
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.encaps import encapsulate
-    from pydicom.sequence import Sequence as DicomSequence
-    from pydicom.uid import (
-        PYDICOM_IMPLEMENTATION_UID,
-        ExplicitVRLittleEndian,
-        JPEGBaseline8Bit,
-        generate_uid,
-    )
+    from pydicom.uid import generate_uid
 
     path = Path(path)
     stack = _dicom_stack(frames, monochrome)
@@ -118,18 +109,34 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     fps = float(fps)
     if not fps > 0:
         raise ValueError(f"fps must be positive; got {fps}")
-    multi = T > 1
-    sop_class = US_MULTIFRAME_IMAGE_STORAGE if multi else US_IMAGE_STORAGE
+    sop_class = US_MULTIFRAME_IMAGE_STORAGE if T > 1 else US_IMAGE_STORAGE
+    # UIDs derived from the content rather than random: the same call writes the same file
     entropy = [str(patient_id), str(patient_name), path.name]
+    sop_uid = generate_uid(entropy_srcs=entropy + ["instance", str(T), str(H), str(W), str(compressed)])
+    ds = _dicom_header(sop_class, sop_uid, entropy, compressed)
+    _fake_patient(ds, patient_name, patient_id)
+    _fake_study(ds)
+    _image_pixel_module(ds, H, W, monochrome, compressed)
+    if T > 1:
+        _cine_module(ds, T, fps)
+    if region_box is not None:
+        ds.SequenceOfUltrasoundRegions = _ultrasound_regions(region_box, cm_per_pixel)
+    _set_pixel_data(ds, stack, compressed, quality)
+    _set_extra_tags(ds, extra_tags)
+    pydicom.dcmwrite(path, ds, enforce_file_format=True)
+
+
+def _dicom_header(sop_class: str, sop_uid: str, entropy: list[str], compressed: bool):
+    """A dataset with its file meta information and the SOP common / UID elements."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, JPEGBaseline8Bit, generate_uid
+
     study_uid = generate_uid(entropy_srcs=entropy + ["study"])
     series_uid = generate_uid(entropy_srcs=entropy + ["series"])
-    sop_uid = generate_uid(entropy_srcs=entropy + ["instance", str(T), str(H), str(W), str(compressed)])
-    tsyntax = JPEGBaseline8Bit if compressed else ExplicitVRLittleEndian
-
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = tsyntax
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if compressed else ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = "POCOVID_PHANTOM"
 
@@ -142,7 +149,11 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     ds.StudyInstanceUID = study_uid
     ds.SeriesInstanceUID = series_uid
     ds.FrameOfReferenceUID = generate_uid(entropy_srcs=entropy + ["frame of reference"])
-    # patient (all fake)
+    return ds
+
+
+def _fake_patient(ds, patient_name, patient_id) -> None:
+    """Patient module, all fake, but every field a de-identifier should remove is there."""
     ds.PatientName = str(patient_name)
     ds.PatientID = str(patient_id)
     ds.PatientBirthDate = "19700101"
@@ -152,7 +163,10 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     ds.PatientTelephoneNumbers = "+00 000 000000"
     ds.OtherPatientIDs = "PH-OTHER-0001"
     ds.EthnicGroup = "UNKNOWN"
-    # study, series, equipment, people
+
+
+def _fake_study(ds) -> None:
+    """Study, series, equipment and people, with fixed dates so files are reproducible."""
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ds.AcquisitionDate = "20200314"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = ds.AcquisitionTime = "102231"
     ds.AcquisitionDateTime = "20200314102231"
@@ -177,9 +191,11 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     ds.SoftwareVersions = "pocovid-phantom"
     ds.ConversionType = "WSD"
     ds.BurnedInAnnotation = "NO"
-    # image pixel module
+
+
+def _image_pixel_module(ds, H: int, W: int, monochrome: bool, compressed: bool) -> None:
     ds.SamplesPerPixel = 1 if monochrome else 3
-    if compressed:
+    if compressed:  # colour JPEG is stored as YCbCr, which the header must say
         ds.PhotometricInterpretation = "MONOCHROME2" if monochrome else "YBR_FULL_422"
     else:
         ds.PhotometricInterpretation = "MONOCHROME2" if monochrome else "RGB"
@@ -188,28 +204,44 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
     ds.Rows, ds.Columns = H, W
     ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelRepresentation = 0
-    # cine
-    if multi:
-        ds.NumberOfFrames = T
-        ds.FrameIncrementPointer = tag_for_keyword("FrameTime")
-        ds.FrameTime = f"{1000.0 / fps:.6g}"  # milliseconds
-        ds.CineRate = round(fps)  # IS: a whole number of frames per second
-        ds.RecommendedDisplayFrameRate = round(fps)
-        ds.EffectiveDuration = f"{T / fps:.6g}"
-    if region_box is not None:
-        x0, y0, x1, y1 = (int(v) for v in region_box)
-        item = Dataset()
-        item.RegionSpatialFormat = 1  # 2D
-        item.RegionDataType = 1  # tissue
-        item.RegionFlags = 0
-        item.RegionLocationMinX0, item.RegionLocationMinY0 = x0, y0
-        item.RegionLocationMaxX1, item.RegionLocationMaxY1 = x1 - 1, y1 - 1  # inclusive in DICOM
-        item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 3  # cm
-        item.PhysicalDeltaX = item.PhysicalDeltaY = float(cm_per_pixel or 0.04)
-        item.ReferencePixelX0, item.ReferencePixelY0 = (x0 + x1) // 2, y0
-        ds.SequenceOfUltrasoundRegions = DicomSequence([item])
+
+
+def _cine_module(ds, T: int, fps: float) -> None:
+    """Frame timing of a multi-frame file, so readers play it at the right speed."""
+    from pydicom.datadict import tag_for_keyword
+
+    ds.NumberOfFrames = T
+    ds.FrameIncrementPointer = tag_for_keyword("FrameTime")
+    ds.FrameTime = f"{1000.0 / fps:.6g}"  # milliseconds
+    ds.CineRate = round(fps)  # IS: a whole number of frames per second
+    ds.RecommendedDisplayFrameRate = round(fps)
+    ds.EffectiveDuration = f"{T / fps:.6g}"
+
+
+def _ultrasound_regions(region_box, cm_per_pixel: float | None):
+    """A one-item SequenceOfUltrasoundRegions: where the scan sector is and its pixel spacing."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence as DicomSequence
+
+    x0, y0, x1, y1 = (int(v) for v in region_box)
+    item = Dataset()
+    item.RegionSpatialFormat = 1  # 2D
+    item.RegionDataType = 1  # tissue
+    item.RegionFlags = 0
+    item.RegionLocationMinX0, item.RegionLocationMinY0 = x0, y0
+    item.RegionLocationMaxX1, item.RegionLocationMaxY1 = x1 - 1, y1 - 1  # inclusive in DICOM
+    item.PhysicalUnitsXDirection = item.PhysicalUnitsYDirection = 3  # cm
+    item.PhysicalDeltaX = item.PhysicalDeltaY = float(cm_per_pixel or 0.04)
+    item.ReferencePixelX0, item.ReferencePixelY0 = (x0 + x1) // 2, y0
+    return DicomSequence([item])
+
+
+def _set_pixel_data(ds, stack: np.ndarray, compressed: bool, quality) -> None:
+    """PixelData: one JPEG fragment per frame (encapsulated), or the raw bytes."""
+    from pydicom.encaps import encapsulate
+
     if compressed:
-        fr = [_jpeg_frame(stack[i], int(quality)) for i in range(T)]
+        fr = [_jpeg_frame(stack[i], int(quality)) for i in range(stack.shape[0])]
         ds.LossyImageCompression = "01"
         ds.LossyImageCompressionMethod = "ISO_10918_1"
         ds.LossyImageCompressionRatio = f"{stack.nbytes / max(1, sum(len(b) for b in fr)):.4g}"
@@ -222,6 +254,12 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
             raw += b"\x00"  # DICOM values have even length
         ds.PixelData = raw
         ds["PixelData"].VR = "OB"
+
+
+def _set_extra_tags(ds, extra_tags: dict) -> None:
+    """Set each keyword to its value, or remove it where the value is None."""
+    from pydicom.datadict import tag_for_keyword
+
     for kw, value in extra_tags.items():
         if tag_for_keyword(kw) is None:
             raise ValueError(f"unknown DICOM keyword {kw!r}")
@@ -230,7 +268,6 @@ def write_dicom(path, frames, fps, *, compressed: bool = False, patient_name="PH
                 delattr(ds, kw)
         else:
             setattr(ds, kw, value)
-    pydicom.dcmwrite(path, ds, enforce_file_format=True)
 
 
 # --------------------------------------------------------------------------------------------
