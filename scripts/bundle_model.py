@@ -24,6 +24,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from pocovid.analysis.uncertainty import uncertainty_threshold_from_oof
+    from pocovid.files import write_json
     from pocovid.models import load_model, save_model
 
     model = load_model(args.run / "model.pt")
@@ -57,7 +58,7 @@ def main(argv=None) -> int:
         },
         "uncertainty": unc,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(card, indent=2, allow_nan=False))
+    write_json(args.out.with_suffix(".json"), card)  # atomic, like the model file
     size = args.out.stat().st_size / 1e6
     print(f"written: {args.out} ({size:.1f} MB) and {args.out.with_suffix('.json')}")
     print(f"review threshold: {unc['method']} >= {unc['threshold']:.4f} (flags {unc['flag_rate']:.0%} of CV clips; "
