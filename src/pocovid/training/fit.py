@@ -24,7 +24,9 @@ def inner_split(patients: np.ndarray, labels: np.ndarray, val_fraction: float, s
     """Indices (train, val) of clips: about `val_fraction` of the patients held out, stratified by
     label. Never touches the test fold: callers pass only the training clips."""
     n_splits = max(2, int(round(1 / max(val_fraction, 1e-6))))
-    if val_fraction <= 0 or len(set(patients)) < n_splits:
+    _, per_class = np.unique(labels, return_counts=True)
+    # too few patients (or clips of every class) to hold some out: no early stopping
+    if val_fraction <= 0 or len(set(patients)) < n_splits or np.all(per_class < n_splits):
         return np.arange(len(patients)), np.array([], int)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "least populated class has only N members"
