@@ -128,9 +128,12 @@ def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, floor: float 
     """RGB `image` with `heat` ((H, W) in [0, 1]) overlaid in colour; pixels below `floor` stay as
     they were, the colour's opacity grows with the heat up to `alpha`. Returns a new array."""
     heat = np.asarray(heat, np.float32)
+    if image.size == 0 or heat.size == 0:  # nothing to blend (OpenCV would divide by zero)
+        return np.array(image, copy=True)
     h8 = cv2.convertScaleAbs(heat, alpha=255.0)  # saturating: [0, 1] -> 0..255
     colour = cv2.applyColorMap(h8, _colormap()[:, None, :])  # the RGB look-up table: RGB out
-    a = cv2.min(cv2.max((heat - floor) * (alpha / max(1 - floor, 1e-6)), 0.0), float(alpha))
+    # numpy, not cv2.min/max: those take a 1x1 array for a scalar and break blendLinear on 1x1 images
+    a = np.minimum(np.maximum((heat - floor) * (alpha / max(1 - floor, 1e-6)), 0.0), alpha).astype(np.float32)
     return cv2.blendLinear(np.ascontiguousarray(image), colour, 1.0 - a, a)
 
 
