@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -110,3 +111,29 @@ def dumps(obj: Any, indent: int | None = 2) -> str:
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
     """`obj` as plain JSON (see `jsonable`), written to `path` atomically."""
     return write_text(path, dumps(obj, indent) + "\n")
+
+
+_ESCAPED_BYTE = re.compile(r"\\x([89a-fA-F][0-9a-fA-F])")
+
+
+def path_text(path: str | bytes | os.PathLike) -> str:
+    """A path (or any text that may hold one) as text safe to write to a UTF-8 CSV or JSON file or
+    print: bytes of the name that are not UTF-8 (on Linux a name may hold any bytes; Python keeps
+    them as lone surrogates) are written as `\\xNN`, e.g. b"caf\\xe9.mp4" -> "caf\\xe9.mp4" (a
+    backslash, 'x', 'e', '9'). Every other character is kept. `path_from_text` reverses it."""
+    s = os.fsdecode(path) if isinstance(path, bytes) else os.fspath(path) if isinstance(path, os.PathLike) \
+        else str(path)
+    try:
+        raw = s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
+        raw = s.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def path_from_text(text: str) -> str:
+    """The path `path_text` wrote: each `\\x80`..`\\xff` back to its byte (as Python holds it, a
+    surrogate), so the file opens again. A name that really holds a backslash, 'x' and two hex
+    digits 80-ff is the one case read back differently."""
+    if "\\x" not in text:
+        return text
+    return _ESCAPED_BYTE.sub(lambda m: chr(0xDC00 + int(m.group(1), 16)), text)
