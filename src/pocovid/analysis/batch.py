@@ -16,7 +16,7 @@ from pathlib import Path
 from pocovid.analysis.analyze import ARTIFACTS, AnalysisConfig, analyze_recording, resolve_model
 from pocovid.analysis.result import AnalysisResult, FailedAnalysis
 from pocovid.errors import PocovidError
-from pocovid.files import write_text
+from pocovid.files import path_text, write_text
 
 SUMMARY_COLUMNS = ["file", "folder", "status", "label", "withheld", "probabilities", "uncertainty",
                    "uncertainty_method", "review_recommended", "out_of_distribution", "frames_disagree", "n_frames",
@@ -134,6 +134,8 @@ def _row(e: BatchEntry) -> dict:
 
 
 def write_summary(path: Path, batch: BatchResult) -> Path:
+    """`summary.csv`, written atomically: one row per file. File names (and errors naming them) are
+    written with `pocovid.files.path_text`: bytes that are not UTF-8 as `\\xNN`, as in `data index`."""
     rows = [_row(e) for e in batch.entries]
     pcols = sorted({k for r in rows for k in r if k.startswith("p_")})
     cols = SUMMARY_COLUMNS[:5] + pcols + SUMMARY_COLUMNS[6:]
@@ -141,5 +143,6 @@ def write_summary(path: Path, batch: BatchResult) -> Path:
     w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({c: r.get(c, "") for c in cols})
+        cells = {c: r.get(c, "") for c in cols}
+        w.writerow({c: path_text(v) if isinstance(v, str) else v for c, v in cells.items()})
     return write_text(path, buf.getvalue())
