@@ -1,11 +1,14 @@
 """Dataset index: both layouts, labels, probes, metadata, filters, failures, CSV, CLI."""
 
 import csv
+import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -22,6 +25,7 @@ from pocovid.data import (
 )
 from pocovid.errors import PocovidError
 from pocovid.phantom.dataset import write_demo_dataset
+from pocovid.phantom.writers import write_dicom
 
 runner = CliRunner()
 
@@ -371,3 +375,135 @@ def test_real_subfolder_uses_parent_metadata(shared_pocus):
     assert len(idx) == 85 and idx.metadata.endswith("dataset_metadata.csv")
     assert all(it.group_from == "metadata" and it.probe == "convex" for it in idx)
     assert not any("name no file" in w for w in idx.warnings)
+
+
+# ------------------------------------------------------------------------------------ hostile files
+
+
+def _class_dir(tmp_path: Path, src: Path) -> Path:
+    """DIR/covid/ with one good clip copied from `src`."""
+    d = tmp_path / "ds" / "covid"
+    d.mkdir(parents=True)
+    shutil.copy(_a_clip(src), d / "Cov_good_clip1.mp4")
+    return d
+
+
+def _undecodable_dicom(path: Path) -> Path:
+    """A JPEG DICOM cine whose header reads but whose frames do not decode (JPEG markers erased)."""
+    frames = [np.full((32, 32, 3), 40 * i, np.uint8) for i in range(4)]
+    write_dicom(path, frames, 10.0, compressed=True)
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"\xff\xd8", b"\x00\x00"))
+    return path
+
+
+def test_verify_decodes_frames(folders_demo, tmp_path):
+    d = _class_dir(tmp_path, folders_demo)
+    _undecodable_dicom(d / "Cov_broken_frames.dcm")
+    idx = index_dataset(d.parent)
+    assert not idx.verified and len(idx) == 2 and not idx.failures  # the header reads
+    assert "check: headers only" in idx.summary()
+    idx = index_dataset(d.parent, verify=True)
+    assert idx.verified and [it.name for it in idx] == ["Cov_good_clip1.mp4"]
+    (p, reason), = idx.failures
+    assert p == "covid/Cov_broken_frames.dcm" and reason.startswith("frames do not decode") and "\n" not in reason
+    assert "check: verified by decoding" in idx.summary()
+    r = runner.invoke(app, ["data", "index", str(d.parent), "--verify", "--strict"])
+    assert r.exit_code == 1 and "verified by decoding" in r.output and "Cov_broken_frames.dcm: frames" in r.output
+
+
+def test_unreadable_subfolder_is_reported(folders_demo, tmp_path, monkeypatch):
+    d = _class_dir(tmp_path, folders_demo)
+    locked = d.parent / "regular"
+    locked.mkdir()
+    shutil.copy(_a_clip(folders_demo), locked / "Reg_hidden_clip1.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # root ignores permissions: simulate what chmod 000 does for a user
+        if Path(os.fspath(path)) == locked.resolve():
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    idx = index_dataset(d.parent)
+    assert len(idx) == 1
+    assert idx.failures == [("regular/", "cannot read folder (permission denied); its files are not indexed")]
+    assert "regular/: cannot read folder (permission denied)" in idx.summary()
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads a chmod 000 folder")
+def test_unreadable_subfolder_chmod(folders_demo, tmp_path):
+    d = _class_dir(tmp_path, folders_demo)
+    locked = d.parent / "regular"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        idx = index_dataset(d.parent)
+    finally:
+        locked.chmod(0o755)
+    assert len(idx) == 1 and idx.failures[0][0] == "regular/" and "permission denied" in idx.failures[0][1]
+
+
+def test_non_utf8_file_name_indexes_and_writes_a_whole_csv(folders_demo, tmp_path):
+    d = _class_dir(tmp_path, folders_demo)
+    raw = os.fsencode(d) + b"/Cov_caf\xe9_clip2.mp4"  # Latin-1 bytes: not UTF-8
+    shutil.copy(_a_clip(folders_demo), os.fsdecode(raw))
+    with open(os.fsdecode(os.fsencode(d) + b"/Cov_bad_\xff.mp4"), "w") as f:
+        f.write("not a video")
+    idx = index_dataset(d.parent)
+    assert len(idx) == 2 and [p for p, _ in idx.failures] == [os.fsdecode(b"covid/Cov_bad_\xff.mp4")]
+    assert "covid/Cov_bad_\\xff.mp4: not a readable video" in idx.summary()
+    idx.summary().encode("utf-8")  # printable
+    out = write_index(idx, tmp_path / "index.csv")
+    text = out.read_bytes().decode("utf-8")  # valid UTF-8 throughout
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) == 2 and "covid/Cov_caf\\xe9_clip2.mp4" in {r["path"] for r in rows}
+    back = read_index(out)
+    assert back.items == idx.items and all(back.abspath(it).is_file() for it in back)
+    r = subprocess.run([sys.executable, "-m", "pocovid.cli", "data", "index", str(d.parent), "--out",
+                        str(tmp_path / "cli.csv")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert "Cov_bad_\\xff.mp4: not a readable video" in r.stdout
+    assert len(read_index(tmp_path / "cli.csv")) == 2
+
+
+def test_non_utf8_name_in_analyze_summary(folders_demo, model_file, tmp_path):
+    from pocovid.analysis import AnalysisConfig
+    from pocovid.analysis.batch import analyze_files
+
+    src = os.fsdecode(os.fsencode(tmp_path) + b"/Cov_caf\xe9.mp4")
+    shutil.copy(_a_clip(folders_demo), src)
+    missing = os.fsdecode(os.fsencode(tmp_path) + b"/gone_\xff.mp4")
+    batch = analyze_files([src, missing], str(model_file), tmp_path / "out", AnalysisConfig(rate_hz=3, report=False))
+    text = (tmp_path / "out" / "summary.csv").read_bytes().decode("utf-8")
+    rows = list(csv.DictReader(text.splitlines()))
+    assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["Cov_caf\\xe9.mp4", "gone_\\xff.mp4"]
+    assert rows[1]["status"] == "failed" and "gone_\\xff.mp4" in rows[1]["error"]
+    assert len(batch.entries) == 2
+
+
+@pytest.mark.parametrize("name, head", [("zeros.dcm", b"\0" * 128 + b"DICM"), ("zeros", b"\0" * 128 + b"DICM"),
+                                        ("dicm_first.dcm", b"DICM")])
+def test_dicm_and_zeros_finishes_fast(folders_demo, tmp_path, name, head):
+    d = _class_dir(tmp_path, folders_demo)
+    p = d / name
+    with open(p, "wb") as f:
+        f.write(head)
+        f.truncate(8 << 30)  # 8 GiB of zeros (a sparse file: nothing is written)
+    t0 = time.monotonic()
+    idx = index_dataset(d.parent)
+    assert time.monotonic() - t0 < 20
+    assert len(idx) == 1
+    (path, reason), = idx.failures
+    assert path == f"covid/{name}" and "\n" not in reason
+    assert "DICOM header does not end" in reason or "not a DICOM file" in reason
+
+
+def test_malformed_or_missing_metadata_indexes_what_it_can(public_demo, tmp_path):
+    root = _copy(public_demo, tmp_path)
+    (root / "dataset_metadata.csv").write_bytes(b"Filename,Label\n\"Cov_x" + b"a" * (1 << 18) + b"\",x\n")
+    idx = index_dataset(root)  # a field over csv's limit: csv.Error
+    assert len(idx) == 18 and idx.metadata is None
+    assert any("dataset_metadata.csv: not a readable CSV file" in w and "ignored" in w for w in idx.warnings)
+    (root / "dataset_metadata.csv").unlink()
+    assert len(index_dataset(root)) == 18

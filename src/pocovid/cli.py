@@ -146,24 +146,30 @@ def data_index_cmd(
     probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
     classes: str = typer.Option(None, "--classes", help=_CLASSES_HELP),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any file could not be indexed."),
+    verify: bool = typer.Option(False, "--verify", help="Decode each file's first and middle frame (slower); "
+                                "without it only headers are read, and a file whose frames do not decode "
+                                "is indexed."),
 ):
     """Index a dataset folder: label, probe, patient and facts of every recording.
 
-    Prints counts per class x probe x kind and lists files that could not be read. Exits 0 when
-    something was indexed (failures are listed), 1 when nothing was, or with --strict on any failure.
+    Prints which check ran (headers only, or verified by decoding), counts per class x probe x kind,
+    and lists files and folders that could not be read. Exits 0 when something was indexed (failures
+    are listed), 1 when nothing was, or with --strict on any failure.
     """
     from pocovid.data import index_dataset, write_index
+    from pocovid.files import path_text
 
     try:
-        idx = index_dataset(folder, probes=probe, classes=classes)
+        idx = index_dataset(folder, probes=probe, classes=classes, verify=verify)
     except PocovidError as e:
-        fail(str(e))
+        fail(path_text(str(e)))
     typer.echo(idx.summary())
     if not idx.items:
-        fail(f"{folder}: nothing could be indexed" + (" (check --probe / --classes)" if probe or classes else ""))
+        fail(f"{path_text(folder)}: nothing could be indexed"
+             + (" (check --probe / --classes)" if probe or classes else ""))
     if out:
         write_index(idx, out)
-        typer.echo(f"index written: {out} ({len(idx.items)} rows)")
+        typer.echo(f"index written: {path_text(out)} ({len(idx.items)} rows)")
     n_bad = len(idx.failures) + len(idx.skipped)
     if strict and n_bad:
         fail(f"--strict: {n_bad} file(s) not indexed (listed above)")
@@ -464,13 +470,22 @@ def serve_cmd(
                                         "(default {max_upload_mb})."),
     cors_origins: Annotated[list[str] | None, typer.Option(
         "--cors-origin", help="Allow this origin by CORS (repeatable). Default: CORS off.")] = None,
+    allowed_hosts: Annotated[list[str] | None, typer.Option(
+        "--allowed-host", help="Also answer requests for this host name (the Host header; repeatable), e.g. "
+        "the name a reverse proxy serves. Always answered: localhost, 127.0.0.1, [::1] and the --host "
+        "address.")] = None,
+    job_memory_mb: float = typer.Option(None, "--job-memory-mb", help="Memory limit of one analysis in MB, "
+                                        "0: none (default {job_memory_mb})."),
+    min_free_mb: float = typer.Option(None, "--min-free-mb", help="Refuse uploads (507) when the data folder's "
+                                      "disk would keep less free space than this, in MB (default {min_free_mb})."),
     threads: int = typer.Option(None, "--threads", help="Torch threads (default: CPU cores / workers)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ):
     """Run the web service: upload page at /, API under /api, API docs at /docs.
 
-    Deletion and the contributions admin endpoints need the bearer token in $POCOVID_API_TOKEN when it
-    is set (without it they answer requests from this machine only). See docs/server.md.
+    Deletion and the contributions admin endpoints need the bearer token in $POCOVID_API_TOKEN (at
+    least 16 characters); without one they answer nobody, and the service binds only to this
+    machine's loopback address. See docs/server.md.
     """
     import logging
     import os
@@ -479,13 +494,19 @@ def serve_cmd(
         import uvicorn
 
         from pocovid.server import ServerConfig, create_app
+        from pocovid.server.config import LOOPBACK_ADDRESSES
     except ImportError as e:
         _server_missing(e)
     given = _given(ctx, ServerConfig)
+    if host not in LOOPBACK_ADDRESSES and host not in ("0.0.0.0", "::"):  # a named address: its own Host
+        given["allowed_hosts"] = [*given.get("allowed_hosts", []), host]
     try:
         cfg = ServerConfig.from_env(**given)
     except ValueError as e:
         fail(f"{_culprit(ctx, given, lambda kw: ServerConfig(**kw), ValueError)}{e}")
+    if host not in LOOPBACK_ADDRESSES and cfg.token is None:
+        fail(f"--host {host}: serving beyond this machine needs POCOVID_API_TOKEN (at least 16 characters) set "
+             "in the environment; see docs/server.md")
     import torch
 
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // cfg.workers))
@@ -494,9 +515,9 @@ def serve_cmd(
     model_path(cfg.model)  # a missing model file: one line now, not at the first upload
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if host not in ("127.0.0.1", "localhost", "::1") and cfg.token is None:
-        typer.echo(f"warning: serving on {host} without POCOVID_API_TOKEN: deletion and contributions admin "
-                   "answer this machine only; uploads are open to anyone who can reach the port", err=True)
+    if host not in LOOPBACK_ADDRESSES:
+        typer.echo(f"warning: serving on {host}: uploads and results are open to anyone who can reach the port; "
+                   "put it behind a reverse proxy with TLS and authentication (docs/server.md)", err=True)
     typer.echo(f"pocovid: http://{host if ':' not in host else '[' + host + ']'}:{port}/  (data: {cfg.data_dir})")
     uvicorn.run(create_app(cfg), host=host, port=port, log_level=log_level.lower(), access_log=True,
                 proxy_headers=False, server_header=False)
@@ -552,9 +573,11 @@ def contributions_list_cmd(
         total, rows = db.list_contributions(status, 0, 100000)
     finally:
         db.close()
-    for c in rows:
-        typer.echo(f"{c['id']}\t{c['status']}\t{c['diagnosis']}\t{c['probe']}\t{c['kind']}\t{c['license']}\t"
-                   f"{c['source']}")
+    from pocovid.server.contributions import printable
+
+    for c in rows:  # stored text is shown escaped: a contributor's text must not drive the terminal
+        typer.echo("\t".join(printable(c[k]) for k in ("id", "status", "diagnosis", "probe", "kind", "license",
+                                                         "source")))
     typer.echo(f"{total} contribution(s)")
 
 

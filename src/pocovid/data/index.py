@@ -20,6 +20,8 @@ import csv
 import io
 import os
 import re
+import stat
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +38,8 @@ from pocovid.data.labels import (
     probe_from_name,
 )
 from pocovid.errors import PocovidError
-from pocovid.media import MEDIA_EXTENSIONS, MediaError, probe
+from pocovid.files import path_from_text, path_text, write_text
+from pocovid.media import MEDIA_EXTENSIONS, MediaError, open_media, probe
 from pocovid.media.reader import looks_like_dicom
 
 METADATA_NAME = "dataset_metadata.csv"
@@ -62,6 +65,14 @@ _SILENT_NAMES = {"thumbs.db", "desktop.ini", "license", "licence", "readme", "no
 _SKIP_DIRS = {"__macosx", "__pycache__", "node_modules"}
 _CONTAINER_DIRS = {"pocus_videos", "pocus_images", "videos", "images", "data", "dataset", "clips", "frames"}
 _RES_RE = re.compile(r"^\s*\d+\s*[xX×]\s*\d+\s*$")
+
+#: A DICOM file's header (everything before the pixel data) must end within its first bytes: a
+#: file whose pixel data is not found there is a failure, and nothing further is read (a file of
+#: 'DICM' and zeros would otherwise be parsed to its end, gigabytes of empty elements).
+DICOM_HEADER_LIMIT = 4 << 20
+#: `verify=True`: the most time spent decoding one file (first to middle frame), in seconds.
+VERIFY_TIME_LIMIT_S = 30.0
+_PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData, DoubleFloatPixelData
 
 
 @dataclass
@@ -102,6 +113,7 @@ class DatasetIndex:
     metadata: str | None = None  # metadata file used, relative to root
     probes: list[str] | None = None  # filters applied (None: all)
     classes: list[str] | None = None
+    verified: bool = False  # True: every indexed file's first and middle frame decoded (`verify=True`)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -128,7 +140,7 @@ class DatasetIndex:
         return DatasetIndex(Path(self.root), keep, list(self.failures), list(self.skipped),
                             list(self.warnings), self.layout, self.metadata,
                             probes if probes is not None else self.probes,
-                            classes if classes is not None else self.classes)
+                            classes if classes is not None else self.classes, self.verified)
 
     def summary(self, max_lines: int = 50) -> str:
         """The table the CLI prints: counts per class x probe x kind, then failures and warnings."""
@@ -139,8 +151,11 @@ class DatasetIndex:
             filt.append("probe " + ",".join(self.probes))
         if self.classes:
             filt.append("classes " + ",".join(self.classes))
-        out.write(f"dataset: {self.root} ({self.layout} layout{meta})"
+        out.write(f"dataset: {path_text(self.root)} ({self.layout} layout{meta})"
                   + (f"; filter: {'; '.join(filt)}" if filt else "") + "\n")
+        if self.layout != "index CSV":
+            out.write("check: verified by decoding (first and middle frame of every file)\n" if self.verified
+                      else "check: headers only (frames not decoded; --verify decodes them)\n")
         c = self.counts()
         cols = [(p, k) for p in PROBES for k in ("video", "image") if any(key[1:] == (p, k) for key in c)]
         labels = [lab for lab in CLASSES if any(key[0] == lab for key in c)]
@@ -167,13 +182,13 @@ class DatasetIndex:
             if rows:
                 out.write(f"{title}: {len(rows)}\n")
                 for p, r in rows[:max_lines]:
-                    out.write(f"  {p}: {r}\n")
+                    out.write(f"  {path_text(p)}: {path_text(r)}\n")
                 if len(rows) > max_lines:
                     out.write(f"  ... and {len(rows) - max_lines} more\n")
         if self.warnings:
             out.write(f"warnings: {len(self.warnings)}\n")
             for w in self.warnings[:max_lines]:
-                out.write(f"  {w}\n")
+                out.write(f"  {path_text(w)}\n")
             if len(self.warnings) > max_lines:
                 out.write(f"  ... and {len(self.warnings) - max_lines} more\n")
         return out.getvalue().rstrip("\n")
@@ -325,11 +340,98 @@ def _is_silent(name: str) -> bool:
     return ext in _SILENT_EXTENSIONS or low in _SILENT_NAMES or stem in _SILENT_NAMES
 
 
-def _walk(root: Path):
-    for dirpath, dirnames, filenames in os.walk(root):
+def _walk(root: Path, unreadable: list[tuple[str, str]]):
+    """Every file under `root` (sorted, hidden and system folders left out); folders that cannot
+    be listed are added to `unreadable` as (path relative to root + '/', reason)."""
+    def on_error(e: OSError) -> None:
+        folder = Path(e.filename) if e.filename else root
+        try:
+            rel = folder.relative_to(root).as_posix()
+        except ValueError:
+            rel = str(folder)
+        unreadable.append((rel + "/", f"cannot read folder ({_os_reason(e)}); its files are not indexed"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=on_error):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d.lower() not in _SKIP_DIRS)
         for fn in sorted(filenames):
             yield Path(dirpath) / fn
+
+
+def _os_reason(e: OSError) -> str:
+    return (e.strerror or type(e).__name__).lower()
+
+
+def _not_a_file(path: Path) -> str | None:
+    """Why `path` is not a regular file (a FIFO would block the reader forever), else None."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken link (its target does not exist)" if os.path.islink(path) else "no such file"
+    except OSError as e:
+        return f"cannot read ({_os_reason(e)})"
+    if stat.S_ISREG(mode):
+        return None
+    kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a special file")
+    return f"not a regular file ({kind})"
+
+
+def _dicom_header_problem(path: Path) -> str | None:
+    """Why a DICOM file larger than `DICOM_HEADER_LIMIT` cannot be indexed: its header does not
+    end (no pixel data found) within that many bytes. Only those bytes are read and parsed, so a
+    file of 'DICM' and zeros cannot keep the index busy. None for smaller files (the reader judges
+    them, reading at most the same number of bytes) and for headers that end in time."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(DICOM_HEADER_LIMIT + 1)
+    except OSError:
+        return None  # the reader says why (permission denied, ...)
+    if len(head) <= DICOM_HEADER_LIMIT:
+        return None
+    head = head[:DICOM_HEADER_LIMIT]
+    fp = io.BytesIO(head)
+    try:
+        pydicom.dcmread(fp, stop_before_pixels=True, defer_size=1024)
+    except InvalidDicomError:
+        return "not a DICOM file"
+    except Exception as e:
+        return f"not a readable DICOM file ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+    pos = fp.tell()
+    at = int.from_bytes(head[pos:pos + 2], "little") << 16 | int.from_bytes(head[pos + 2:pos + 4], "little")
+    at_be = int.from_bytes(head[pos:pos + 4], "big")
+    if pos < len(head) and (at in _PIXEL_TAGS or at_be in _PIXEL_TAGS):
+        return None
+    return (f"DICOM header does not end within the first {DICOM_HEADER_LIMIT >> 20} MiB (no pixel data "
+            "found there; the rest is not read): a damaged or padded file")
+
+
+def _decode_problem(path: Path, n_frames: int, time_limit_s: float) -> str | None:
+    """Why the frames of a recording whose header reads do not decode: its first and middle frame
+    are decoded (at most `time_limit_s` seconds). None when both decode."""
+    mid = max(n_frames - 1, 0) // 2
+    t0 = time.monotonic()
+    last = -1
+    try:
+        with open_media(path) as r:
+            for fr in r.frames(None):
+                if fr.image.size == 0:
+                    return f"frame {fr.index} decodes to an empty image"
+                last = fr.index
+                if last >= mid:
+                    return None
+                if time.monotonic() - t0 > time_limit_s:
+                    return (f"decoding too slow: {last + 1} of {n_frames} frames in {time_limit_s:g} s "
+                            f"(the middle frame, {mid}, not reached)")
+    except MediaError as e:
+        return f"frames do not decode: {e.reason}"
+    except Exception as e:  # a decoder bug: report it like a bad file
+        return f"frames do not decode ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+    if last < 0:
+        return f"no frame decodes (the header says {n_frames} frame(s))"
+    return f"only {last + 1} of {n_frames} frames decode (the header's count; the middle frame, {mid}, does not)"
 
 
 @dataclass
@@ -376,36 +478,56 @@ def _find_metadata(root: Path) -> Path | None:
         if len(parts) > depth and parts[-depth] in ("pocus_videos", "pocus_images"):
             searched.append(root.parents[depth - 1])
     for folder in searched:
-        for p in sorted(folder.iterdir()):
-            if p.is_file() and p.name.lower() == METADATA_NAME:
+        try:
+            names = sorted(folder.iterdir())
+        except OSError:  # an unreadable root is reported by the walk; a parent is optional
+            continue
+        for p in names:
+            if p.name.lower() == METADATA_NAME and p.is_file():
                 return p
     return None
 
 
 def index_dataset(root: str | os.PathLike, probes=None, classes=None,
-                  metadata: str | os.PathLike | None = None) -> DatasetIndex:
+                  metadata: str | os.PathLike | None = None, verify: bool = False,
+                  verify_time_limit_s: float = VERIFY_TIME_LIMIT_S) -> DatasetIndex:
     """Index every recording under `root`, keeping the given probes / classes (lists or comma strings).
 
-    Each media file is opened with `pocovid.media.probe` (a decode check). Files that cannot be read or
-    labelled are not indexed but listed in `.failures` with a one-line reason; files of unknown type in
-    `.skipped`; documents (README, CSV, ...) are ignored. Raises `PocovidError` when `root` is not a folder
-    or holds no recording at all.
+    Each media file is opened with `pocovid.media.probe`, which reads its header (frame count, size,
+    rate) but decodes no frame. `verify=True` also decodes each file's first and middle frame (at most
+    `verify_time_limit_s` seconds a file): a file whose header reads but whose frames do not decode is
+    then a failure too. Files that cannot be read or labelled are not indexed but listed in `.failures`
+    with a one-line reason, as are folders that cannot be listed (path ending in '/'); files of unknown
+    type in `.skipped`; documents (README, CSV, ...) are ignored. A metadata file found in the folder
+    that cannot be read is a warning (labels then come from folders and file names). Raises
+    `PocovidError` when `root` is not a readable folder or holds no recording at all.
     """
     root_in = Path(root)
     if not root_in.exists():
-        raise PocovidError(f"{root_in}: no such folder")
+        raise PocovidError(f"{path_text(root_in)}: no such folder")
     if not root_in.is_dir():
-        raise PocovidError(f"{root_in}: not a folder")
+        raise PocovidError(f"{path_text(root_in)}: not a folder")
     root = root_in.resolve()
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as e:
+        raise PocovidError(f"{path_text(root_in)}: cannot read folder ({_os_reason(e)})") from None
     probes, classes = parse_probes(probes), parse_classes(classes)
     warnings: list[str] = []
     meta_path = Path(metadata) if metadata is not None else _find_metadata(root)
-    meta = read_metadata(meta_path, warnings) if meta_path is not None else {}
+    try:
+        meta = read_metadata(meta_path, warnings) if meta_path is not None else {}
+    except PocovidError as e:
+        if metadata is not None:  # asked for by name: an error
+            raise
+        warnings.append(f"{e}; ignored: labels from folders and file names")
+        meta_path, meta = None, {}
     meta_lower: dict[str, _MetaRow] = {}
     for k, v in meta.items():
         meta_lower.setdefault(k.lower(), v)
 
-    idx = DatasetIndex(root=root, probes=probes, classes=classes)
+    idx = DatasetIndex(root=root, probes=probes, classes=classes, verified=bool(verify))
     if meta_path is not None:
         try:
             idx.metadata = meta_path.resolve().relative_to(root).as_posix()
@@ -414,16 +536,25 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
     dirs_seen: set[str] = set()
     n_media = 0
     matched_meta: set[str] = set()
-    for path in _walk(root):
+    unreadable: list[tuple[str, str]] = []
+    for path in _walk(root, unreadable):
         rel = path.relative_to(root)
         rel_s = rel.as_posix()
         name = path.name
         if meta_path is not None and path.resolve() == meta_path.resolve():
             continue
         ext = path.suffix.lower()
+        if ext not in MEDIA_EXTENSIONS and _is_silent(name):
+            continue
+        not_file = _not_a_file(path)
+        if not_file is not None:
+            if ext in MEDIA_EXTENSIONS:
+                n_media += 1
+                idx.failures.append((rel_s, not_file))
+            else:
+                idx.skipped.append((rel_s, not_file))
+            continue
         if ext not in MEDIA_EXTENSIONS:
-            if _is_silent(name):
-                continue
             if ext == "" and looks_like_dicom(path):
                 pass  # DICOM without an extension, as scanners write it
             elif ext == "":
@@ -483,6 +614,11 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
             patient = f"src{row.source}-{key}" if row is not None and row.source else key
             group_from = "filename"
 
+        if ext in (".dcm", ".dicom", ""):
+            problem = _dicom_header_problem(path)
+            if problem is not None:
+                idx.failures.append((rel_s, problem))
+                continue
         try:
             info = probe(path)
         except MediaError as e:
@@ -491,6 +627,11 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
         except Exception as e:  # a decoder bug must not stop a batch; report it like a bad file
             idx.failures.append((rel_s, f"cannot read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"))
             continue
+        if verify:
+            problem = _decode_problem(path, int(info.n_frames), verify_time_limit_s)
+            if problem is not None:
+                idx.failures.append((rel_s, problem))
+                continue
         if row is not None and row.type in ("video", "image") and row.type != info.kind:
             warnings.append(f"{rel_s}: metadata Type says {row.type}, the file holds "
                             f"{info.n_frames} frame(s): indexed as {info.kind}")
@@ -508,9 +649,12 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
                             f"{group_from} rule")
         idx.items.append(item)
 
+    idx.failures[:0] = unreadable
     if n_media == 0:
         what = f" ({len(idx.skipped)} file(s) of other types)" if idx.skipped else ""
-        raise PocovidError(f"{root_in}: no recordings found (videos, images or DICOM){what}")
+        what += f"; {len(unreadable)} folder(s) could not be read: " + ", ".join(
+            f"{path_text(p)} ({r.split(';')[0]})" for p, r in unreadable[:3]) if unreadable else ""
+        raise PocovidError(f"{path_text(root_in)}: no recordings found (videos, images or DICOM){what}")
     if meta and meta_path.resolve().parent == root:  # from a parent folder, rows of other folders are expected
         unmatched = sorted(set(meta) - matched_meta)
         if unmatched:
@@ -535,22 +679,19 @@ INDEX_COLUMNS = ["path", "kind", "probe", "label", "label_uncertain", "patient",
 
 
 def write_index(index: DatasetIndex, path: str | os.PathLike) -> Path:
-    """Write the index as CSV (columns in docs/data.md); `read_index` reads it back."""
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(INDEX_COLUMNS)
-        for it in index.items:
-            w.writerow([
-                it.path, it.kind, it.probe, it.label, int(it.label_uncertain), it.patient,
-                "" if it.fps is None else repr(float(it.fps)), it.n_frames, it.width, it.height, it.format,
-                it.source, "" if it.severity is None else it.severity, it.license,
-                *("" if it.findings.get(k) is None else it.findings[k] for k in FINDINGS),
-                it.label_from, it.group_from, str(index.root),
-            ])
-    return path
+    """Write the index as CSV (columns in docs/data.md), atomically; `read_index` reads it back.
+    Paths are written with `pocovid.files.path_text` (bytes of a name that are not UTF-8 as `\\xNN`)."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(INDEX_COLUMNS)
+    for it in index.items:
+        row = [it.path, it.kind, it.probe, it.label, int(it.label_uncertain), it.patient,
+               "" if it.fps is None else repr(float(it.fps)), it.n_frames, it.width, it.height, it.format,
+               it.source, "" if it.severity is None else it.severity, it.license,
+               *("" if it.findings.get(k) is None else it.findings[k] for k in FINDINGS),
+               it.label_from, it.group_from, index.root]
+        w.writerow([path_text(v) if isinstance(v, (str, Path)) else v for v in row])
+    return write_text(path, buf.getvalue())
 
 
 def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> DatasetIndex:
@@ -570,7 +711,7 @@ def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
         def opt_int(v):
             return int(float(v)) if v not in (None, "") else None
         items.append(DatasetItem(
-            path=r["path"], kind=r["kind"], probe=r["probe"], label=r["label"],
+            path=path_from_text(r["path"]), kind=r["kind"], probe=r["probe"], label=r["label"],
             label_uncertain=str(r.get("label_uncertain", "0")).strip().lower() in ("1", "true", "yes"),
             patient=r["patient"], fps=float(r["fps"]) if r.get("fps") else None,
             n_frames=opt_int(r.get("n_frames")) or 0, width=opt_int(r.get("width")) or 0,
@@ -580,7 +721,7 @@ def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -
             label_from=r.get("label_from", "") or "", group_from=r.get("group_from", "") or "",
         ))
         if r.get("root"):
-            roots.add(r["root"])
+            roots.add(path_from_text(r["root"]))
     if root is not None:
         root_p = Path(root).resolve()
     elif len(roots) == 1:
