@@ -8,6 +8,12 @@ with the class prefixes of the public dataset (Cov, Pneu, Reg, Vir) and a row pe
 `out/dataset_metadata.csv` with the columns `pocovid data index` reads (Filename, Label, Type,
 Probe, Source ID, Patient ID / Name, License, findings, Lung Severity Score). An existing
 `dataset_metadata.csv` in `out` is kept: its rows for other files stay, its columns too.
+
+Text a contributor typed is never trusted on the way out: every cell of the CSV goes through
+`csv_cell` (a cell starting with = + - @ tab or CR gets a leading ' so that a spreadsheet shows it
+as text and never runs it as a formula, per OWASP's CSV injection advice), and `printable` turns
+control characters into visible escapes for a terminal (`pocovid contributions list`). The form
+refuses control characters in `source` in the first place.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import csv
 import os
 import re
 import shutil
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +55,8 @@ FINDING_VALUES = {"": None, "unknown": None, "not assessed": None, "0": 0, "no":
                   "present": 1, "true": 1, "false": 0, "on": 1}
 FORM_FIELDS = ("diagnosis", "probe", "source", "license", "consent", "severity", "case_ref", *FINDINGS)
 CASE_REF_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_NUMBER_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 METADATA_COLUMNS = ["Filename", "Label", "Type", "Probe", "Source ID", "Source", "Patient ID / Name", "License",
                     "B-lines", "A-lines", "Consolidations", "Effusion", "Pleural line irregularities",
                     "Air bronchogram", "Lung Severity Score", "Current location"]
@@ -60,6 +69,27 @@ class FormError(ValueError):
         super().__init__(f"{field_name}: {reason}")
         self.field = field_name
         self.reason = reason
+
+
+def csv_cell(value) -> str:
+    """`value` as a CSV cell that no spreadsheet runs as a formula: text starting with = + - @ tab
+    or CR gets a leading ' (OWASP); plain numbers such as -1 stay as they are."""
+    s = "" if value is None else str(value)
+    if s.startswith(_FORMULA_START) and not _NUMBER_RE.match(s):
+        return "'" + s
+    return s
+
+
+def printable(value) -> str:
+    """`value` with control and format characters (escape sequences, bidi overrides, tabs, line
+    breaks) shown as escapes such as \\x1b, so that printing it cannot drive a terminal."""
+    s = "" if value is None else str(value)
+    return "".join(c if not unicodedata.category(c).startswith("C") else c.encode("unicode_escape").decode("ascii")
+                   for c in s)
+
+
+def _has_control(s: str) -> bool:
+    return any(unicodedata.category(c).startswith("C") for c in s)
 
 
 def options() -> dict:
@@ -85,6 +115,8 @@ def parse_form(fields: dict[str, str]) -> dict:
     if probe not in PROBES:
         raise FormError("probe", f"one of {', '.join(PROBES)}")
     source = " ".join(get("source").split())
+    if _has_control(source):
+        raise FormError("source", "control characters are not allowed")
     if not source:
         raise FormError("source", "required: the institution or source of the recording")
     if len(source) > 200:
@@ -179,7 +211,7 @@ def export_contributions(db, storage, out: str | os.PathLike) -> ExportResult:
         w = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
         w.writeheader()
         for r in kept:
-            w.writerow({k: (v if v is not None else "") for k, v in r.items() if k in header})
+            w.writerow({k: csv_cell(v) for k, v in r.items() if k in header})
         for r in new_rows.values():
-            w.writerow(r)
+            w.writerow({k: csv_cell(v) for k, v in r.items()})
     return res
