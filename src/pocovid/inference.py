@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from pocovid.errors import PocovidError
-from pocovid.media import Frame, MediaError, MediaInfo, open_media, sample_indices
+from pocovid.media import Frame, MediaError, MediaInfo, MediaLimits, open_media, sample_indices
 from pocovid.models import FrameOutput, compiled_trunk, load_model
 from pocovid.region import ScanRegion, clip_region
 
@@ -103,33 +103,36 @@ def stream_predict(recording: str | os.PathLike, model, *, rate_hz: float | None
                    max_frames: int | None = None, crop: bool | None = None, cams: bool = False,
                    keep_pixels: bool = False, batch_size: int = 32,
                    inspect: Callable[[Frame, np.ndarray, ScanRegion], Any] | None = None, n_inspect: int = 8,
-                   progress: Callable[[float], None] | None = None) -> RecordingOutputs:
+                   progress: Callable[[float], None] | None = None,
+                   limits: MediaLimits | None = None) -> RecordingOutputs:
     """The model on the frames of one recording (video, image or DICOM), streamed.
 
     rate_hz / max_frames: frames per second analysed / at most this many, evenly spread (None:
     every frame / no limit); crop: cut each frame to the clip's scan region (None: as the model was
     trained); cams: the class activation maps too; keep_pixels: keep the model's input pixels;
     inspect(frame, pixels, region): called in the decode thread on `n_inspect` frames spread over
-    the clip (e.g. image checks on the original frame), its returns kept in order.
-    Raises `MediaError` (one line) when the recording cannot be read."""
+    the clip (e.g. image checks on the original frame), its returns kept in order; limits: pixels
+    per frame, frames, duration (None: `MediaLimits.from_env()`).
+    Raises `MediaError` (one line) when the recording cannot be read or is over the limits."""
     path = Path(recording)
     cfg = model.input_config
     crop = cfg.crop if crop is None else bool(crop)
     timer = _Timer()
     t0 = time.perf_counter()
-    with open_media(path) as reader:  # the sampling plan; opening also checks the file early
+    limits = MediaLimits.from_env() if limits is None else limits  # read once for the whole pass
+    with open_media(path, limits) as reader:  # the sampling plan; opening also checks the file early
         info = reader.info
     idx = sample_indices(info.n_frames, info.fps, rate_hz, max_frames)
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pocovid") as pool:
         # tracing the trunk overlaps the region search
         trunk = pool.submit(compiled_trunk, model, cfg.size, len(idx) >= COMPILE_MIN_FRAMES)
-        region = _region(path, crop)
+        region = _region(path, crop, limits)
         timer.add("region_s", t0)
         t0 = time.perf_counter()
         trunk = trunk.result()
         timer.add("model_compile_wait_s", t0)
         out = _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, batch_size,
-                   inspect, n_inspect, progress)
+                   inspect, n_inspect, progress, limits)
     out.timings = {k: round(v, 3) for k, v in timer.items()}
     return out
 
@@ -142,9 +145,9 @@ def predict_recording(model, recording: str | os.PathLike, rate_hz: float | None
                           max_frames=cfg.max_frames if max_frames is None else max_frames, crop=crop)
 
 
-def _region(path: Path, crop: bool) -> ScanRegion:
+def _region(path: Path, crop: bool, limits: MediaLimits) -> ScanRegion:
     try:
-        return clip_region(path, enabled=crop)
+        return clip_region(path, enabled=crop, limits=limits)
     except PocovidError:
         raise
     except Exception as e:  # a decoder failure the reader did not foresee: still one line
@@ -159,7 +162,7 @@ def _pixels_store(n: int, size: int) -> np.ndarray:
 
 
 def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, batch_size, inspect, n_inspect,
-         progress) -> RecordingOutputs:
+         progress, limits) -> RecordingOutputs:
     """Decode in `pool` ahead of the model (bounded queue); the model in this thread."""
     cfg = model.input_config
     n = len(idx)
@@ -169,7 +172,7 @@ def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, 
     index, times, inspected, parts = [], [], [], []
     q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     stop = threading.Event()
-    producer = pool.submit(_produce, path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer)
+    producer = pool.submit(_produce, path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits)
 
     def run_batch(k: int) -> None:
         t0 = time.perf_counter()
@@ -213,7 +216,7 @@ def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, 
                             FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected)
 
 
-def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer) -> None:
+def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits) -> None:
     def put(item) -> None:
         while not stop.is_set():
             try:
@@ -223,7 +226,7 @@ def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer) 
                 continue
 
     try:
-        with open_media(path) as reader:
+        with open_media(path, limits) as reader:
             for f in _timed(reader.frames(idx), timer, "decode_s"):
                 if stop.is_set():
                     return

@@ -1,5 +1,6 @@
 """Reading recordings (videos, images and DICOM as RGB frames with timestamps) and writing videos."""
 
+from pocovid.media.limits import MediaLimits
 from pocovid.media.reader import (
     DICOM_EXTENSIONS,
     IMAGE_EXTENSIONS,
@@ -10,6 +11,7 @@ from pocovid.media.reader import (
     MediaInfo,
     MediaReader,
     dicom_fps,
+    display_path,
     media_kind_of,
     open_media,
     probe,
@@ -36,11 +38,13 @@ __all__ = [
     "Frame",
     "MediaError",
     "MediaInfo",
+    "MediaLimits",
     "MediaReader",
     "VideoWriter",
     "as_rgb_stack",
     "dicom_fps",
     "frame_rate",
+    "display_path",
     "media_kind_of",
     "open_media",
     "probe",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -16,6 +17,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from pocovid.errors import PocovidError
+from pocovid.media.limits import MediaLimits, resolve_limits
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".m4v", ".mpeg", ".mpg", ".gif", ".mkv", ".webm", ".wmv"}
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
@@ -27,9 +29,16 @@ class MediaError(PocovidError):
     """A recording that cannot be read. `str()` is one line naming the file and the reason."""
 
     def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
+        self.path = os.fsdecode(path)
         self.reason = " ".join(str(reason).split())  # one line, whatever the decoder said
-        super().__init__(f"{self.path}: {self.reason}")
+        super().__init__(f"{display_path(path)}: {self.reason}")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A file name as one printable line: bytes that are not UTF-8 as \\xNN, control characters
+    (a newline in a name) escaped, so that an error naming the file stays one line."""
+    s = os.fsencode(path).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
 
 
 @dataclass(frozen=True)
@@ -88,13 +97,19 @@ def to_rgb8(a: np.ndarray) -> np.ndarray:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
-        raise MediaError(path, "no such file")
-    if path.is_dir():
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise MediaError(path, "no such file") from None
+    except OSError as e:
+        raise MediaError(path, f"cannot read ({e.strerror or type(e).__name__})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise MediaError(path, "is a folder, not a file")
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end
+        raise MediaError(path, "not a regular file (a pipe, device or socket)")
     if not os.access(path, os.R_OK):
         raise MediaError(path, "permission denied")
-    if path.stat().st_size == 0:
+    if st.st_size == 0:
         raise MediaError(path, "empty file (0 bytes)")
 
 
@@ -137,60 +152,87 @@ def _wanted(indices: Iterable[int] | None):
 
 
 class VideoReader(MediaReader):
-    """PyAV (FFmpeg) decoding, one frame at a time."""
+    """PyAV (FFmpeg) decoding, one frame at a time.
 
-    def __init__(self, path: Path):
+    The header's frame count is used only when it is within the limits; otherwise (or when there
+    is none) the packets are counted, without decoding, up to the limit. Frame size is checked on
+    the stream's header before anything decodes and on every decoded frame."""
+
+    def __init__(self, path: Path, limits: MediaLimits | None = None):
+        self.path = path
+        self.limits = resolve_limits(limits)
+        self._container = self._open()
+        try:
+            self.info = self._facts()
+        except BaseException as e:
+            self._container.close()
+            if isinstance(e, MediaError) or not isinstance(e, Exception):
+                raise
+            raise MediaError(path, f"not a readable video ({_short(e)})") from None
+        self._used = False
+
+    def _open(self):
         import av
 
-        self.path = path
         try:
-            self._container = av.open(str(path))
+            return av.open(str(self.path))
         except Exception as e:  # FFmpeg's errors vary by format; all mean "not a readable video"
-            raise MediaError(path, f"not a readable video ({_short(e)})") from None
+            raise MediaError(self.path, f"not a readable video ({_short(e)})") from None
+
+    def _facts(self) -> MediaInfo:
+        path, lim = self.path, self.limits
         if not self._container.streams.video:
-            self._container.close()
             raise MediaError(path, "no video stream in the file")
         s = self._container.streams.video[0]
+        cc = s.codec_context
+        width, height = int(cc.width or s.width or 0), int(cc.height or s.height or 0)
+        if problem := lim.frame_problem(width, height):  # before a single frame is decoded
+            raise MediaError(path, problem)
         fps = float(s.average_rate or s.guessed_rate or 0) or None
         n = int(s.frames or 0)
-        if self._container.format.name == "gif" and n > 0 and s.duration and s.time_base:
+        if self._container.format.name == "gif" and 0 < n <= lim.max_frames and s.duration and s.time_base:
             # GIF delays are whole 1/100 s, so 15 fps is stored as 7, 6, 7, ... and FFmpeg's
             # average_rate only looks at the first few; frames / duration is the true average.
             fps = n / float(s.duration * s.time_base) or fps
+        if n <= 0 or n > lim.max_frames:  # none, or a header that may lie: count what is there
+            n = self._count_packets(lim.max_frames + 1)
         if n <= 0:
-            n = self._count_packets()
-        if n <= 0:
-            self._container.close()
             raise MediaError(path, "no frames could be read")
-        cc = s.codec_context
-        self.info = MediaInfo(str(path), "video", path.suffix.lower().lstrip(".") or cc.name,
-                              fps, n, int(cc.width), int(cc.height))
+        if problem := lim.frames_problem(n) or lim.duration_problem(n, fps):
+            raise MediaError(path, problem)
         self._time_base = float(s.time_base) if s.time_base else None
         self._start = s.start_time or 0
+        return MediaInfo(str(path), "video", path.suffix.lower().lstrip(".") or cc.name, fps, n, width, height)
 
-    def _count_packets(self) -> int:
+    def _count_packets(self, stop_at: int) -> int:
         # Containers such as MPEG-PS carry no frame count; demuxing (no decoding) is cheap.
         n = 0
         try:
             for p in self._container.demux(video=0):
                 if p.size:
                     n += 1
+                    if n >= stop_at:
+                        break
         except Exception:
             pass
-        self._container.seek(0)
+        self._container.close()  # a fresh demuxer rather than seek(0), which some files refuse
+        self._container = self._open()
         return n
 
     def frames(self, indices=None):
         wanted, last = _wanted(indices)
+        if self._used:  # decode again from the start on a fresh demuxer
+            self._container.close()
+            self._container = self._open()
+        self._used = True
         fps = self.info.fps or 25.0
-        try:
-            self._container.seek(0)
-        except Exception:
-            pass
+        lim = self.limits
         i = -1
         try:
             for frame in self._container.decode(video=0):
                 i += 1
+                if problem := lim.frame_problem(frame.width, frame.height) or lim.frames_problem(i + 1):
+                    raise MediaError(self.path, problem)  # a size or a length the header did not tell
                 if wanted is not None:
                     if i > last:
                         break
@@ -212,19 +254,30 @@ class VideoReader(MediaReader):
 
 
 class ImageReader(MediaReader):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, limits: MediaLimits | None = None):
+        import warnings
+
         from PIL import Image, UnidentifiedImageError
 
         self.path = path
+        self.limits = resolve_limits(limits)
         try:
-            with Image.open(path) as im:
-                im.load()
-                self._image = _pil_to_rgb8(im)
+            with warnings.catch_warnings():  # our own limit decides, not PIL's warning
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                with Image.open(path) as im:
+                    if problem := self.limits.frame_problem(*im.size):  # the header's size, before decoding
+                        raise MediaError(path, problem)
+                    im.load()
+                    self._image = _pil_to_rgb8(im)
+        except MediaError:
+            raise
         except UnidentifiedImageError:
             raise MediaError(path, "not a readable image (unknown or corrupt format)") from None
         except Exception as e:
             raise MediaError(path, f"not a readable image ({_short(e)})") from None
         h, w = self._image.shape[:2]
+        if h < 1 or w < 1:
+            raise MediaError(path, f"image of {w}x{h} pixels holds no image")
         self.info = MediaInfo(str(path), "image", path.suffix.lower().lstrip("."), None, 1, w, h)
 
     def frames(self, indices=None):
@@ -243,57 +296,148 @@ def _pil_to_rgb8(im) -> np.ndarray:
 
 
 class DicomReader(MediaReader):
-    """Single-frame and multi-frame (cine) DICOM, uncompressed or compressed (JPEG etc.)."""
+    """Single-frame and multi-frame (cine) DICOM, uncompressed or compressed (JPEG etc.).
 
-    def __init__(self, path: Path):
-        import pydicom
-        from pydicom.errors import InvalidDicomError
+    The header is read in bounded time (no pixel data, large values left on disk); Rows x Columns
+    are checked against the limits before any pixel is read, and the frame count is what the
+    pixel data holds, never more than the header says: a cine cut short gives the frames before
+    the cut."""
 
+    def __init__(self, path: Path, limits: MediaLimits | None = None):
         self.path = path
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except InvalidDicomError:
-            raise MediaError(path, "not a DICOM file") from None
-        except Exception as e:
-            raise MediaError(path, f"not a readable DICOM file ({_short(e)})") from None
-        self._has_pixels = _dicom_has_pixels(path)
-        if not self._has_pixels:
+        self.limits = lim = resolve_limits(limits)
+        ds, pixels = _dicom_header(path)
+        if pixels is None:
             raise MediaError(path, "DICOM file has no pixel data (a report or structured document, not an image)")
-        rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
-        n = int(ds.get("NumberOfFrames", 1) or 1)
+        try:
+            rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+            n = int(ds.get("NumberOfFrames", 1) or 1)
+            fps = dicom_fps(ds) if n > 1 else None
+            self._photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+            spp = int(ds.get("SamplesPerPixel", 1) or 1)
+            bits = int(ds.get("BitsAllocated", 8) or 8)
+            syntax = getattr(ds.file_meta, "TransferSyntaxUID", None)
+            encapsulated = bool(syntax is not None and syntax.is_encapsulated)
+        except MediaError:
+            raise
+        except Exception as e:  # a value pydicom cannot parse (a fuzzed number, a missing meta tag)
+            raise MediaError(path, f"not a readable DICOM file ({_short(e)})") from None
         if rows <= 0 or cols <= 0:
             raise MediaError(path, "DICOM image has no size (Rows/Columns missing)")
-        self._photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
-        fps = dicom_fps(ds) if n > 1 else None
-        self.info = MediaInfo(str(path), "video" if n > 1 else "image", "dicom", fps, n, cols, rows)
+        if problem := lim.frame_problem(cols, rows):  # before a single pixel is read
+            raise MediaError(path, problem)
+        if n < 1:
+            raise MediaError(path, f"DICOM NumberOfFrames is {n}")
+        frame_bytes = max(1, rows * cols * max(spp, 1) * max(bits, 1) // 8)
+        there = _dicom_frames_there(path, pixels, n, frame_bytes, encapsulated, lim.max_frames + 1)
+        if there <= 0:
+            raise MediaError(path, "DICOM pixel data holds no whole frame (truncated file)")
+        if problem := lim.frames_problem(there) or lim.duration_problem(there, fps if there > 1 else None):
+            raise MediaError(path, problem)
+        self._header_frames = n
+        fps = fps if there > 1 else None
+        self.info = MediaInfo(str(path), "video" if there > 1 else "image", "dicom", fps, there, cols, rows)
 
     def frames(self, indices=None):
         from pydicom.pixels import iter_pixels
 
         wanted, last = _wanted(indices)
         fps = self.info.fps or 1.0
+        n = self.info.n_frames
+        # fewer frames than the header says (a cut file, a lying header): decode only those
+        opts = {"number_of_frames": n} if n != self._header_frames else {}
+        i = -1
         try:
-            it = iter_pixels(self.path, as_rgb=True)
+            it = iter_pixels(self.path, as_rgb=True, **opts)
             for i, arr in enumerate(it):
-                if wanted is not None:
-                    if i > last:
-                        break
-                    if i not in wanted:
-                        continue
+                if i >= n or (wanted is not None and i > last):
+                    break
+                if wanted is not None and i not in wanted:
+                    continue
+                if problem := self.limits.frame_problem(arr.shape[1] if arr.ndim > 1 else 1, arr.shape[0]):
+                    raise MediaError(self.path, problem)
                 if self._photometric == "MONOCHROME1":  # MONOCHROME1 shows low values as white
                     arr = arr.max() - arr
-                yield Frame(i, i / fps if self.info.n_frames > 1 else 0.0, to_rgb8(arr))
+                yield Frame(i, i / fps if n > 1 else 0.0, to_rgb8(arr))
         except MediaError:
             raise
         except Exception as e:
-            raise MediaError(self.path, f"DICOM pixel data cannot be decoded ({_short(e)})") from None
+            if i < 0:
+                raise MediaError(self.path, f"DICOM pixel data cannot be decoded ({_short(e)})") from None
+            return  # a damaged frame after good ones: keep what decoded, as for videos
 
 
-def _dicom_has_pixels(path: Path) -> bool:
-    import pydicom
+_PIXEL_TAGS = (0x7FE00010, 0x7FE00008, 0x7FE00009)  # PixelData, FloatPixelData, DoubleFloatPixelData
+_MAX_HEADER_ELEMENTS = 100_000  # far more than any real header; a file of zeros would parse for ever
+_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
 
-    ds = pydicom.dcmread(path, specific_tags=["PixelData", "FloatPixelData", "DoubleFloatPixelData"])
-    return any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
+
+class _Stop:
+    """`stop_when` for pydicom's reader: stops at the pixel data (noting where it is) and at
+    group 0000, which no stored dataset holds (a run of zero bytes); counts elements."""
+
+    def __init__(self, path: Path):
+        self.path, self.count, self.pixels = path, 0, None
+
+    def __call__(self, tag, vr, length) -> bool:
+        self.count += 1
+        if self.count > _MAX_HEADER_ELEMENTS:
+            raise MediaError(self.path, f"not a readable DICOM file (more than {_MAX_HEADER_ELEMENTS} header elements)")
+        if int(tag) in _PIXEL_TAGS:
+            self.pixels = length
+            return True
+        return int(tag) >> 16 == 0
+
+
+def _dicom_header(path: Path):
+    """(header dataset without pixel data, (file offset of the pixel data element, its length) or
+    None). Bounded time and memory whatever the file holds."""
+    from pydicom.errors import InvalidDicomError
+    from pydicom.filereader import read_partial
+
+    stop = _Stop(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(134)
+            if head[128:132] == b"DICM" and head[132:134] != b"\x02\x00":
+                raise MediaError(path, "not a DICOM file (no file meta information after the DICM marker)")
+            f.seek(0)
+            ds = read_partial(f, stop_when=stop, defer_size=1 << 20, force=False)
+            at = f.tell()
+    except MediaError:
+        raise
+    except InvalidDicomError:
+        raise MediaError(path, "not a DICOM file") from None
+    except Exception as e:
+        raise MediaError(path, f"not a readable DICOM file ({_short(e)})") from None
+    return ds, (None if stop.pixels is None else (at, stop.pixels))
+
+
+def _dicom_frames_there(path: Path, pixels: tuple[int, int], n: int, frame_bytes: int, encapsulated: bool,
+                        cap: int) -> int:
+    """How many of the header's `n` frames the file holds (at most `cap`): whole frames of native
+    data before the end of the file; complete fragments of encapsulated data."""
+    at, length = pixels
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(at + 4)
+        vr = f.read(2)
+        start = at + (12 if vr in _LONG_VRS else 8)
+        if not encapsulated:
+            there = (size - start) if length in (None, 0xFFFFFFFF) else min(length, size - start)
+            return int(min(n, cap, max(there, 0) // frame_bytes))
+        f.seek(start)
+        items = 0
+        while items <= cap + 1:  # item headers only, values skipped
+            h = f.read(8)
+            if len(h) < 8 or h[:4] != b"\xfe\xff\x00\xe0":  # an item tag (FFFE,E000), little endian
+                break
+            item_len = int.from_bytes(h[4:], "little")
+            if f.seek(item_len, 1) > size:
+                break  # cut inside this item
+            items += 1
+    fragments = max(items - 1, 0)  # the first item is the basic offset table
+    return min(n, cap, fragments) if n > 1 else min(1, fragments)
 
 
 def dicom_fps(ds) -> float | None:
@@ -329,17 +473,24 @@ def _short(e: Exception) -> str:
     return msg[:200]
 
 
-def open_media(path: str | os.PathLike) -> MediaReader:
-    """Open any supported recording; raises `MediaError` with a one-line reason otherwise."""
-    path = Path(path)
+def open_media(path: str | os.PathLike, limits: MediaLimits | None = None) -> MediaReader:
+    """Open any supported recording; raises `MediaError` with a one-line reason otherwise (also
+    for a file over `limits`: None takes `MediaLimits.from_env()`, the documented defaults unless
+    POCOVID_MAX_* environment variables change them)."""
+    path = Path(os.fsdecode(path))
     _check_file(path)
     ext = path.suffix.lower()
-    if ext in (".dcm", ".dicom") or looks_like_dicom(path):
-        return DicomReader(path)
-    if ext in IMAGE_EXTENSIONS:
-        return ImageReader(path)
-    if ext in VIDEO_EXTENSIONS:
-        return VideoReader(path)
+    try:
+        if ext in (".dcm", ".dicom") or looks_like_dicom(path):
+            return DicomReader(path, limits)
+        if ext in IMAGE_EXTENSIONS:
+            return ImageReader(path, limits)
+        if ext in VIDEO_EXTENSIONS:
+            return VideoReader(path, limits)
+    except PocovidError:
+        raise
+    except Exception as e:  # a reader's failure nobody foresaw: still one line naming the file
+        raise MediaError(path, f"cannot read ({type(e).__name__}: {_short(e)})") from None
     if ext == "":
         raise MediaError(path, "no file extension and not a DICOM file")
     raise MediaError(path, f"unsupported file type '{ext}' (videos: {_fmt(VIDEO_EXTENSIONS)}; "
@@ -350,15 +501,16 @@ def _fmt(exts) -> str:
     return " ".join(sorted(e for e in exts if e))
 
 
-def probe(path: str | os.PathLike) -> MediaInfo:
+def probe(path: str | os.PathLike, limits: MediaLimits | None = None) -> MediaInfo:
     """The facts of a recording (fps, frame count, size) without decoding its frames."""
-    with open_media(path) as r:
+    with open_media(path, limits) as r:
         return r.info
 
 
-def read_frames(path: str | os.PathLike, indices: Iterable[int] | None = None) -> list[Frame]:
+def read_frames(path: str | os.PathLike, indices: Iterable[int] | None = None,
+                limits: MediaLimits | None = None) -> list[Frame]:
     """All (or the given) frames of a recording in memory: for short clips and tests."""
-    with open_media(path) as r:
+    with open_media(path, limits) as r:
         out = list(r.frames(indices))
     if not out:
         raise MediaError(path, "no frames could be decoded")
@@ -369,26 +521,27 @@ def sample_indices(n_frames: int, fps: float | None, rate_hz: float | None = Non
                    max_frames: int | None = None) -> list[int]:
     """Frame indices at `rate_hz` (every frame if None), at most `max_frames`, evenly spread.
 
-    Deterministic: the same arguments always give the same indices.
+    Deterministic: the same arguments always give the same indices. Only the returned indices
+    are built, however large `n_frames` is.
     """
     if n_frames <= 0:
         return []
-    if rate_hz and fps and rate_hz < fps:
-        step = fps / rate_hz
-        idx = [min(int(round(k * step)), n_frames - 1) for k in range(int(math.floor((n_frames - 1) / step)) + 1)]
-        idx = sorted(set(idx))
+    step = fps / rate_hz if rate_hz and fps and rate_hz < fps else 1.0
+    # the k-th frame at the rate; step > 1 keeps these strictly increasing and below n_frames
+    count = int(math.floor((n_frames - 1) / step)) + 1 if step > 1 else n_frames
+    if max_frames is not None and 0 < max_frames < count:
+        ks = [int(round(p)) for p in np.linspace(0, count - 1, max_frames)]
     else:
-        idx = list(range(n_frames))
-    if max_frames is not None and 0 < max_frames < len(idx):
-        pick = np.linspace(0, len(idx) - 1, max_frames)
-        idx = [idx[int(round(p))] for p in pick]
-    return idx
+        ks = range(count)
+    if step == 1.0:
+        return list(ks)
+    return [min(int(round(k * step)), n_frames - 1) for k in ks]
 
 
 def sample_frames(path: str | os.PathLike, rate_hz: float | None = None,
-                  max_frames: int | None = None) -> list[Frame]:
+                  max_frames: int | None = None, limits: MediaLimits | None = None) -> list[Frame]:
     """Frames of a recording at `rate_hz`, at most `max_frames`, evenly spread over the clip."""
-    with open_media(path) as r:
+    with open_media(path, limits) as r:
         idx = sample_indices(r.info.n_frames, r.info.fps, rate_hz, max_frames)
         out = list(r.frames(idx))
     if not out:

@@ -14,7 +14,7 @@ from typing import Iterator
 import cv2
 import numpy as np
 
-from pocovid.media import Frame, MediaError, MediaInfo, open_media, sample_indices
+from pocovid.media import Frame, MediaError, MediaInfo, MediaLimits, open_media, sample_indices
 from pocovid.region.detect import detect_scan_region
 from pocovid.region.scan import ScanRegion
 
@@ -31,15 +31,22 @@ class Clip:
     indices: list[int]
 
 
-def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = True) -> ScanRegion:
+def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = True,
+                limits: MediaLimits | None = None) -> ScanRegion:
     """Scan region of a recording from up to `max_frames` frames spread over the whole clip."""
-    with open_media(path) as r:
+    with open_media(path, limits) as r:
         info = r.info
         if not enabled:
             return ScanRegion.full(info.height, info.width, method="off")
         idx = sample_indices(info.n_frames, info.fps, None, max_frames)
         factor = max(1, int(np.ceil(max(info.width, info.height) / DETECT_LONG_SIDE)))
-        small = [f.image[::factor, ::factor] if factor > 1 else f.image for f in r.frames(idx)]
+        small = []
+        for f in r.frames(idx):
+            if f.image.shape[:2] != (info.height, info.width):
+                raise MediaError(path, f"frame {f.index} is {f.image.shape[1]}x{f.image.shape[0]} pixels, the "
+                                       f"header says {info.width}x{info.height}: the frame size changes")
+            # shrunk as it decodes, and copied: a view would keep every full-size frame alive
+            small.append(np.ascontiguousarray(f.image[::factor, ::factor]) if factor > 1 else f.image)
     if not small:
         return ScanRegion.full(info.height, info.width, method="fallback", note="no frame decoded")
     region = detect_scan_region(small)
@@ -60,9 +67,10 @@ def resize_frame(image: np.ndarray, size: int | None) -> np.ndarray:
 
 
 def iter_clip_frames(path: str | os.PathLike, region: ScanRegion, rate_hz: float | None = None,
-                     max_frames: int | None = None, size: int | None = None) -> Iterator[Frame]:
+                     max_frames: int | None = None, size: int | None = None,
+                     limits: MediaLimits | None = None) -> Iterator[Frame]:
     """Sampled frames of a recording, each cropped to `region` (and resized), one at a time."""
-    with open_media(path) as r:
+    with open_media(path, limits) as r:
         yield from _cropped(r, region, rate_hz, max_frames, size)
 
 
@@ -71,18 +79,22 @@ def _cropped(reader, region, rate_hz, max_frames, size) -> Iterator[Frame]:
     if region.frame_size != (info.height, info.width):
         raise ValueError(f"region is for {region.frame_size} frames, the recording has {(info.height, info.width)}")
     for f in reader.frames(sample_indices(info.n_frames, info.fps, rate_hz, max_frames)):
-        yield Frame(f.index, f.time_s, resize_frame(region.crop(f.image), size))
+        if f.image.shape[:2] != region.frame_size:
+            raise MediaError(info.path, f"frame {f.index} is {f.image.shape[1]}x{f.image.shape[0]} pixels, the "
+                                        f"first frames {info.width}x{info.height}: the frame size changes")
+        yield Frame(f.index, f.time_s, np.ascontiguousarray(resize_frame(region.crop(f.image), size)))
 
 
 def load_clip(path: str | os.PathLike, rate_hz: float | None = None, max_frames: int | None = None,
-              size: int | None = None, crop: bool = True, region: ScanRegion | dict | None = None) -> Clip:
+              size: int | None = None, crop: bool = True, region: ScanRegion | dict | None = None,
+              limits: MediaLimits | None = None) -> Clip:
     """A recording's sampled frames, cropped to its scan region (detected unless given or `crop`
     is False), resized to `size` when given. The region is recorded in the result."""
     if isinstance(region, dict):
         region = ScanRegion.from_dict(region)
     if region is None:
-        region = clip_region(path, enabled=crop)
-    with open_media(path) as r:
+        region = clip_region(path, enabled=crop, limits=limits)
+    with open_media(path, limits) as r:
         got = list(_cropped(r, region, rate_hz, max_frames, size))
         info = r.info
     if not got:
