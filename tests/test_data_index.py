@@ -1,6 +1,7 @@
 """Dataset index: both layouts, labels, probes, metadata, filters, failures, CSV, CLI."""
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -478,8 +479,9 @@ def test_non_utf8_name_in_analyze_summary(folders_demo, model_file, tmp_path):
     text = (tmp_path / "out" / "summary.csv").read_bytes().decode("utf-8")
     rows = list(csv.DictReader(text.splitlines()))
     assert [r["file"].rsplit("/", 1)[-1] for r in rows] == ["Cov_caf\\xe9.mp4", "gone_\\xff.mp4"]
-    assert rows[1]["status"] == "failed" and "gone_\\xff.mp4" in rows[1]["error"]
-    assert len(batch.entries) == 2
+    assert rows[0]["status"] == "ok" and rows[1]["status"] == "failed" and "gone_\\xff.mp4" in rows[1]["error"]
+    assert len(batch.entries) == 2 and batch.entries[0].result.file.endswith("Cov_caf\\xe9.mp4")
+    json.loads((batch.entries[0].folder / "result.json").read_text())  # valid JSON, the name escaped
 
 
 @pytest.mark.parametrize("name, head", [("zeros.dcm", b"\0" * 128 + b"DICM"), ("zeros", b"\0" * 128 + b"DICM"),

@@ -33,7 +33,7 @@ from pocovid.analysis.result import (AnalysisResult, FrameResult, KeyFrame, Medi
                                      OutOfDistribution, Prediction, Sampling, Segment, Uncertainty)
 from pocovid.analysis.uncertainty import clip_uncertainty, frame_uncertainty, threshold_of
 from pocovid.errors import PocovidError
-from pocovid.files import write_text
+from pocovid.files import path_text, write_text
 from pocovid.inference import RecordingOutputs, load, stream_predict
 from pocovid.media import open_media
 from pocovid.models import FeatureDensity, model_summary
@@ -181,7 +181,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     fu = frame_uncertainty(members, pred)
     input_cfg = model.input_config
     return AnalysisResult(
-        file=str(rec.path), model=model_name, model_info=ModelSummary(**model_summary(model)),
+        file=path_text(rec.path), model=model_name, model_info=ModelSummary(**model_summary(model)),
         pocovid_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notice=NOTICE,
         prediction=Prediction(label=classes[pred], probabilities=_probs_dict(classes, clip_p),
@@ -286,9 +286,10 @@ def _write_artifacts(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: 
     if cfg.report:
         report(0.8, "report")
         t0 = time.perf_counter()
-        title = (f"{Path(rec.path).name}: " + ("input out of distribution - no diagnosis" if result.out_of_distribution
-                                               else f"most likely {result.prediction.label} "
-                                                    f"({result.prediction.probabilities[result.prediction.label]:.2f})"))
+        p = result.prediction
+        title = f"{path_text(Path(rec.path).name)}: " + ("input out of distribution - no diagnosis"
+                                                         if result.out_of_distribution else
+                                                         f"most likely {p.label} ({p.probabilities[p.label]:.2f})")
         timeline_plot(out_dir / "timeline.png", rec.time_s, frame_p, classes, pred,
                       [k.time_s for k in result.key_frames], [s.model_dump() for s in result.prediction.disagreement],
                       rec.member_probs, title)

@@ -108,8 +108,8 @@ def analyze_files(paths, model, out_dir: str | os.PathLike, config: AnalysisConf
         except Exception as e:  # one bad file never stops the batch
             shutil.rmtree(tmp, ignore_errors=True)  # made above, by us
             msg = " ".join((str(e) if isinstance(e, PocovidError) else f"{type(e).__name__}: {e}").split())
-            batch.entries.append(BatchEntry(str(p), FailedAnalysis(file=str(p), reason=msg if str(p) in msg
-                                                                   else f"{p}: {msg}")))
+            msg = msg if str(p) in msg else f"{p}: {msg}"
+            batch.entries.append(BatchEntry(str(p), FailedAnalysis(file=path_text(p), reason=path_text(msg))))
             continue
         batch.entries.append(BatchEntry(str(p), r, _place(tmp, out_dir, _safe_name(p.stem), taken)))
     batch.summary = write_summary(out_dir / "summary.csv", batch)
