@@ -25,6 +25,7 @@ CHROMIUM = os.environ.get("POCOVID_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
 CLASS_NAMES = ("COVID-19", "Bacterial pneumonia", "Healthy (regular)")
+TOKEN = "browser-test-token-0123456789"
 
 if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
     pytest.skip(f"no chromium at {CHROMIUM} (install it: apt-get install -y chromium; or set POCOVID_CHROMIUM)",
@@ -35,7 +36,8 @@ if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
 def server(model_file, tmp_path_factory):
     from pocovid.server.local import start_server, stop_server
 
-    proc, base = start_server(tmp_path_factory.mktemp("srv"), model_file, None, "--threads", "1")
+    proc, base = start_server(tmp_path_factory.mktemp("srv"), model_file, None, "--threads", "1",
+                              env={"POCOVID_API_TOKEN": TOKEN})
     yield base
     stop_server(proc)
 
@@ -184,7 +186,8 @@ def test_contribution_form(server, browser, tmp_path):
     page.wait_for_function("() => document.getElementById('c-status').textContent.includes('Thank you')", timeout=30_000)
     _shot(page, tmp_path, "contribute.png")
     page.close()
-    q = httpx.get(server + "/api/contributions").json()  # loopback, no token configured
+    assert httpx.get(server + "/api/contributions").status_code == 401  # admin needs the token, even here
+    q = httpx.get(server + "/api/contributions", headers={"Authorization": f"Bearer {TOKEN}"}).json()
     assert q["total"] == 1 and q["items"][0]["diagnosis"] == "regular" and q["items"][0]["findings"]["a_lines"] == 1
 
 

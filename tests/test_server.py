@@ -40,6 +40,16 @@ from pocovid.server.db import Database  # noqa: E402
 from pocovid.server.storage import Storage, sniff_media  # noqa: E402
 
 TOKEN = "s3cret-token-for-tests"
+#: What the page sends with every request that changes data (CSRF protection, pocovid.server.guard).
+PAGE_HEADERS = {"X-Requested-With": "pocovid"}
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def Client(app, **kw) -> TestClient:
+    """A test client as the page is one: Host localhost, the CSRF header on every request."""
+    kw.setdefault("base_url", "http://localhost")
+    kw["headers"] = {**PAGE_HEADERS, **kw.get("headers", {})}
+    return TestClient(app, **kw)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -118,8 +128,9 @@ def stub_analyze(path, model, out_dir, config=None, progress=None):
                        key_images=("key_frame_1.png", "../pocovid.sqlite3"))
 
 
-def make_app(data_dir, analyze=stub_analyze, model=None, **cfg):
-    return create_app(ServerConfig(data_dir=data_dir, **cfg), analyze=analyze, model=model or FakeModel())
+def make_app(data_dir, analyze=stub_analyze, model=None, isolate=None, **cfg):
+    return create_app(ServerConfig(data_dir=data_dir, **cfg), analyze=analyze, model=model or FakeModel(),
+                      isolate=isolate)
 
 
 def wait_for(client, id_, states=("done", "failed"), timeout=60.0):
@@ -155,7 +166,7 @@ def media(tmp_path_factory):
 
 @pytest.fixture()
 def client(tmp_path):
-    with TestClient(make_app(tmp_path / "srv")) as c:
+    with Client(make_app(tmp_path / "srv")) as c:
         yield c
 
 
@@ -317,7 +328,7 @@ def test_the_result_is_declared_schema_endpoint_and_openapi(tmp_path, media):
     """`result` is the declared AnalysisResult: /openapi.json documents its shape,
     GET /api/schema/result gives its JSON Schema (no token needed), and what is stored and served
     validates back into it."""
-    with TestClient(make_app(tmp_path, token=TOKEN)) as c:
+    with Client(make_app(tmp_path, token=TOKEN)) as c:
         r = c.get("/api/schema/result")
         assert r.status_code == 200 and r.json() == result_schema()
         assert r.json()["properties"]["schema_version"]["default"] == SCHEMA_VERSION
@@ -362,7 +373,7 @@ def test_an_analysis_must_return_the_declared_result(tmp_path, media):
     def returns_a_dict(path, model, out_dir, config=None, progress=None):
         return stub_analyze(path, model, out_dir, config, progress).to_json()
 
-    with TestClient(make_app(tmp_path, analyze=returns_a_dict)) as c:
+    with Client(make_app(tmp_path, analyze=returns_a_dict)) as c:
         a = wait_for(c, upload(c, media["still.png"]).json()["id"])
         assert a["status"] == "failed" and "TypeError" in a["error"] and a["result"] is None
 
@@ -372,7 +383,7 @@ def test_model_that_cannot_load_gives_503_and_failed_jobs(tmp_path, media):
         raise PocovidError(f"{spec}: no such model file")
 
     app = create_app(ServerConfig(data_dir=tmp_path, model="missing.pt"), analyze=stub_analyze, model_loader=loader)
-    with TestClient(app) as c:
+    with Client(app) as c:
         r = c.get("/api/model")
         assert r.status_code == 503 and "no such model file" in r.json()["detail"]
         a = wait_for(c, upload(c, media["still.png"]).json()["id"])
@@ -434,7 +445,7 @@ def test_size_limit_is_enforced_while_the_body_streams_in(tmp_path, media):
 
 
 def test_bad_uploads_get_clear_4xx(tmp_path, media):
-    with TestClient(make_app(tmp_path / "srv", max_upload_mb=0.05)) as c:  # 52 kB
+    with Client(make_app(tmp_path / "srv", max_upload_mb=0.05)) as c:  # 52 kB
         big = media["clip.mp4"][:64] + os.urandom(200_000)
         r = upload(c, big)
         assert r.status_code == 413 and "limit" in r.json()["detail"]
@@ -493,7 +504,7 @@ class Gate:
 
 def test_jobs_run_off_the_request_path_in_a_bounded_pool(tmp_path, media):
     gate = Gate()
-    with TestClient(make_app(tmp_path, analyze=gate, workers=2)) as c:
+    with Client(make_app(tmp_path, analyze=gate, workers=2)) as c:
         ids = [upload(c, media["still.png"]).json()["id"] for _ in range(4)]
         assert gate.started.wait(10)
         t0 = time.time()
@@ -514,7 +525,7 @@ def test_jobs_run_off_the_request_path_in_a_bounded_pool(tmp_path, media):
 
 def test_delete_removes_everything_and_stops_a_running_job(tmp_path, media):
     gate = Gate()
-    with TestClient(make_app(tmp_path, analyze=gate)) as c:
+    with Client(make_app(tmp_path, analyze=gate, token=TOKEN), headers=AUTH) as c:
         running = upload(c, media["clip.mp4"]).json()["id"]
         assert gate.started.wait(10)
         r = c.delete(f"/api/analyses/{running}")
@@ -534,7 +545,7 @@ def test_delete_removes_everything_and_stops_a_running_job(tmp_path, media):
 
 def test_restart_keeps_history_and_recovers_cut_off_jobs(tmp_path, media):
     data = tmp_path / "srv"
-    with TestClient(make_app(data)) as c:
+    with Client(make_app(data)) as c:
         done = upload(c, media["still.png"]).json()["id"]
         wait_for(c, done)
         ids = [upload(c, media["still.png"]).json()["id"] for _ in range(2)]
@@ -545,7 +556,7 @@ def test_restart_keeps_history_and_recovers_cut_off_jobs(tmp_path, media):
     db.update_analysis(ids[0], status="running", attempts=1, result=None, files=[])
     db.update_analysis(ids[1], status="running", attempts=2, result=None, files=[])
     db.close()
-    with TestClient(make_app(data)) as c:
+    with Client(make_app(data, max_attempts=2)) as c:
         hist = c.get("/api/analyses").json()
         assert hist["total"] == 3
         assert wait_for(c, done)["status"] == "done"
@@ -558,19 +569,19 @@ def test_restart_keeps_history_and_recovers_cut_off_jobs(tmp_path, media):
 def test_clean_shutdown_puts_running_jobs_back_in_the_queue(tmp_path, media):
     gate = Gate()
     data = tmp_path / "srv"
-    with TestClient(make_app(data, analyze=gate)) as c:
+    with Client(make_app(data, analyze=gate)) as c:
         id_ = upload(c, media["still.png"]).json()["id"]
         assert gate.started.wait(10)
     row = Database(Storage(data).db_path).get_analysis(id_)
     assert row["status"] == "queued" and row["attempts"] == 0
-    with TestClient(make_app(data)) as c:
+    with Client(make_app(data)) as c:
         assert wait_for(c, id_)["status"] == "done"
 
 
 # ------------------------------------------------------------------------------------------ tokens
 
 def test_token_protects_delete_and_contributions_admin(tmp_path, media):
-    with TestClient(make_app(tmp_path, token=TOKEN)) as c:
+    with Client(make_app(tmp_path, token=TOKEN)) as c:
         id_ = upload(c, media["still.png"]).json()["id"]
         wait_for(c, id_)
         cid = _contribute(c, media["still.png"]).json()["id"]
@@ -592,31 +603,272 @@ def test_token_protects_delete_and_contributions_admin(tmp_path, media):
         assert c.get("/api/analyses").status_code == 200
 
 
-def test_without_token_admin_answers_loopback_only(tmp_path, media):
+def test_without_a_token_admin_answers_nobody_not_even_loopback(tmp_path, media):
+    """Loopback is not admin: behind a reverse proxy, or from a rebinding page, everyone is loopback."""
     app = make_app(tmp_path)
-    with TestClient(app, client=("192.0.2.7", 40000)) as remote:
-        id_ = upload(remote, media["still.png"]).json()["id"]
-        wait_for(remote, id_)
-        r = remote.delete(f"/api/analyses/{id_}")
-        assert r.status_code == 403 and "POCOVID_API_TOKEN" in r.json()["detail"]
-        assert remote.get("/api/contributions").status_code == 403
-    with TestClient(app, client=("127.0.0.1", 40000)) as local:
-        assert local.delete(f"/api/analyses/{id_}").status_code == 204
+    for addr in ("127.0.0.1", "::1", "192.0.2.7"):
+        with Client(app, client=(addr, 40000)) as c:
+            id_ = upload(c, media["still.png"]).json()["id"]
+            wait_for(c, id_)
+            r = c.delete(f"/api/analyses/{id_}")
+            assert r.status_code == 403 and "POCOVID_API_TOKEN" in r.json()["detail"], addr
+            assert c.get("/api/contributions").status_code == 403
+            assert c.get(f"/api/analyses/{id_}").status_code == 200  # still there
+
+
+def test_token_has_a_minimum_length(tmp_path):
+    with pytest.raises(ValueError, match="at least 16"):
+        ServerConfig(data_dir=tmp_path, token="short-token")
+    assert ServerConfig(data_dir=tmp_path, token="   ").token is None  # blank: no token
+    assert ServerConfig(data_dir=tmp_path, token=" " + TOKEN + "\n").token == TOKEN
 
 
 def test_cors_is_off_by_default_and_takes_explicit_origins(tmp_path):
     pre = {"Origin": "http://elsewhere.example", "Access-Control-Request-Method": "POST"}
-    with TestClient(make_app(tmp_path / "a")) as c:
+    with Client(make_app(tmp_path / "a")) as c:
         r = c.get("/api/health", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in r.headers
         assert "access-control-allow-origin" not in c.options("/api/analyses", headers=pre).headers
-    with TestClient(make_app(tmp_path / "b", cors_origins=["http://viewer.example"])) as c:
+    with Client(make_app(tmp_path / "b", cors_origins=["http://viewer.example"])) as c:
         ok = c.get("/api/health", headers={"Origin": "http://viewer.example"})
         assert ok.headers["access-control-allow-origin"] == "http://viewer.example"
         other = c.get("/api/health", headers={"Origin": "http://elsewhere.example"})
         assert "access-control-allow-origin" not in other.headers
     with pytest.raises(ValueError):
         ServerConfig(data_dir=tmp_path, cors_origins=["*"])
+
+
+# ------------------------------------------------------------------------------------------ hardening
+
+def test_host_allow_list_refuses_other_hosts(tmp_path):
+    """DNS rebinding: a page at evil.example resolving to 127.0.0.1 sends Host: evil.example."""
+    with Client(make_app(tmp_path, allowed_hosts=["pocovid.example"])) as c:
+        for host in ("localhost", "127.0.0.1:8000", "[::1]:8000", "pocovid.example", "POCOVID.example:443"):
+            assert c.get("/api/health", headers={"Host": host}).status_code == 200, host
+        for host in ("evil.example", "evil.example:8000", "127.0.0.1.evil.example", "", "[::2]"):
+            r = c.get("/api/analyses", headers={"Host": host})
+            assert r.status_code == 400, host
+            assert c.get("/", headers={"Host": host}).status_code == 400
+    with pytest.raises(ValueError):
+        ServerConfig(data_dir=tmp_path, allowed_hosts=["*"])
+
+
+def test_csrf_cross_site_posts_are_refused_the_pages_own_work(tmp_path, media):
+    """What a page of another site can send (a form, a text/plain fetch: no preflight) is refused;
+    the page's own requests (X-Requested-With), bearer-token clients and JSON bodies pass."""
+    with TestClient(make_app(tmp_path, token=TOKEN), base_url="http://localhost") as bare:
+        form = {"diagnosis": "covid", "source": "x", "license": "CC BY 4.0", "consent": "true"}
+        refused = [
+            bare.post("/api/contributions", content=b"diagnosis=covid", headers={"Content-Type": "text/plain"}),
+            bare.post("/api/contributions", data=form, files={"file": ("x", io.BytesIO(media["still.png"]))}),
+            bare.post("/api/analyses", files={"file": ("x", io.BytesIO(media["still.png"]))}),
+            bare.post("/api/analyses", data={"file": "x"}),  # application/x-www-form-urlencoded
+            bare.delete("/api/analyses/0123456789abcdef"),
+            # the header, but sent by a page of another site (CORS is off: a browser would not even send it)
+            bare.post("/api/analyses", files={"file": ("x", io.BytesIO(media["still.png"]))},
+                      headers={**PAGE_HEADERS, "Origin": "http://evil.example"}),
+            bare.post("/api/analyses", files={"file": ("x", io.BytesIO(media["still.png"]))},
+                      headers={**PAGE_HEADERS, "Origin": "null"}),
+        ]
+        for r in refused:
+            detail = r.json()["detail"]
+            assert r.status_code == 403 and ("X-Requested-With" in detail or "cross-origin" in detail), r.text
+        assert bare.get("/api/analyses").json()["total"] == 0
+        assert list(bare.app.state.storage.contributions.iterdir()) == []
+        # the page: the header, same origin
+        ok = bare.post("/api/analyses", files={"file": ("x", io.BytesIO(media["still.png"]))},
+                       headers={**PAGE_HEADERS, "Origin": "http://localhost"})
+        assert ok.status_code == 202, ok.text
+        wait_for(bare, ok.json()["id"])
+        # a bearer-token client (curl, scripts) and a JSON body need no extra header
+        cid = _contribute(Client(bare.app), media["still.png"]).json()["id"]
+        r = bare.post(f"/api/contributions/{cid}/accept", json={"note": "ok"}, headers=AUTH)
+        assert r.status_code == 200 and r.json()["status"] == "accepted"
+        assert bare.delete(f"/api/analyses/{ok.json()['id']}", headers=AUTH).status_code == 204
+        assert bare.get("/api/health").status_code == 200  # reading needs nothing
+
+
+def test_serve_refuses_a_network_address_without_a_token(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from pocovid.cli import app as cli
+
+    monkeypatch.delenv("POCOVID_API_TOKEN", raising=False)
+    for host in ("0.0.0.0", "192.0.2.7", "::"):
+        res = CliRunner().invoke(cli, ["serve", "--host", host, "--data-dir", str(tmp_path)])
+        assert res.exit_code == 1 and "POCOVID_API_TOKEN" in res.output, res.output
+    monkeypatch.setenv("POCOVID_API_TOKEN", "too-short")
+    res = CliRunner().invoke(cli, ["serve", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 1 and "at least 16" in res.output, res.output
+
+
+def _raises_memory_error(path, model, out_dir, config=None, progress=None):
+    raise MemoryError()
+
+
+def _memory_bomb(path, model, out_dir, config=None, progress=None):
+    """A decompression bomb's effect: far more memory than the child process may have."""
+    progress(0.1, "region")
+    blocks = [bytearray(256 * 1024 * 1024) for _ in range(64)]  # 16 GB
+    return blocks
+
+
+def _kills_its_process(path, model, out_dir, config=None, progress=None):
+    """What the kernel's OOM killer does to a process past the machine's memory."""
+    import signal
+
+    progress(0.1, "region")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_job_that_exhausts_memory_fails_and_is_not_run_again(tmp_path, media):
+    data = tmp_path / "srv"
+    with Client(make_app(data, analyze=_raises_memory_error)) as c:
+        a = wait_for(c, upload(c, media["still.png"]).json()["id"])
+        assert a["status"] == "failed" and "out of memory" in a["error"] and a["attempts"] == 1
+    # the server was killed during a job (its analysis took it down): on restart it is failed, not re-run
+    db = Database(Storage(data).db_path)
+    db.update_analysis(a["id"], status="running", error=None)
+    db.close()
+    calls = []
+    with Client(make_app(data, analyze=lambda *a, **k: calls.append(1))) as c:
+        b = wait_for(c, a["id"])
+        assert b["status"] == "failed" and "interrupted" in b["error"] and b["attempts"] == 1
+    assert calls == []
+
+
+def test_an_analysis_process_that_dies_fails_its_job_and_the_server_answers(tmp_path, media):
+    """Isolated analyses (the real server's way): a memory bomb gets MemoryError under the per-job
+    limit, a killed process fails its job; /api/health answers in well under a second throughout,
+    and the next job runs in a fresh process."""
+    with Client(make_app(tmp_path, analyze=_memory_bomb, isolate=True, job_memory_mb=1536)) as c:
+        bomb = upload(c, media["still.png"]).json()["id"]
+        slowest, t_end = 0.0, time.time() + 120
+        while c.get(f"/api/analyses/{bomb}").json()["status"] not in ("done", "failed") and time.time() < t_end:
+            t0 = time.time()
+            assert c.get("/api/health").status_code == 200
+            slowest = max(slowest, time.time() - t0)
+            time.sleep(0.05)
+        a = wait_for(c, bomb)
+        assert a["status"] == "failed" and "out of memory" in a["error"] and "1536 MB" in a["error"], a
+        assert slowest < 1.0
+        c.app.state.jobs.analyze = _kills_its_process
+        c.app.state.jobs.shutdown()  # new processes with the new analysis
+        c.app.state.jobs.start()
+        k = wait_for(c, upload(c, media["still.png"]).json()["id"], timeout=120)
+        assert k["status"] == "failed" and "killed (SIGKILL" in k["error"], k
+        assert c.get("/api/health").json()["analyses"]["failed"] == 2
+
+
+def test_a_full_disk_fails_jobs_and_uploads_cleanly(tmp_path, media, monkeypatch):
+    import errno
+
+    from pocovid.server import jobs, uploads
+
+    def no_space(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with Client(make_app(tmp_path, analyze=no_space)) as c:
+        # the job: failed with the reason (was: 'running' for ever)
+        a = wait_for(c, upload(c, media["still.png"]).json()["id"])
+        assert a["status"] == "failed" and "disk is full" in a["error"]
+        c.app.state.jobs.analyze = stub_analyze
+        monkeypatch.setattr(jobs, "write_json", no_space)  # the result cannot be written
+        a = wait_for(c, upload(c, media["still.png"]).json()["id"])
+        assert a["status"] == "failed" and "disk is full" in a["error"]
+        monkeypatch.undo()
+        st = c.app.state.storage
+        n_uploads = len(list(st.uploads.iterdir()))
+        # uploads: refused with 507 JSON before reading when the free space is short ...
+        monkeypatch.setattr(Storage, "free_bytes", lambda self: 10 * 1024 * 1024)
+        r = upload(c, media["still.png"])
+        assert r.status_code == 507 and "disk is full" in r.json()["detail"]
+        r = _contribute(c, media["still.png"])
+        assert r.status_code == 507
+        monkeypatch.undo()
+
+        # ... and when a write fails with ENOSPC while the body is stored
+        class FullFile(io.BytesIO):
+            def write(self, b):
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+        def full_open(path, mode="r", *a, **k):
+            Path(path).touch()  # the partial file exists, as on a real disk
+            return FullFile()
+
+        monkeypatch.setattr(uploads, "open", full_open, raising=False)
+        r = upload(c, media["still.png"])
+        assert r.status_code == 507 and r.headers["content-type"] == "application/json"
+        monkeypatch.undo()
+        assert list(st.tmp.iterdir()) == [] and len(list(st.uploads.iterdir())) == n_uploads
+        assert c.get("/api/analyses").json()["total"] == 2
+
+
+def test_a_locked_database_never_blocks_the_server(tmp_path, media):
+    """Another process holds the write lock: health, the page and reads answer at once; an upload
+    fails with 503 JSON after the busy timeout and leaves no file behind."""
+    import sqlite3
+
+    with Client(make_app(tmp_path, db_timeout_s=0.5)) as c:
+        done = wait_for(c, upload(c, media["still.png"]).json()["id"])
+        st = c.app.state.storage
+        other = sqlite3.connect(st.db_path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        try:
+            for url in ("/api/health", "/static/app.js", "/", "/api/analyses", f"/api/analyses/{done['id']}"):
+                t0 = time.time()
+                r = c.get(url)
+                assert r.status_code == 200 and time.time() - t0 < 1.0, (url, r.status_code, time.time() - t0)
+            t0 = time.time()
+            r = upload(c, media["still.png"])
+            assert r.status_code == 503 and "busy" in r.json()["detail"] and time.time() - t0 < 5
+            r = _contribute(c, media["still.png"])
+            assert r.status_code == 503
+            assert list(st.tmp.iterdir()) == [] and len(list(st.uploads.iterdir())) == 1
+            assert list(st.contributions.iterdir()) == []
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        ok = upload(c, media["still.png"])
+        assert ok.status_code == 202 and wait_for(c, ok.json()["id"])["status"] == "done"
+
+
+def test_query_and_multipart_limits_give_4xx_not_500(tmp_path, media):
+    with Client(make_app(tmp_path, token=TOKEN), headers=AUTH) as c:
+        for url in ("/api/analyses?offset=99999999999999999999", "/api/analyses?offset=1000000001",
+                    "/api/contributions?offset=99999999999999999999"):
+            r = c.get(url)
+            assert r.status_code == 422 and "offset" in r.json()["detail"], url
+        for n in (71, 300, 5000):
+            b = "b" * n
+            r = c.post("/api/analyses", content=_multipart(media["still.png"], boundary=b),
+                       headers={"content-type": f"multipart/form-data; boundary={b}"})
+            assert r.status_code == 400 and "boundary" in r.json()["detail"], (n, r.text)
+        b = "b" * 70
+        r = c.post("/api/analyses", content=_multipart(media["still.png"], boundary=b),
+                   headers={"content-type": f"multipart/form-data; boundary={b}"})
+        assert r.status_code == 202, r.text
+
+
+def test_results_and_reports_never_show_server_paths(tmp_path, media):
+    """An analysis given the stored file's full path (in-process) writes it into its report and
+    reasons: the server keeps the stored name only."""
+    def writes_paths(path, model, out_dir, config=None, progress=None):
+        res = stub_analyze(path, model, out_dir, config, progress)
+        (Path(out_dir) / "report.html").write_text(f"<p>{path}</p><p>{escape(str(path))}</p>", encoding="utf-8")
+        return res.model_copy(update={"review_reasons": [f"{path}: looked odd"]})
+
+    from html import escape
+
+    with Client(make_app(tmp_path, analyze=writes_paths)) as c:
+        a = wait_for(c, upload(c, media["still.png"]).json()["id"])
+        assert a["status"] == "done", a
+        root = str(c.app.state.storage.root)
+        report = c.get(a["links"]["report"]).text
+        assert root not in report and f"{a['id']}.png" in report
+        assert root not in json.dumps(a) and a["result"]["file"] == f"{a['id']}.png"
+        assert root not in c.get(a["files"]["result.json"]).text
 
 
 # ------------------------------------------------------------------------------------------ DICOM
@@ -648,7 +900,7 @@ def test_dicom_upload_is_de_identified_before_it_is_stored(tmp_path, media, capl
     before = pydicom.dcmread(io.BytesIO(original))
     for s in IDENTIFYING:
         assert s in original, s  # the test file does carry them
-    with TestClient(make_app(tmp_path / "srv")) as c:
+    with Client(make_app(tmp_path / "srv")) as c:
         r = upload(c, original, name="DOE_JANE.dcm")
         assert r.status_code == 202
         a = wait_for(c, r.json()["id"])
@@ -710,7 +962,7 @@ def test_contributions_queue_review_and_export_read_back_by_data_index(tmp_path,
     from pocovid.data import index_dataset
 
     data = tmp_path / "srv"
-    with TestClient(make_app(data, token=TOKEN)) as c:
+    with Client(make_app(data, token=TOKEN)) as c:
         opts = c.get("/api/contributions/options").json()
         assert {"CC BY 4.0", "CC BY-NC 4.0", "CC BY-NC-SA 4.0"} <= set(opts["licenses"])
         assert [d["value"] for d in opts["diagnoses"]][:3] == ["covid", "pneumonia", "regular"]
@@ -800,7 +1052,7 @@ class TestRealAnalysis:
         from pocovid.server.jobs import real_analyze
 
         app = create_app(ServerConfig(data_dir=tmp_path / "srv", model=str(model_file)), analyze=real_analyze)
-        with TestClient(app) as c:
+        with Client(app) as c:
             vid = upload(c, (tmp_path / "covid.mp4").read_bytes()).json()["id"]
             img = upload(c, (tmp_path / "img.png").read_bytes()).json()["id"]
             bad = upload(c, (tmp_path / "covid.mp4").read_bytes()[:4000]).json()["id"]
@@ -842,7 +1094,7 @@ def test_real_server_process(tmp_path, model_file):
     port = _free_port()
     proc, base = start_server(data, model_file, port, "--max-upload-mb", "1")
     try:
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=base, timeout=30, headers=PAGE_HEADERS) as c:
             r = c.post("/api/analyses", files={"file": ("a.mp4", (tmp_path / "covid.mp4").read_bytes())})
             assert r.status_code == 202, r.text
             id_ = r.json()["id"]
@@ -872,7 +1124,7 @@ def test_real_server_process(tmp_path, model_file):
         stop_server(proc)
     proc, base = start_server(data, model_file, port)
     try:
-        with httpx.Client(base_url=base, timeout=30) as c:
+        with httpx.Client(base_url=base, timeout=30, headers=PAGE_HEADERS) as c:
             hist = c.get("/api/analyses").json()
             assert hist["total"] == 1 and hist["items"][0]["status"] == "done"
             a = c.get(f"/api/analyses/{id_}").json()

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,10 +24,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pocovid import __version__
 from pocovid.server.config import ServerConfig
 from pocovid.server.db import Database
+from pocovid.server.guard import CsrfGuard
 from pocovid.server.headers import SecurityHeaders
 from pocovid.server.jobs import JobRunner, ModelProvider, default_analysis_config, real_analyze
 from pocovid.server.routes import admin, analyses, contributions, pages, schema
@@ -65,6 +69,13 @@ async def upload_error(request: Request, exc: UploadError):
     return JSONResponse({"detail": exc.detail}, status_code=exc.status, headers=headers)
 
 
+async def database_busy(request: Request, exc: sqlite3.OperationalError):
+    """A database locked by another process (or full) past the busy timeout: 503, never a 500."""
+    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"detail": "the service's database is busy or unavailable; try again in a moment"},
+                        status_code=503, headers={"Retry-After": "5"})
+
+
 async def validation_error(request: Request, exc: RequestValidationError):
     """422 with a one-line reason: 'field: message; ...' (at most five)."""
     parts = []
@@ -76,28 +87,36 @@ async def validation_error(request: Request, exc: RequestValidationError):
 
 def create_app(config: ServerConfig | None = None, *, analyze: Callable | None = None, model: Any = None,
                model_loader: Callable[[str], Any] | None = None,
-               analysis_config: Callable[[], Any] | None = None) -> FastAPI:
+               analysis_config: Callable[[], Any] | None = None, isolate: bool | None = None) -> FastAPI:
     """The service over `config.data_dir`. `analyze`, `model`, `model_loader` and `analysis_config`
     replace the real analysis, the loaded model, the model loading and the AnalysisConfig factory
-    (tests inject stubs here)."""
+    (tests inject stubs here). `isolate`: run each analysis in a child process with its memory
+    capped (default: yes for the real analysis, no for an injected one, which then needs not be
+    picklable)."""
     cfg = config or ServerConfig.from_env()
     storage = Storage(cfg.data_dir)
-    db = Database(storage.db_path)
+    db = Database(storage.db_path, timeout=cfg.db_timeout_s)
     models = ModelProvider(cfg.model, model=model, loader=model_loader)
     jobs = JobRunner(db, storage, models, analyze=analyze or real_analyze, workers=cfg.workers,
-                     config_factory=analysis_config or (lambda: default_analysis_config(cfg.overlay_video)),
-                     max_attempts=cfg.max_attempts)
+                     config_factory=analysis_config or partial(default_analysis_config, cfg.overlay_video),
+                     max_attempts=cfg.max_attempts, isolate=analyze is None if isolate is None else isolate,
+                     memory_mb=cfg.job_memory_mb)
 
     app = FastAPI(title="pocovid", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=DESCRIPTION, swagger_ui_parameters={"validatorUrl": None})
     app.state.config, app.state.storage, app.state.db, app.state.jobs, app.state.models = cfg, storage, db, jobs, models
+    # the last added runs first: Host allow-list, then CORS (preflights), then CSRF, then headers
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(CsrfGuard, cors_origins=cfg.cors_origins)
     if cfg.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_credentials=False,
-                           allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization", "Content-Type"])
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Authorization", "Content-Type", "X-Requested-With"])
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=cfg.hosts, www_redirect=False)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(sqlite3.OperationalError, database_busy)
     app.add_exception_handler(UploadError, upload_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     pages.mount_static(app)

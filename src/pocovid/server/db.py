@@ -1,12 +1,16 @@
 """The service's state in one SQLite file: analyses (the job queue and the history) and contributions.
 
-One connection, shared by the request handlers and the worker threads behind a lock; WAL journal,
-so a crash leaves the last committed state. Nothing here holds patient data: no upload file
-names, no DICOM tag values (uploads are stored under random ids; see storage.py).
+One connection per thread (request handlers run in the thread pool, never on the event loop; each
+worker thread has its own), WAL journal (readers never wait for a writer; a crash leaves the last
+committed state) and a busy timeout: a call that waits longer than `timeout` for a lock another
+process holds raises `sqlite3.OperationalError`, which the app answers with 503. Nothing here
+holds patient data: no upload file names, no DICOM tag values (uploads are stored under random
+ids; see storage.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -75,34 +79,51 @@ CONTRIBUTION_COLUMNS = ("id", "created", "status", "decided", "kind", "format", 
 class Database:
     """Thread-safe access to the state file. Rows come back as plain dicts (JSON columns decoded)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, timeout: float = 5.0):
         self.path = Path(path)
-        self._lock = threading.RLock()
-        self._con: sqlite3.Connection | None = None
+        self.timeout = float(timeout)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._cons: list[sqlite3.Connection] = []
+        self._open = False
         self.open()
 
     def open(self) -> None:
-        """Connect (again, after `close`); creates the tables on first use."""
+        """Create the tables on first use (again, after `close`: connections are made per thread)."""
         with self._lock:
-            if self._con is not None:
+            if self._open:
                 return
-            con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            con.row_factory = sqlite3.Row
-            con.execute("PRAGMA journal_mode=WAL")
-            con.execute("PRAGMA synchronous=NORMAL")
-            con.executescript(_SCHEMA)
-            con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            self._con = con
+            self._open = True
+        con = self._con()
+        con.execute("PRAGMA journal_mode=WAL")
+        con.executescript(_SCHEMA)
+        con.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def close(self) -> None:
+        """Close every thread's connection."""
         with self._lock:
-            if self._con is not None:
-                self._con.close()
-                self._con = None
+            cons, self._cons, self._open = self._cons, [], False
+            self._local = threading.local()
+        for con in cons:
+            with contextlib.suppress(sqlite3.Error):
+                con.close()
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            if not self._open:
+                raise sqlite3.ProgrammingError("the database is closed")
+            con = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=self.timeout)
+            con.row_factory = sqlite3.Row
+            con.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+            con.execute("PRAGMA synchronous=NORMAL")
+            with self._lock:
+                self._cons.append(con)
+            self._local.con = con
+        return con
 
     def _exec(self, sql: str, args=()) -> sqlite3.Cursor:
-        with self._lock:
-            return self._con.execute(sql, args)
+        return self._con().execute(sql, args)
 
     # ------------------------------------------------------------------------------ analyses
 
@@ -118,10 +139,9 @@ class Database:
         return _analysis(row) if row else None
 
     def list_analyses(self, offset: int = 0, limit: int = 20) -> tuple[int, list[dict]]:
-        with self._lock:
-            total = self._con.execute("SELECT COUNT(*) FROM analyses").fetchone()[0]
-            rows = self._con.execute("SELECT * FROM analyses ORDER BY created DESC, id LIMIT ? OFFSET ?",
-                                     (int(limit), int(offset))).fetchall()
+        total = self._exec("SELECT COUNT(*) FROM analyses").fetchone()[0]
+        rows = self._exec("SELECT * FROM analyses ORDER BY created DESC, id LIMIT ? OFFSET ?",
+                          (int(limit), int(offset))).fetchall()
         return total, [_analysis(r) for r in rows]
 
     def analyses_with_status(self, *statuses: str) -> list[dict]:
@@ -154,20 +174,15 @@ class Database:
     def claim_analysis(self, id_: str) -> dict | None:
         """queued -> running (attempts + 1); None when it is not queued any more (deleted, taken)."""
         now = time.time()
-        with self._lock:
-            cur = self._con.execute(
-                "UPDATE analyses SET status = 'running', attempts = attempts + 1, started = ?, updated = ?, "
-                "progress = 0, stage = 'starting', error = NULL WHERE id = ? AND status = 'queued'", (now, now, id_))
-            if cur.rowcount == 0:
-                return None
-            return self.get_analysis(id_)
+        row = self._exec(
+            "UPDATE analyses SET status = 'running', attempts = attempts + 1, started = ?, updated = ?, "
+            "progress = 0, stage = 'starting', error = NULL WHERE id = ? AND status = 'queued' RETURNING *",
+            (now, now, id_)).fetchone()
+        return _analysis(row) if row else None
 
     def delete_analysis(self, id_: str) -> dict | None:
-        with self._lock:
-            row = self.get_analysis(id_)
-            if row:
-                self._con.execute("DELETE FROM analyses WHERE id = ?", (id_,))
-            return row
+        row = self._exec("DELETE FROM analyses WHERE id = ? RETURNING *", (id_,)).fetchone()
+        return _analysis(row) if row else None
 
     # ------------------------------------------------------------------------------ contributions
 
@@ -187,10 +202,9 @@ class Database:
 
     def list_contributions(self, status: str | None = None, offset: int = 0, limit: int = 50) -> tuple[int, list[dict]]:
         where, args = ("WHERE status = ?", (status,)) if status else ("", ())
-        with self._lock:
-            total = self._con.execute(f"SELECT COUNT(*) FROM contributions {where}", args).fetchone()[0]
-            rows = self._con.execute(f"SELECT * FROM contributions {where} ORDER BY created, id LIMIT ? OFFSET ?",
-                                     (*args, int(limit), int(offset))).fetchall()
+        total = self._exec(f"SELECT COUNT(*) FROM contributions {where}", args).fetchone()[0]
+        rows = self._exec(f"SELECT * FROM contributions {where} ORDER BY created, id LIMIT ? OFFSET ?",
+                          (*args, int(limit), int(offset))).fetchall()
         return total, [_contribution(r) for r in rows]
 
     def decide_contribution(self, id_: str, status: str, note: str | None = None) -> dict | None:

@@ -1,24 +1,34 @@
 """Analyses run in a bounded pool of worker threads, off the request path.
 
-* The model is loaded from disk once (`ModelProvider`), on first use; each worker thread gets its
-  own copy of it (explanations hook into the model's layers, so two threads must not share one).
+* The real analysis runs in a child process per worker thread (`worker.ProcessWorker`, its memory
+  capped at `ServerConfig.job_memory_mb`): a recording that exhausts memory or crashes the
+  analysis fails its own job ("out of memory", "the analysis process was killed ..."), and the
+  server goes on answering. The child loads the model once. An analysis injected by a caller
+  (tests) runs in the worker thread instead, with a copy of the model per thread (explanations
+  hook into the model's layers, so two threads must not share one).
 * A job is claimed in SQLite (queued -> running, attempts + 1) before it runs, so a job is never
-  run twice at once, and its progress (fraction, stage) is written back as it goes (throttled).
-* On start (`JobRunner.start`) jobs found `running` were cut off by a crash or kill: they are
-  queued again until they have been started `max_attempts` times, then marked failed with the
-  reason; `queued` jobs are submitted again in upload order. Nothing is silently lost.
-* On a clean stop (`shutdown`) running jobs are interrupted at their next progress report and put
-  back in the queue (the attempt is not counted); queued ones stay queued for the next start.
+  run twice at once, and its progress (fraction, stage) is written back as it goes (throttled,
+  best effort while the database is busy).
+* On start (`JobRunner.start`) jobs found `running` were cut off by a crash or kill (perhaps
+  caused by that very job): they are queued again until they have been started `max_attempts`
+  times (default 1: never), then marked failed with the reason; `queued` jobs are submitted
+  again in upload order. Nothing is silently lost, and a recording that took the server down
+  does not do it again.
+* On a clean stop (`shutdown`) running jobs are interrupted (an analysis process is killed at
+  once) and put back in the queue (the attempt is not counted); queued ones stay queued.
 * A failure is recorded with a one-line reason: the reader's reason for a recording it cannot
-  decode (`PocovidError`), or the exception's type for anything unexpected. The log gets ids,
+  decode (`PocovidError`), "out of memory", "the server's disk is full", or the exception's type
+  for anything unexpected; an outcome the database refuses (locked) is retried. The log gets ids,
   statuses, times and tracebacks only, never file names or DICOM values.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 import traceback
@@ -28,18 +38,19 @@ from typing import Any, Callable
 
 from pocovid.analysis.result import AnalysisResult
 from pocovid.errors import PocovidError
-from pocovid.files import jsonable, write_json
+from html import escape
+
+from pocovid.files import jsonable, write_json, write_text
 from pocovid.models import model_summary
 from pocovid.server.db import Database
-from pocovid.server.results import RESULT_JSON, artifact_names
+from pocovid.server.results import RESULT_JSON, artifact_names, is_plain_name
 from pocovid.server.storage import Storage
+from pocovid.server.worker import AnalysisFailed, JobInterrupted, ProcessWorker, failure_reason
+
+__all__ = ["JobInterrupted", "JobRunner", "ModelProvider", "artifact_names", "default_analysis_config",
+           "real_analyze"]
 
 log = logging.getLogger("pocovid.server")
-
-
-class JobInterrupted(BaseException):
-    """Raised from the progress callback to stop an analysis (shutdown, deletion). A
-    BaseException, so that an analysis which catches `Exception` still lets it through."""
 
 
 class ModelProvider:
@@ -48,7 +59,8 @@ class ModelProvider:
     def __init__(self, spec: str = "default", model: Any = None, loader: Callable[[str], Any] | None = None):
         self.spec = spec
         self._model = model
-        self._loader = loader
+        self.given = model  # the model given ready (not one loaded here): what an analysis process gets
+        self.loader = loader
         self._lock = threading.Lock()
         self._local = threading.local()
         self._error: str | None = None
@@ -67,8 +79,8 @@ class ModelProvider:
             with self._lock:
                 if self._model is None:
                     try:
-                        if self._loader is not None:
-                            m = self._loader(self.spec)
+                        if self.loader is not None:
+                            m = self.loader(self.spec)
                         else:
                             from pocovid.inference import load
 
@@ -138,11 +150,13 @@ def real_analyze(*args, **kwargs):
 
 class JobRunner:
     """Runs queued analyses with `analyze(path, model, out_dir, config=..., progress=...)`, which
-    returns an `AnalysisResult` (anything else fails the job as an internal error)."""
+    returns an `AnalysisResult` (anything else fails the job as an internal error). With `isolate`,
+    each worker thread runs its analyses in its own child process (`worker.ProcessWorker`, memory
+    limited to `memory_mb`); without, in the worker thread itself (tests inject a stub this way)."""
 
     def __init__(self, db: Database, storage: Storage, models: ModelProvider, *, analyze: Callable = real_analyze,
                  workers: int = 1, config_factory: Callable[[], Any] = default_analysis_config,
-                 max_attempts: int = 2):
+                 max_attempts: int = 1, isolate: bool = False, memory_mb: float = 0):
         self.db = db
         self.storage = storage
         self.models = models
@@ -150,11 +164,15 @@ class JobRunner:
         self.workers = workers
         self.config_factory = config_factory
         self.max_attempts = max(1, int(max_attempts))
+        self.isolate = isolate
+        self.memory_mb = memory_mb
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
         self._cancelled: set[str] = set()
         self._lock = threading.Lock()
         self._running: set[str] = set()
+        self._idle: list[ProcessWorker] = []
+        self._all: list[ProcessWorker] = []
 
     # ---------------------------------------------------------------------------- lifecycle
     def start(self) -> dict:
@@ -166,7 +184,8 @@ class JobRunner:
             if row["attempts"] >= self.max_attempts:
                 self.db.update_analysis(row["id"], status="failed", finished=time.time(), stage="interrupted",
                                         error=f"interrupted: the server stopped during this analysis "
-                                              f"{row['attempts']} time(s); not tried again (upload it again to retry)")
+                                              f"{row['attempts']} time(s) (a crash, a kill, or the analysis itself "
+                                              "ran out of memory); not tried again (upload it again to retry)")
                 failed += 1
                 log.warning("analysis %s: cut off %d time(s) by a stop, marked failed", row["id"], row["attempts"])
             else:
@@ -180,11 +199,16 @@ class JobRunner:
         return {"requeued": requeued, "failed": failed, "submitted": len(queued)}
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop taking jobs; interrupt running ones at their next progress report (they go back
-        to the queue for the next start); with `wait`, wait for the threads to finish."""
+        """Stop taking jobs; interrupt running ones (an analysis process at once, one in a thread at
+        its next progress report): they go back to the queue for the next start; with `wait`, wait
+        for the threads to finish."""
         self._stopping.set()
         if self._pool is not None:
             self._pool.shutdown(wait=wait, cancel_futures=True)
+        with self._lock:
+            workers, self._all, self._idle = self._all, [], []
+        for w in workers:
+            w.close()
 
     def submit(self, id_: str) -> None:
         if self._pool is None or self._stopping.is_set():
@@ -204,9 +228,39 @@ class JobRunner:
 
     # ---------------------------------------------------------------------------- one job
     def _run(self, id_: str) -> None:
+        try:
+            self._run_job(id_)
+        except BaseException:  # the pool would swallow it: a job must never stay 'running' unseen
+            log.exception("analysis %s: the worker failed", id_)
+
+    def _claim(self, id_: str) -> dict | None:
+        """queued -> running, waiting out a database locked by another process."""
+        delay = 0.2
+        while not self._stopping.is_set():
+            try:
+                return self.db.claim_analysis(id_)
+            except sqlite3.OperationalError as e:
+                log.warning("analysis %s: cannot start yet, the database is busy (%s)", id_, e)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, 5.0)
+        return None
+
+    def _record(self, id_: str, **fields) -> bool:
+        """Write a job's outcome, retrying while the database is busy; logs when it cannot (the job
+        is then found 'running' on the next start and failed there)."""
+        for delay in (0.0, 0.5, 1.0, 2.0, 4.0, 8.0):
+            time.sleep(delay)
+            try:
+                return self.db.update_analysis(id_, **fields)
+            except sqlite3.Error as e:
+                err = e
+        log.error("analysis %s: cannot record its outcome (%s): %s", id_, fields.get("status"), err)
+        return False
+
+    def _run_job(self, id_: str) -> None:
         if self._stopping.is_set():
             return
-        row = self.db.claim_analysis(id_)
+        row = self._claim(id_)
         if row is None:
             return  # deleted or taken meanwhile
         with self._lock:
@@ -220,49 +274,94 @@ class JobRunner:
                 raise PocovidError(f"{upload}: the stored recording is missing")
             shutil.rmtree(out_dir, ignore_errors=True)  # a re-run starts clean
             out_dir.mkdir(parents=True)
-            self.db.update_analysis(id_, stage="loading the model")
-            model = self.models.for_this_thread()
-            config = self.config_factory()
-            result = self.analyze(upload, model, out_dir, config=config, progress=self._progress_cb(id_))
-            if not isinstance(result, AnalysisResult):
-                raise TypeError(f"the analysis returned {type(result).__name__}, not an AnalysisResult")
+            result = self._analyse(id_, upload, out_dir)
             # the stored name (a random id), never a server path
             result = result.model_copy(update={"file": upload.name})
             data = result.to_json()
             write_json(out_dir / RESULT_JSON, data)
             files = artifact_names(result, out_dir)
-            model_name = self.models.name
-            if self.db.update_analysis(id_, status="done", progress=1.0, stage="done", result=data, files=files,
-                                       finished=time.time(), error=None, model=model_name):
+            if self._record(id_, status="done", progress=1.0, stage="done", result=data, files=files,
+                            finished=time.time(), error=None, model=self.models.name):
                 log.info("analysis %s: done in %.1f s (%d files)", id_, time.time() - t0, len(files))
         except JobInterrupted:
             if id_ in self._cancelled:
                 log.info("analysis %s: stopped (deleted)", id_)
             else:
-                self.db.update_analysis(id_, status="queued", progress=0.0, attempts=max(0, row["attempts"] - 1),
-                                        stage="queued again (the server stopped)")
+                self._record(id_, status="queued", progress=0.0, attempts=max(0, row["attempts"] - 1),
+                             stage="queued again (the server stopped)")
                 log.info("analysis %s: interrupted by shutdown, back in the queue", id_)
         except PocovidError as e:
-            reason = self._reason(e, row)
-            self.db.update_analysis(id_, status="failed", stage="failed", error=reason, finished=time.time())
-            log.info("analysis %s: failed after %.1f s (%s)", id_, time.time() - t0, type(e).__name__)
+            self._fail(id_, self._reason(e, row), t0, e)
+        except AnalysisFailed as e:
+            self._fail(id_, e.reason, t0, e)
         except Exception as e:  # a bug must fail the job with a reason, not kill the worker
-            reason = f"internal error during the analysis ({type(e).__name__}); see the server log"
-            self.db.update_analysis(id_, status="failed", stage="failed", finished=time.time(), error=reason)
-            log.error("analysis %s: internal error %s\n%s", id_, type(e).__name__,
-                      "".join(traceback.format_tb(e.__traceback__)))
+            reason = failure_reason(e, self.memory_mb)
+            if reason is None:
+                reason = f"internal error during the analysis ({type(e).__name__}); see the server log"
+                log.error("analysis %s: internal error %s\n%s", id_, type(e).__name__,
+                          "".join(traceback.format_tb(e.__traceback__)))
+            else:
+                shutil.rmtree(out_dir, ignore_errors=True)  # out of memory or disk: free what it wrote
+            self._fail(id_, reason, t0, e)
         finally:
             with self._lock:
                 self._running.discard(id_)
                 cancelled = id_ in self._cancelled
                 self._cancelled.discard(id_)
-            if cancelled or self.db.get_analysis(id_) is None:
+            if cancelled or self._gone(id_):
                 shutil.rmtree(out_dir, ignore_errors=True)  # deleted while it ran
+
+    def _gone(self, id_: str) -> bool:
+        try:
+            return self.db.get_analysis(id_) is None
+        except sqlite3.Error:
+            return False
+
+    def _fail(self, id_: str, reason: str, t0: float, e: BaseException) -> None:
+        self._record(id_, status="failed", stage="failed", error=reason, finished=time.time())
+        log.info("analysis %s: failed after %.1f s (%s)", id_, time.time() - t0, type(e).__name__)
+
+    def _analyse(self, id_: str, upload: Path, out_dir: Path) -> AnalysisResult:
+        """Run the analysis (in a child process with `isolate`, else here) and check its result."""
+        config = self.config_factory()
+        progress = self._progress_cb(id_)
+        if not self.isolate:
+            progress(None, "loading the model")
+            result = self.analyze(upload, self.models.for_this_thread(), out_dir, config=config, progress=progress)
+            if not isinstance(result, AnalysisResult):
+                raise TypeError(f"the analysis returned {type(result).__name__}, not an AnalysisResult")
+            return _without_paths(result, upload, out_dir)
+        worker = self._take_worker()
+        try:
+            data = worker.run(upload, out_dir, config, progress=progress,
+                              should_stop=lambda: self._stopping.is_set() or id_ in self._cancelled)
+        finally:
+            self._give_back(worker)
+        return AnalysisResult.model_validate(data)
+
+    def _take_worker(self) -> ProcessWorker:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+            w = ProcessWorker(self.analyze, self.models.spec, model=self.models.given, loader=self.models.loader,
+                              memory_mb=self.memory_mb)
+            self._all.append(w)
+            return w
+
+    def _give_back(self, w: ProcessWorker) -> None:
+        with self._lock:
+            if w in self._all:
+                self._idle.append(w)
+                return
+        w.close()  # shut down meanwhile
 
     def _reason(self, e: PocovidError, row: dict) -> str:
         reason = getattr(e, "reason", None) or str(e)
         for p in sorted({str(self.storage.resolve(row["upload"])), row["upload"]}, key=len, reverse=True):
             reason = reason.replace(p + ": ", "").replace(p, "the recording")
+        name = Path(row["upload"]).name
+        if reason.startswith(name + ": "):
+            reason = reason[len(name) + 2:]
         reason = reason.replace(str(self.storage.root), "the data folder")
         reason = " ".join(reason.split())
         return reason[:500] or type(e).__name__
@@ -281,6 +380,25 @@ class JobRunner:
             stage_s = str(stage)[:200] if stage is not None else state["stage"]
             if stage_s != state["stage"] or now - state["t"] >= 0.25 or (f >= 1.0 > state["p"]):
                 state.update(t=now, stage=stage_s, p=f)
-                self.db.update_analysis(id_, progress=max(f, 0.0), stage=stage_s or "")
+                try:
+                    self.db.update_analysis(id_, progress=max(f, 0.0), stage=stage_s or "")
+                except sqlite3.Error as e:  # progress is best effort: a busy database must not fail the job
+                    log.debug("analysis %s: progress not recorded (%s)", id_, e)
 
         return progress
+
+
+def _without_paths(result: AnalysisResult, upload: Path, out_dir: Path) -> AnalysisResult:
+    """The result and its report with the recording's server path replaced by its stored name (an
+    analysis run in this process was given the full path; one in a child process sees the name only)."""
+    full, name = str(upload), upload.name
+    text = json.dumps(result.to_json())
+    if full in text:
+        result = AnalysisResult.model_validate(json.loads(text.replace(json.dumps(full)[1:-1], name)))
+    report = out_dir / result.report if result.report and is_plain_name(result.report) else None
+    if report is not None and report.is_file():
+        html = report.read_text(encoding="utf-8", errors="replace")
+        fixed = html.replace(full, name).replace(escape(full), name)
+        if fixed != html:
+            write_text(report, fixed)
+    return result

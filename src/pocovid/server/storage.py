@@ -108,6 +108,10 @@ class Storage:
     def db_path(self) -> Path:
         return self.root / self.DB_NAME
 
+    def free_bytes(self) -> int:
+        """Free space on the data folder's file system (for this user)."""
+        return shutil.disk_usage(self.root).free
+
     def clean_tmp(self) -> int:
         """Remove bodies left half-received by a stop; returns how many."""
         n = 0

@@ -5,13 +5,16 @@ python-multipart's streaming parser, writes the file part to a temporary file un
 and stops at once with `UploadError(413)` when the file passes the limit (a too-large
 Content-Length is refused before anything is read). The type comes from the first bytes
 (`sniff_media`), never from the client's file name or Content-Type: `UploadError(415)` as soon
-as they show something pocovid cannot read. Other refusals: 400 (not multipart, no file, empty
-file, truncated body, two files), 422 (a text field too long or not UTF-8).
+as they show something pocovid cannot read. Other refusals: 400 (not multipart, a bad boundary,
+no file, empty file, truncated body, two files), 422 (a text field too long or not UTF-8), 507
+(the disk holds less than `min_free_bytes` besides the upload, checked before and while reading,
+or a write fails with ENOSPC).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from dataclasses import dataclass, field
@@ -23,6 +26,10 @@ log = logging.getLogger("pocovid.server")
 
 #: Room for the multipart framing on top of the file limit (plus the text fields' own limits).
 BODY_OVERHEAD = 64 * 1024
+#: RFC 2046: a multipart boundary has 1 to 70 characters.
+MAX_BOUNDARY = 70
+#: Free space is checked again each time this much more of the file has been written.
+SPACE_CHECK_BYTES = 8 * 1024 * 1024
 
 
 class UploadError(Exception):
@@ -59,12 +66,36 @@ def _mb(n: int) -> str:
     return f"{n / 1024 / 1024:.0f} MB" if n >= 1024 * 1024 else f"{n} bytes"
 
 
+def disk_full() -> UploadError:
+    return UploadError(507, "the server's disk is full: the upload cannot be stored (try again later)")
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def check_free_space(storage: Storage, min_free_bytes: int, incoming: int = 0) -> None:
+    """UploadError(507) when storing `incoming` more bytes would leave less than `min_free_bytes`."""
+    if min_free_bytes <= 0 and incoming <= 0:
+        return
+    try:
+        free = storage.free_bytes()
+    except OSError:
+        return
+    if free - incoming < min_free_bytes:
+        log.warning("upload refused: %d bytes free on the data folder's disk, %d incoming, %d kept free",
+                    free, incoming, min_free_bytes)
+        raise disk_full()
+
+
 class _Collector:
     """python-multipart callbacks: one file part (streamed to disk), small text fields in memory."""
 
     def __init__(self, storage: Storage, max_file_bytes: int, file_field: str, text_fields: frozenset[str],
-                 max_field_bytes: int):
+                 max_field_bytes: int, min_free_bytes: int = 0):
         self.storage = storage
+        self.min_free_bytes = min_free_bytes
+        self._checked_at = 0
         self.max_file_bytes = max_file_bytes
         self.file_field = file_field
         self.text_fields = text_fields
@@ -135,6 +166,9 @@ class _Collector:
                 if len(self._head) >= SNIFF_BYTES:
                     self._sniff()
             self._fh.write(chunk)
+            if self.min_free_bytes and self._size - self._checked_at >= SPACE_CHECK_BYTES:
+                self._checked_at = self._size
+                check_free_space(self.storage, self.min_free_bytes)
         elif self._part == "text":
             self._buf += chunk
             if len(self._buf) > self.max_field_bytes:
@@ -185,7 +219,8 @@ class _Collector:
 
 
 async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_field: str = "file",
-                       text_fields=(), max_field_bytes: int = 4096, require_file: bool = True) -> ReceivedForm:
+                       text_fields=(), max_field_bytes: int = 4096, require_file: bool = True,
+                       min_free_bytes: int = 0) -> ReceivedForm:
     """Read a multipart/form-data request body as it arrives (see the module docstring).
 
     Returns the text fields named in `text_fields` and the file part (a temporary file the
@@ -197,6 +232,8 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
     boundary = params.get(b"boundary")
     if ctype != b"multipart/form-data" or not boundary:
         raise UploadError(400, f"expected a multipart/form-data body with the recording in the field '{file_field}'")
+    if len(boundary) > MAX_BOUNDARY:
+        raise UploadError(400, f"bad multipart boundary: longer than {MAX_BOUNDARY} characters (RFC 2046)")
     text_fields = tuple(text_fields)
     max_body = max_file_bytes + BODY_OVERHEAD + len(text_fields) * (max_field_bytes + 256)
     cl = request.headers.get("content-length")
@@ -208,10 +245,13 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
         if n > max_body:
             log.info("upload refused before reading: Content-Length %d > limit %d", n, max_body)
             raise UploadError(413, f"file too large: the limit is {_mb(max_file_bytes)}")
-    col = _Collector(storage, max_file_bytes, file_field, frozenset(text_fields), max_field_bytes)
-    parser = MultipartParser(boundary, col.callbacks())
+        check_free_space(storage, min_free_bytes, n)
+    else:
+        check_free_space(storage, min_free_bytes)
+    col = _Collector(storage, max_file_bytes, file_field, frozenset(text_fields), max_field_bytes, min_free_bytes)
     received = 0
     try:
+        parser = MultipartParser(boundary, col.callbacks())
         async for chunk in request.stream():
             if not chunk:
                 continue
@@ -230,6 +270,9 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
         raise
     except Exception as e:
         col.cleanup()
+        if is_disk_full(e):
+            log.warning("upload refused after %d bytes: the disk is full", received)
+            raise disk_full() from None
         if type(e).__name__ == "ClientDisconnect":
             log.info("upload abandoned by the client after %d bytes", received)
             raise UploadError(400, "the client closed the connection during the upload") from None
@@ -250,12 +293,24 @@ async def store_upload(f: ReceivedFile, dest: Path) -> tuple[bool, str | None]:
     from pocovid.server.deid import DeidError, deidentify_dicom
 
     if f.media.kind != "dicom":
-        os.replace(f.path, dest)
+        try:
+            os.replace(f.path, dest)
+        except OSError as e:
+            f.discard()
+            if is_disk_full(e):
+                raise disk_full() from None
+            raise
         return False, None
     try:
         rep = await run_in_threadpool(deidentify_dicom, f.path, dest)
     except DeidError as e:
         raise UploadError(400, f"DICOM file refused: {e}") from None
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            dest.unlink()
+        if is_disk_full(e):
+            raise disk_full() from None
+        raise
     finally:
         f.discard()
     return True, rep.burned_in_annotation

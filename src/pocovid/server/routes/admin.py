@@ -14,7 +14,7 @@ router = APIRouter(prefix="/api", tags=["service"])
 
 
 @router.get("/health", response_model=Health)
-async def health(cfg: Config, db: Db, models: Models) -> Health:
+def health(cfg: Config, db: Db, models: Models) -> Health:
     """Liveness, queue counts and settings (never loads the model)."""
     return Health(version=__version__, model_loaded=models.loaded, model_error=models.error, workers=cfg.workers,
                   analyses=QueueCounts(**db.count_by_status()), max_upload_mb=cfg.max_upload_mb,

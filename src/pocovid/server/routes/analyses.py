@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mimetypes
+import sqlite3
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -14,10 +16,11 @@ from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admi
 from pocovid.server.headers import CSP_FILES
 from pocovid.analysis.result import AnalysisResult
 from pocovid.server.results import links_for, stored_result, summarize_result
-from pocovid.server.routes.common import AUTH_ERRORS, FILE_BODY, FILE_PROP, NOT_FOUND, UPLOAD_ERRORS, multipart_doc
+from pocovid.server.routes.common import (AUTH_ERRORS, FILE_BODY, FILE_PROP, MAX_OFFSET, NOT_FOUND, UPLOAD_ERRORS,
+                                           multipart_doc)
 from pocovid.server.schemas import AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary
 from pocovid.server.storage import new_id, valid_id
-from pocovid.server.uploads import receive_form, store_upload
+from pocovid.server.uploads import UploadError, receive_form, store_upload
 
 log = logging.getLogger("pocovid.server")
 
@@ -72,18 +75,26 @@ async def create_analysis(request: Request, response: Response, cfg: Config, db:
                           pre: UrlPrefix) -> AnalysisCreated:
     """Upload a recording (multipart field `file`); it is stored, then analysed in the background.
     Poll the returned URL."""
-    form = await receive_form(request, storage, max_file_bytes=cfg.max_upload_bytes)
+    form = await receive_form(request, storage, max_file_bytes=cfg.max_upload_bytes,
+                              min_free_bytes=cfg.min_free_bytes)
     f = form.file
     id_ = new_id()
     dest = storage.upload_path(id_, f.media.ext)
+    stored = False
     try:
         deid, _ = await store_upload(f, dest)
-    except BaseException:
-        f.discard()
-        raise
-    size = dest.stat().st_size
-    db.add_analysis(id_, kind=f.media.kind, format=f.media.name, size=size, upload=storage.relative(dest),
-                    deidentified=deid)
+        size = dest.stat().st_size
+        await run_in_threadpool(db.add_analysis, id_, kind=f.media.kind, format=f.media.name, size=size,
+                                upload=storage.relative(dest), deidentified=deid)
+        stored = True
+    except sqlite3.OperationalError as e:
+        raise (UploadError(507, "the server's disk is full: the upload cannot be recorded") if "full" in str(e)
+               else UploadError(503, "the service's database is busy; the upload was not stored (try again)")) from None
+    finally:
+        if not stored:  # no file without its row, whatever went wrong
+            f.discard()
+            with contextlib.suppress(OSError):
+                dest.unlink()
     jobs.submit(id_)
     log.info("analysis %s: queued (%s, %d bytes%s)", id_, f.media.name, size, ", de-identified" if deid else "")
     url = f"{pre}/api/analyses/{id_}"
@@ -92,8 +103,8 @@ async def create_analysis(request: Request, response: Response, cfg: Config, db:
 
 
 @router.get("", response_model=AnalysisPage)
-async def list_analyses(db: Db, pre: UrlPrefix, offset: int = Query(0, ge=0),
-                        limit: int = Query(20, ge=1, le=100)) -> AnalysisPage:
+def list_analyses(db: Db, pre: UrlPrefix, offset: int = Query(0, ge=0, le=MAX_OFFSET),
+                  limit: int = Query(20, ge=1, le=100)) -> AnalysisPage:
     """History, newest first."""
     total, rows = db.list_analyses(offset, limit)
     return AnalysisPage(total=total, offset=offset, limit=limit,
@@ -101,14 +112,14 @@ async def list_analyses(db: Db, pre: UrlPrefix, offset: int = Query(0, ge=0),
 
 
 @router.get("/{analysis_id}", response_model=AnalysisStatus, responses=NOT_FOUND)
-async def get_analysis(row: Row, pre: UrlPrefix) -> AnalysisStatus:
+def get_analysis(row: Row, pre: UrlPrefix) -> AnalysisStatus:
     """Status (queued, running, done, failed), progress, the reason when failed; when done, the
     result and the URLs of its artifacts."""
     return status_of(row, pre)
 
 
 @router.get("/{analysis_id}/files/{name:path}", responses={**NOT_FOUND, **FILE_BODY})
-async def get_file(analysis_id: str, name: str, row: Row, storage: Store):
+def get_file(analysis_id: str, name: str, row: Row, storage: Store):
     """An artifact of a finished analysis: only names listed in its `files`."""
     if row["status"] != "done" or name not in row["files"]:
         raise HTTPException(404, "no such file")
@@ -124,7 +135,7 @@ async def get_file(analysis_id: str, name: str, row: Row, storage: Store):
 
 
 @router.get("/{analysis_id}/source", responses={**NOT_FOUND, **FILE_BODY})
-async def get_source(row: Row, storage: Store):
+def get_source(row: Row, storage: Store):
     """The stored recording (DICOM: the de-identified file), e.g. to show it beside the overlay."""
     path = storage.resolve(row["upload"])
     if not path.is_file():
@@ -137,12 +148,12 @@ async def get_source(row: Row, storage: Store):
 
 @router.delete("/{analysis_id}", status_code=204, responses={**NOT_FOUND, **AUTH_ERRORS},
                dependencies=[Depends(require_admin)])
-async def delete_analysis(analysis_id: str, db: Db, storage: Store, jobs: Jobs) -> Response:
+def delete_analysis(analysis_id: str, db: Db, storage: Store, jobs: Jobs) -> Response:
     """Delete an analysis, its upload and its artifacts (a running one is stopped)."""
     row = db.delete_analysis(analysis_id) if valid_id(analysis_id) else None
     if row is None:
         raise HTTPException(404, "no such analysis")
     jobs.cancel(analysis_id)
-    await run_in_threadpool(storage.remove_analysis, analysis_id, row["upload"])
+    storage.remove_analysis(analysis_id, row["upload"])
     log.info("analysis %s: deleted", analysis_id)
     return Response(status_code=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import sqlite3
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -15,7 +16,7 @@ from pocovid.errors import PocovidError
 from pocovid.server import contributions as contrib
 from pocovid.server.db import Database
 from pocovid.server.deps import Config, Db, Store, UrlPrefix, require_admin
-from pocovid.server.routes.common import AUTH_ERRORS, FILE_PROP, NOT_FOUND, UPLOAD_ERRORS, multipart_doc
+from pocovid.server.routes.common import AUTH_ERRORS, FILE_PROP, MAX_OFFSET, NOT_FOUND, UPLOAD_ERRORS, multipart_doc
 from pocovid.server.schemas import (Contribution, ContributionCreated, ContributionOptions, ContributionPage, Decision,
                                     ErrorBody)
 from pocovid.server.storage import new_id, valid_id
@@ -73,7 +74,7 @@ async def contribution_options() -> ContributionOptions:
 async def create_contribution(request: Request, cfg: Config, db: Db, storage: Store) -> ContributionCreated:
     """Contribute a labelled recording to the dataset queue (reviewed by an admin before export)."""
     form = await receive_form(request, storage, max_file_bytes=cfg.max_upload_bytes,
-                              text_fields=contrib.FORM_FIELDS, max_field_bytes=1024)
+                              text_fields=contrib.FORM_FIELDS, max_field_bytes=1024, min_free_bytes=cfg.min_free_bytes)
     f = form.file
     try:
         try:
@@ -93,24 +94,39 @@ async def create_contribution(request: Request, cfg: Config, db: Db, storage: St
         dest.unlink(missing_ok=True)
         reason = getattr(e, "reason", None) or str(e).replace(str(dest), "the recording")
         raise UploadError(400, f"the recording cannot be read: {reason}") from None
-    size = dest.stat().st_size
-    db.add_contribution({"id": id_, "kind": info.kind, "format": f.media.name, "ext": f.media.ext, "size": size,
-                         "file": storage.relative(dest), "deidentified": int(deid), "burned_in": burned_in, **fields})
+    except BaseException:
+        dest.unlink(missing_ok=True)
+        raise
+    stored = False
+    try:
+        size = dest.stat().st_size
+        await run_in_threadpool(db.add_contribution, {
+            "id": id_, "kind": info.kind, "format": f.media.name, "ext": f.media.ext, "size": size,
+            "file": storage.relative(dest), "deidentified": int(deid), "burned_in": burned_in, **fields})
+        stored = True
+    except sqlite3.OperationalError as e:
+        raise (UploadError(507, "the server's disk is full: the contribution cannot be recorded") if "full" in str(e)
+               else UploadError(503, "the service's database is busy; the contribution was not stored (try again)")
+               ) from None
+    finally:
+        if not stored:  # no file without its row
+            dest.unlink(missing_ok=True)
     log.info("contribution %s: received (%s, %d bytes)", id_, f.media.name, size)
     return ContributionCreated(id=id_, status="pending", deidentified=deid)
 
 
 @router.get("", response_model=ContributionPage, responses=AUTH_ERRORS, dependencies=[Depends(require_admin)])
-async def list_contributions(db: Db, pre: UrlPrefix,
-                             status: str | None = Query(None, pattern="^(pending|accepted|rejected)$"),
-                             offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> ContributionPage:
+def list_contributions(db: Db, pre: UrlPrefix,
+                       status: str | None = Query(None, pattern="^(pending|accepted|rejected)$"),
+                       offset: int = Query(0, ge=0, le=MAX_OFFSET), limit: int = Query(50, ge=1, le=500)
+                       ) -> ContributionPage:
     """The contribution queue (admin)."""
     total, rows = db.list_contributions(status, offset, limit)
     return ContributionPage(total=total, offset=offset, limit=limit, items=[contribution_out(c, pre) for c in rows])
 
 
 @router.get("/{contribution_id}/file", responses={**NOT_FOUND, **AUTH_ERRORS}, dependencies=[Depends(require_admin)])
-async def contribution_file(c: Row, storage: Store):
+def contribution_file(c: Row, storage: Store):
     """The contributed recording, for review (admin)."""
     path = storage.resolve(c["file"])
     if not path.is_file():
@@ -127,13 +143,13 @@ def decide(c: dict, status: str, decision: Decision | None, db: Database, pre: s
 
 @router.post("/{contribution_id}/accept", response_model=Contribution, responses={**NOT_FOUND, **AUTH_ERRORS},
              dependencies=[Depends(require_admin)])
-async def accept_contribution(c: Row, db: Db, pre: UrlPrefix, decision: Decision | None = None) -> Contribution:
+def accept_contribution(c: Row, db: Db, pre: UrlPrefix, decision: Decision | None = None) -> Contribution:
     """Accept a contribution: `pocovid contributions export` will include it (admin)."""
     return decide(c, "accepted", decision, db, pre)
 
 
 @router.post("/{contribution_id}/reject", response_model=Contribution, responses={**NOT_FOUND, **AUTH_ERRORS},
              dependencies=[Depends(require_admin)])
-async def reject_contribution(c: Row, db: Db, pre: UrlPrefix, decision: Decision | None = None) -> Contribution:
+def reject_contribution(c: Row, db: Db, pre: UrlPrefix, decision: Decision | None = None) -> Contribution:
     """Reject a contribution (it stays in the queue, marked rejected) (admin)."""
     return decide(c, "rejected", decision, db, pre)

@@ -66,8 +66,11 @@
     node.textContent = text;
     node.className = "status" + (kind ? " " + kind : "");
   }
+  // Every request that changes data carries this header: a page of another site cannot send it
+  // (CSRF protection; see docs/server.md).
+  const CSRF_HEADER = "X-Requested-With", CSRF_VALUE = "pocovid";
   async function getJSON(url, opts) {
-    const r = await fetch(url, Object.assign({ headers: { Accept: "application/json" } }, opts || {}));
+    const r = await fetch(url, Object.assign({ headers: { Accept: "application/json", [CSRF_HEADER]: CSRF_VALUE } }, opts || {}));
     let body = null;
     try { body = await r.json(); } catch (e) { body = null; }
     if (!r.ok) {
@@ -128,6 +131,7 @@
       xhr.open("POST", url);
       xhr.responseType = "json";
       xhr.setRequestHeader("Accept", "application/json");
+      xhr.setRequestHeader(CSRF_HEADER, CSRF_VALUE);
       xhr.upload.addEventListener("progress", (e) => { if (e.lengthComputable) onProgress(e.loaded / e.total); });
       xhr.addEventListener("load", () => {
         const body = xhr.response || {};
@@ -479,12 +483,13 @@
   async function deleteAnalysis(id) {
     if (!confirm("Delete this analysis, its upload and its results?")) return;
     const tryDelete = async (token) => {
-      const headers = token ? { Authorization: "Bearer " + token } : {};
+      const headers = { [CSRF_HEADER]: CSRF_VALUE };
+      if (token) headers.Authorization = "Bearer " + token;
       return fetch(API + "/analyses/" + id, { method: "DELETE", headers });
     };
     let token = sessionStorage.getItem("pocovid-token");
     let r = await tryDelete(token);
-    if (r.status === 401 || (r.status === 403 && !token)) {
+    if (r.status === 401 || (r.status === 403 && !token)) {  // the server has a token: ask for it
       token = prompt("This server needs its API token to delete analyses:");
       if (!token) return;
       r = await tryDelete(token);
