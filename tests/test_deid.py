@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -376,3 +377,18 @@ def test_export_and_list_neutralise_contributor_text(tmp_path):
     assert res.exit_code == 0, res.output
     assert "\x1b" not in res.output and "\x07" not in res.output and "\r" not in res.output
     assert "Hosp\\x1b]0;pwned" in res.output and f"{len(HOSTILE) + 1} contribution(s)" in res.output
+
+
+def test_a_cut_jpeg_dicom_is_refused_with_one_line_and_nothing_stored(tmp_path):
+    from pocovid.phantom import write_phantom
+    from pocovid.server.deid import DeidError
+
+    src = tmp_path / "in.dcm"
+    write_phantom(src, width=128, height=96, n_frames=8, overlays=True, seed=3, compressed=True)
+    data = src.read_bytes()
+    src.write_bytes(data[: int(len(data) * 0.95)])
+    (tmp_path / "out").mkdir()
+    with warnings.catch_warnings(), pytest.raises(DeidError, match="cut short"):
+        warnings.simplefilter("ignore")  # pydicom's "end of file reached before delimiter"
+        deidentify_dicom(src, tmp_path / "out" / "x.dcm")
+    assert list((tmp_path / "out").iterdir()) == []

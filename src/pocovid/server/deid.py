@@ -296,8 +296,11 @@ def _rebuild_file_meta(ds) -> None:
     sop_class = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
     if sop_class:
         meta.MediaStorageSOPClassUID = sop_class
-    if "SOPInstanceUID" in ds:
-        meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    if not ds.get("SOPInstanceUID"):
+        from pydicom.uid import generate_uid
+
+        ds.SOPInstanceUID = generate_uid()
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = old.get("TransferSyntaxUID") or ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     meta.ImplementationVersionName = f"PYDICOM {pydicom_version}"[:16]
@@ -347,6 +350,10 @@ def deidentify_dicom(src: str | os.PathLike, dst: str | os.PathLike, *, mask_pix
             pixel_raw = ds.get_item(0x7FE00010, keep_deferred=True) if 0x7FE00010 in ds else None
             if pixel_raw is not None:
                 del ds[0x7FE00010]  # never read whole: `_Pixels` streams it
+            elif len(ds) == 0 or "Rows" in ds:  # pydicom drops a cut encapsulated PixelData (or all)
+                raise DeidError("DICOM pixel data is missing or cut short")
+        except DeidError:
+            raise
         except InvalidDicomError:
             raise DeidError("not a readable DICOM file") from None
         except Exception as e:  # truncated headers, bad lengths, ...
@@ -383,6 +390,7 @@ class _Pixels:
 
     def __init__(self, ds, src: Path, raw, folder: Path, stack: contextlib.ExitStack):
         self.ds, self.src, self.raw, self.folder, self.stack = ds, src, raw, folder, stack
+        self.cut = False  # the pixel data ended before its last frame
 
     def store(self, mask: bool) -> str:
         ds = self.ds
@@ -421,9 +429,19 @@ class _Pixels:
 
     # -- finding the scan region and whether anything outside it shows
     def _frames(self, indices=None):
+        """Decoded frames in order; a cut file (a truncated cine) ends at its last whole frame."""
         from pydicom.pixels import iter_pixels
 
-        return iter_pixels(self.src, indices=indices)
+        it = iter_pixels(self.src, indices=indices)
+        while True:
+            try:
+                frame = next(it)
+            except StopIteration:
+                return
+            except Exception:
+                self.cut = True
+                return
+            yield frame
 
     def _region(self, n: int):
         from pocovid.media import to_rgb8
@@ -431,6 +449,8 @@ class _Pixels:
 
         step = max(1, n // 32)
         sample = [to_rgb8(f) for f in self._frames(range(0, n, step))][:32]
+        if not sample:
+            raise DeidError("DICOM pixel data cannot be decoded")
         region = detect_scan_region(sample)
         return None if region.is_full else region
 
@@ -457,7 +477,9 @@ class _Pixels:
         if encoder is not None:
             out.write(struct.pack("<HHI", 0xFFFE, 0xE000, 0))  # an empty basic offset table
         colour = None
+        written = 0
         for f in self._frames():
+            written += 1
             colour = f.ndim == 3
             frame = np.where(mask[..., None] if colour else mask, f, 0).astype(f.dtype, copy=False)
             if encoder is None:
@@ -470,6 +492,10 @@ class _Pixels:
             out.write(data)
         if encoder is None and out.tell() % 2:
             out.write(b"\x00")
+        if written == 0:
+            raise DeidError("DICOM pixel data cannot be decoded")
+        if written < n:  # a cut cine: its whole frames are stored, and it says how many
+            ds.NumberOfFrames = written
         out.flush()
         out.seek(0)
         if colour:  # decoded to RGB, interleaved
@@ -513,19 +539,23 @@ def _lossless_encoder():
 
 def _encapsulated_length(fh, start: int, little: bool = True) -> int:
     """Bytes of an encapsulated PixelData value from `start` up to (not including) its sequence
-    delimiter, found by walking the item headers (their data is skipped, not read)."""
+    delimiter, found by walking the item headers (their data is skipped, not read). A cut file
+    (no delimiter): up to its last whole item (pydicom writes the delimiter)."""
     fmt = "<HHI" if little else ">HHI"
-    pos = start
+    pos = last = start
     size = os.fstat(fh.fileno()).st_size
     while pos + 8 <= size:
         fh.seek(pos)
         group, elem, length = struct.unpack(fmt, fh.read(8))
         if (group, elem) == (0xFFFE, 0xE0DD):
             return pos - start
-        if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF:
+        if (group, elem) != (0xFFFE, 0xE000) or length == 0xFFFFFFFF or pos + 8 + length > size:
             break
         pos += 8 + length
-    raise DeidError("DICOM pixel data: encapsulated fragments end without a delimiter")
+        last = pos
+    if last == start:
+        raise DeidError("DICOM pixel data: no encapsulated fragment")
+    return last - start
 
 
 class _FileWindow(io.RawIOBase):
