@@ -11,6 +11,7 @@ Layout (docs/server.md):
                       model), analyses, contributions
     deps.py           FastAPI dependencies: the shared state (get_db, ...) and require_admin
     headers.py        security headers (CSP per kind of page)
+    guard.py          CSRF: state-changing requests need X-Requested-With, a token or JSON
     results.py        the analysis result as the server reads it: summary, declared artifacts, links
     schemas.py        pydantic models of every request / response
     uploads.py        multipart bodies read as a stream: size limit while reading, type sniffing
@@ -18,6 +19,7 @@ Layout (docs/server.md):
     db.py             SQLite state (analyses, contributions), safe to share between threads
     jobs.py           the bounded worker pool: the model loaded once, jobs off the request path,
                       recovery of jobs cut off by a stop
+    worker.py         the analysis child process (memory-capped; a bomb kills it, not the server)
     deid.py           DICOM de-identification (PS3.15 Basic Application Level Confidentiality Profile)
     contributions.py  the contribution form's fields and the export in the public dataset's layout
     static/           the web page (plain HTML/CSS/JS, no CDN, no build step)
