@@ -1146,7 +1146,8 @@ def test_deid_blanks_burnt_in_text_outside_the_scan_region(tmp_path, compressed)
     assert rep.pixels_masked and rep.burned_in_annotation == "YES"  # the file's own statement stands
     ds = pydicom.dcmread(tmp_path / "clean.dcm")
     lossless = (pydicom.uid.JPEGLSLossless, pydicom.uid.RLELossless)  # blanked JPEG: re-encoded without loss
-    assert ds.file_meta.TransferSyntaxUID in lossless if compressed else not ds.file_meta.TransferSyntaxUID.is_compressed
+    ts = ds.file_meta.TransferSyntaxUID
+    assert ts in lossless if compressed else not ts.is_compressed
     px = ds.pixel_array
     assert px.shape[:3] == (24, 208, 256)
     text = ph.overlay_mask & ~ph.mask
