@@ -9,9 +9,23 @@ this module (tests/test_layout.py checks).
   `natural_images`, `generated_inputs`: inputs that are NOT lung ultrasound, generated on the spot:
   what the out-of-distribution guard must catch (tests and benchmarks/ood.py). Every image is RGB
   uint8 (H, W, 3).
+- `write_bad_corpus`, `write_seed_files`, `mutations`, `check_files`, `fuzz`: hostile and odd
+  recordings (decompression and frame-count bombs, truncations, header lies, bad DICOMs, odd file
+  names, 1x1 images, empty files, a FIFO) and mutations of valid files of every format, each made
+  on the spot; what tests/test_fuzz.py and benchmarks/fuzz.py feed the readers and the CLI. Each
+  bomb is small on disk and would cost gigabytes decoded as its header says. From a shell:
+  `python -m pocovid.testing fuzz DIR [N [SEED]]` or `corpus DIR`, one JSON line per file.
 """
 
 from __future__ import annotations
+
+import io
+import os
+import random
+import struct
+import zlib
+from pathlib import Path
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -219,3 +233,431 @@ def generated_inputs(seed: int = 0) -> dict[str, np.ndarray]:
         "text_screenshot_dark": text_screenshot(seed=seed, dark=True), "cardiac_like": cardiac_like(seed=seed),
         "abdominal_like": abdominal_like(seed=seed),
     }
+
+
+# ------------------------------------------------------------------------------- seed files
+
+
+def _frames(n: int = 6, width: int = 64, height: int = 48, seed: int = 3) -> np.ndarray:
+    from pocovid.phantom import make_phantom
+
+    return make_phantom(label="covid", width=width, height=height, n_frames=n, fps=10.0, seed=seed).frames
+
+
+def write_seed_files(folder: str | os.PathLike, width: int = 64, height: int = 48,
+                     n_frames: int = 6) -> dict[str, Path]:
+    """Small valid files of every format the readers take: {format: path}."""
+    from PIL import Image
+
+    from pocovid.phantom import write_dicom, write_video
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    fr = _frames(n_frames, width, height)
+    out = {}
+    for ext, opts in (("mp4", {}), ("avi", {}), ("gif", {}), ("webm", {}), ("mpeg", {})):
+        write_video(p := d / f"seed.{ext}", fr, 10.0, **opts)
+        out[ext] = p
+    write_video(p := d / "seed_mjpeg.avi", fr, 10.0, codec="mjpeg")
+    out["mjpeg"] = p
+    for ext in ("png", "jpg", "bmp", "tif"):
+        Image.fromarray(fr[0]).save(p := d / f"seed.{ext}")
+        out[ext] = p
+    write_dicom(p := d / "seed.dcm", fr, 10.0)
+    out["dcm"] = p
+    write_dicom(p := d / "seed_jpeg.dcm", fr, 10.0, compressed=True)
+    out["dcm_jpeg"] = p
+    write_rle_dicom(p := d / "seed_rle.dcm", fr[..., 0])
+    out["dcm_rle"] = p
+    return out
+
+
+# ------------------------------------------------------------------------------- DICOM helpers
+
+
+def _dicom_dataset(rows: int, cols: int, n_frames: int, transfer_syntax: str):
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(rows), str(cols), str(n_frames)])
+    meta.TransferSyntaxUID = transfer_syntax
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "US"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if n_frames != 1:
+        ds.NumberOfFrames = n_frames
+        ds.FrameTime = 100.0
+    return ds
+
+
+def _rle_frame(grey: np.ndarray) -> bytes:
+    """One 8-bit frame as a DICOM RLE frame (PackBits, literal runs only)."""
+    raw = np.ascontiguousarray(grey, np.uint8).tobytes()
+    seg = bytearray()
+    for row in range(grey.shape[0]):
+        line = raw[row * grey.shape[1]:(row + 1) * grey.shape[1]]  # RLE runs never cross rows
+        for i in range(0, len(line), 128):
+            chunk = line[i:i + 128]
+            seg += bytes([len(chunk) - 1]) + chunk
+    if len(seg) % 2:
+        seg += b"\x00"
+    return struct.pack("<16I", 1, 64, *([0] * 14)) + bytes(seg)
+
+
+def write_rle_dicom(path: str | os.PathLike, frames: np.ndarray, rows: int | None = None, cols: int | None = None,
+                    n_frames: int | None = None) -> Path:
+    """(T, H, W) grey frames as an RLE Lossless DICOM; rows / cols / n_frames can lie."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    frames = np.asarray(frames, np.uint8)
+    T, H, W = frames.shape
+    ds = _dicom_dataset(rows or H, cols or W, n_frames if n_frames is not None else T, RLELossless)
+    ds.PixelData = encapsulate([_rle_frame(f) for f in frames])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def write_native_dicom(path: str | os.PathLike, pixel_bytes: bytes, rows: int, cols: int, n_frames: int) -> Path:
+    """Explicit VR Little Endian 8-bit grey DICOM whose header says rows x cols x n_frames,
+    whatever `pixel_bytes` holds."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ds = _dicom_dataset(rows, cols, n_frames, ExplicitVRLittleEndian)
+    ds.PixelData = pixel_bytes + (b"\x00" if len(pixel_bytes) % 2 else b"")
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------- bombs
+
+
+def gif_screen_bomb(size: int = 16000) -> bytes:
+    """A 1x1 GIF whose logical screen is `size` x `size` (a decoder may allocate the screen)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("P", (1, 1)).save(buf, format="GIF")
+    data = bytearray(buf.getvalue())
+    data[6:10] = struct.pack("<HH", size, size)
+    return bytes(data)
+
+
+def png_bomb(size: int = 13000) -> bytes:
+    """A `size` x `size` grey PNG of zeros: well under a megabyte, `size`^2 bytes decoded."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    row = b"\x00" * (size + 1)  # filter byte + pixels
+    parts = [z.compress(row * 64) for _ in range(size // 64)]
+    parts += [z.compress(row * (size % 64)), z.flush()]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+def avi_frame_count_lie(avi: bytes, n_frames: int = 200_000_000) -> bytes:
+    """An AVI whose main and stream headers claim `n_frames` frames."""
+    data = bytearray(avi)
+    i = data.find(b"avih")
+    if i >= 0:
+        data[i + 8 + 16:i + 8 + 20] = struct.pack("<I", n_frames)  # dwTotalFrames
+    i = data.find(b"strh")
+    if i >= 0:
+        data[i + 8 + 32:i + 8 + 36] = struct.pack("<I", n_frames)  # dwLength
+    return bytes(data)
+
+
+def write_h264_8k(path: str | os.PathLike, n_frames: int = 3, width: int = 7680, height: int = 4320) -> Path:
+    """A tiny-on-disk 8K H.264 clip (dark frames): legal, but 100 MB per decoded RGB frame."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = width, height, "yuv420p"
+        s.options = {"preset": "ultrafast", "crf": "40"}
+        img = np.zeros((height, width, 3), np.uint8)
+        img[height // 4:3 * height // 4, width // 4:3 * width // 4] = 40
+        for k in range(n_frames):
+            img[height // 2, :width // 2 + k * 8] = 200
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------- the corpus
+
+
+def write_bad_corpus(folder: str | os.PathLike, big: bool = True) -> dict[str, Path]:
+    """Hostile and odd files, {case: path}. `big=False` leaves out the files that take seconds to
+    write (the 8K H.264 clip)."""
+    from PIL import Image
+
+    from pocovid.phantom import write_dicom, write_video
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    fr = _frames(20, 64, 48)
+    out: dict[str, Path] = {}
+
+    def put(name: str, data: bytes, key: str | None = None) -> None:
+        (p := d / name).write_bytes(data)
+        out[key or Path(name).stem] = p
+
+    # bombs
+    put("bomb_gif_screen.gif", gif_screen_bomb())
+    put("bomb_png_13000.png", png_bomb())
+    write_video(tmp := d / "tmp.avi", fr[:4], 10.0)
+    put("bomb_avi_frames.avi", avi_frame_count_lie(tmp.read_bytes()))
+    tmp.unlink()
+    write_rle_dicom(p := d / "bomb_rle_30000.dcm", fr[:1, ..., 0], rows=30000, cols=30000)
+    out[p.stem] = p
+    write_rle_dicom(p := d / "bomb_dicom_frames.dcm", fr[:2, ..., 0], n_frames=1_000_000_000)
+    out[p.stem] = p
+    write_native_dicom(p := d / "bomb_native_lie.dcm", b"\x00" * 4096, rows=30000, cols=30000, n_frames=50)
+    out[p.stem] = p
+    if big:
+        write_h264_8k(p := d / "big_h264_8k.mp4")
+        out[p.stem] = p
+    # truncations
+    write_dicom(tmp := d / "tmp.dcm", fr, 10.0)
+    put("trunc_dicom_95.dcm", tmp.read_bytes()[: int(tmp.stat().st_size * 0.95)])
+    put("trunc_dicom_header.dcm", tmp.read_bytes()[:300])
+    tmp.unlink()
+    write_dicom(tmp, fr, 10.0, compressed=True)
+    put("trunc_dicom_jpeg_90.dcm", tmp.read_bytes()[: int(tmp.stat().st_size * 0.9)])
+    tmp.unlink()
+    write_video(tmp := d / "tmp.mp4", fr, 10.0)
+    put("trunc_mp4_half.mp4", tmp.read_bytes()[: tmp.stat().st_size // 2])
+    put("trunc_mp4_head.mp4", tmp.read_bytes()[:64])
+    tmp.unlink()
+    Image.fromarray(fr[0]).save(buf := io.BytesIO(), format="PNG")
+    put("trunc_png.png", buf.getvalue()[: len(buf.getvalue()) // 2])
+    # header lies and bad DICOMs
+    put("dicm_zeros.dcm", b"\x00" * 128 + b"DICM" + b"\x00" * 1_000_000)
+    put("dicm_at_start", b"DICM" + b"\x00" * 1_000_000)
+    put("dicm_ff.dcm", b"\x00" * 128 + b"DICM" + b"\xff" * 100_000)
+    write_native_dicom(p := d / "dicom_short_pixels.dcm", b"\x7f" * 1000, rows=48, cols=64, n_frames=5)
+    out[p.stem] = p
+    write_native_dicom(p := d / "dicom_zero_rows.dcm", b"\x7f" * 64, rows=0, cols=64, n_frames=1)
+    out[p.stem] = p
+    put("text_as.png", b"not an image\n" * 10, "text_as_png")
+    put("text_as.dcm", b"not a dicom file\n" * 10, "text_as_dcm")
+    put("text_as.gif", b"GIF89a" + b"\x00" * 7, "text_as_gif")
+    # tiny images
+    Image.new("RGB", (1, 1), (90, 90, 90)).save(p := d / "one_pixel.png")
+    out[p.stem] = p
+    Image.new("L", (1, 1), 90).save(p := d / "one_pixel.gif")
+    out["one_pixel_gif"] = p
+    write_dicom(p := d / "one_pixel.dcm", np.full((1, 1, 1, 3), 90, np.uint8), 10.0)
+    out["one_pixel_dcm"] = p
+    Image.new("RGB", (1, 40), (90, 90, 90)).save(p := d / "one_column.png")
+    out[p.stem] = p
+    # empty, not regular
+    put("empty.mp4", b"")
+    put("empty.dcm", b"", "empty_dcm")
+    fifo = d / "fifo.mp4"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(fifo)
+        out["fifo"] = fifo
+    if os.path.exists("/dev/zero"):
+        (p := d / "zero.dcm").symlink_to("/dev/zero")
+        out["dev_zero"] = p
+    (p := d / "folder.mp4").mkdir()
+    out["folder"] = p
+    # odd names (a good file under each)
+    write_video(good := d / "good.mp4", fr[:6], 10.0)
+    for name, key in ((b"scan \xff\xfe latin.mp4", "name_not_utf8"), ("scan\nnewline.mp4".encode(), "name_newline"),
+                      ("scan ünïcödé 肺.mp4".encode(), "name_unicode"), (b"-dash.mp4", "name_dash")):
+        p = Path(os.fsdecode(os.path.join(os.fsencode(d), name)))
+        p.write_bytes(good.read_bytes())
+        out[key] = p
+    good.unlink()
+    return out
+
+
+# ------------------------------------------------------------------------------- mutations
+
+_INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    """One random mutation: bit flips, interesting integers, a cut, a removed / repeated / random
+    block; mostly near the start, where the headers are."""
+    b = bytearray(data)
+    n = len(b)
+    if n == 0:
+        return bytes(b)
+
+    def pos() -> int:  # headers matter most: half the positions in the first 512 bytes
+        return rng.randrange(min(n, 512)) if rng.random() < 0.5 else rng.randrange(n)
+
+    op = rng.randrange(7)
+    if op == 0:
+        for _ in range(rng.randint(1, 8)):
+            i = pos()
+            b[i] ^= 1 << rng.randrange(8)
+    elif op == 1:
+        i = pos()
+        v = rng.choice(_INTERESTING)
+        width = rng.choice((1, 2, 4))
+        b[i:i + width] = (v & ((1 << (8 * width)) - 1)).to_bytes(width, rng.choice(("little", "big")))
+    elif op == 2 and n > 1:
+        b = b[: rng.randrange(1, n)]
+    elif op == 3:
+        i = pos()
+        del b[i:i + rng.randint(1, 64)]
+    elif op == 4:
+        i, j = pos(), pos()
+        b[j:j] = b[i:i + rng.randint(1, 256)]
+    elif op == 5:
+        i = pos()
+        b[i:i + 16] = rng.randbytes(16)
+    else:
+        for _ in range(rng.randint(2, 5)):
+            b = bytearray(mutate(bytes(b), rng))
+    return bytes(b)
+
+
+def mutations(data: bytes, n: int, seed: int = 0) -> Iterator[bytes]:
+    """`n` mutated copies of `data`, the same for the same seed."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield mutate(data, rng)
+
+
+# ------------------------------------------------------------------------------- checking files
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux: writing 5 resets the process's peak resident set size (VmHWM)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def read_like_analyze(path: str | os.PathLike) -> int:
+    """What `analyze` asks of the readers, without a model: the file's facts, its scan region,
+    every frame cropped and resized to 96 px, then every frame again in full (the overlay video).
+    Returns the number of frames. Raises `MediaError` for a file that cannot be read."""
+    from pocovid.media import open_media
+    from pocovid.region import clip_region
+    from pocovid.region.frames import iter_clip_frames
+
+    with open_media(path) as r:
+        info = r.info
+    region = clip_region(path)
+    n = sum(1 for _ in iter_clip_frames(path, region, size=96))
+    with open_media(path) as r:
+        for f in r:
+            assert f.image.shape == (info.height, info.width, 3), (f.image.shape, info)
+    return n
+
+
+def check_files(paths, reader=read_like_analyze) -> list[dict]:
+    """Each file through `reader`: {path, outcome ('ok' | 'error' | 'crash'), message, frames (what
+    `reader` returned), seconds, peak_rss (bytes, peak of this process while reading that file)}. A `PocovidError` is an
+    'error' (its message kept); anything else is a 'crash', the bug this corpus hunts."""
+    import time
+    import traceback
+
+    from pocovid.errors import PocovidError
+
+    rows = []
+    for p in paths:
+        _reset_peak_rss()
+        t0 = time.perf_counter()
+        frames = None
+        try:
+            frames = reader(p)
+            outcome, msg = "ok", ""
+        except PocovidError as e:
+            outcome, msg = "error", str(e)
+        except Exception as e:  # noqa: BLE001 - the point: any other exception is a finding
+            outcome, msg = "crash", f"{type(e).__name__}: {e} | " + " ".join(traceback.format_exc().split())[-600:]
+        rows.append(dict(path=os.fsdecode(p), outcome=outcome, message=msg, frames=frames,
+                         seconds=time.perf_counter() - t0, peak_rss=_peak_rss_bytes()))
+    return rows
+
+
+def read_all_frames(path: str | os.PathLike) -> int:
+    """The readers alone: the file's facts, then every frame (fast: what the fuzz test asks)."""
+    from pocovid.media import open_media
+
+    with open_media(path) as r:
+        info = r.info
+        n = 0
+        for f in r:
+            assert f.image.dtype == np.uint8 and f.image.shape == (info.height, info.width, 3), (f.image.shape, info)
+            n += 1
+    return n
+
+
+def fuzz(folder: str | os.PathLike, per_format: int, seed: int = 0, formats=None,
+         reader=read_all_frames) -> list[dict]:
+    """`per_format` mutations of each seed file (`write_seed_files`), each written to `folder` and
+    read with `reader` (`check_files` rows, plus 'format')."""
+    d = Path(folder)
+    seeds = write_seed_files(d / "seeds")
+    rows = []
+    for k, (fmt, src) in enumerate(sorted(seeds.items())):
+        if formats and fmt not in formats:
+            continue
+        data = src.read_bytes()
+        target = d / f"mutant{src.suffix}"
+        for j, mutant in enumerate(mutations(data, per_format, seed=seed * 1000 + k)):
+            target.write_bytes(mutant)
+            (row,) = check_files([target], reader)
+            row.update(format=fmt, mutation=j)
+            rows.append(row)
+    return rows
+
+
+def _main(argv=None) -> None:
+    """python -m pocovid.testing fuzz DIR [N [SEED]] | corpus DIR: one JSON line per file."""
+    import json
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) >= 2 and args[0] == "fuzz":
+        n = int(args[2]) if len(args) > 2 else 200
+        rows = fuzz(args[1], n, int(args[3]) if len(args) > 3 else 0)
+    elif len(args) >= 2 and args[0] == "corpus":
+        files = write_bad_corpus(args[1], big="--small" not in args)
+        rows = check_files(sorted(files.values()), read_like_analyze)
+    else:
+        raise SystemExit(_main.__doc__)
+    for r in rows:
+        print(json.dumps(r, ensure_ascii=True), flush=True)
+
+
+if __name__ == "__main__":
+    _main()
