@@ -30,7 +30,7 @@ class MediaError(PocovidError):
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = os.fsdecode(path)
-        self.reason = " ".join(str(reason).split())  # one line, whatever the decoder said
+        self.reason = display_path(" ".join(str(reason).split()))  # one line, whatever the decoder said
         super().__init__(f"{display_path(path)}: {self.reason}")
 
 
@@ -469,7 +469,9 @@ def dicom_fps(ds) -> float | None:
 
 
 def _short(e: Exception) -> str:
-    msg = " ".join(str(e).split()) or type(e).__name__
+    # FFmpeg's errors repeat the file name after the reason: the reason alone
+    msg = getattr(e, "strerror", None) if getattr(e, "filename", None) else None
+    msg = " ".join(str(msg or e).split()) or type(e).__name__
     return msg[:200]
 
 
