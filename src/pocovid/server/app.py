@@ -29,6 +29,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from pocovid import __version__
 from pocovid.server.config import ServerConfig
 from pocovid.server.db import Database
+from pocovid.server.deid import remove_stale_temp_files
 from pocovid.server.guard import CsrfGuard
 from pocovid.server.headers import SecurityHeaders
 from pocovid.server.jobs import JobRunner, ModelProvider, default_analysis_config, real_analyze
@@ -50,6 +51,8 @@ async def lifespan(app: FastAPI):
     st = app.state
     st.db.open()
     n_tmp = st.storage.clean_tmp()
+    # nothing runs yet: every temp file a killed de-identification left is stale
+    n_tmp += sum(remove_stale_temp_files(d, 0) for d in (st.storage.uploads, st.storage.contributions))
     rec = st.jobs.start()
     log.info("pocovid server: data folder ready, %d worker(s); recovered %s; %d partial upload(s) removed",
              st.config.workers, rec, n_tmp)
