@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 from pocovid.cli import app
 from pocovid.data import (
     FINDINGS,
+    INDEX_COLUMNS,
+    Findings,
     index_dataset,
     label_from_filename,
     normalize_label,
@@ -119,13 +121,18 @@ def test_public_layout_with_metadata(public_demo):
         assert it.patient == f"src1-pat{int(it.name.split('_pat')[1][:2])}"
         assert it.width == 64 and it.height == 64
         assert (it.n_frames, it.fps is not None) == ((6, True) if it.kind == "video" else (1, False))
-        assert set(it.findings) == set(FINDINGS)
+        assert isinstance(it.findings, Findings) and it.dataset == "pocus" and it.exam == it.patient
+        no_score = {"severity"} if it.label == "pneumonia" else set()
+        assert set(it.findings.known()) == {*FINDINGS, "severity"} - no_score
         assert it.license.startswith("CC0")
         assert not it.label_uncertain
     cov = next(it for it in idx if it.label == "covid")
-    assert cov.findings["b_lines"] == 1 and cov.findings["a_lines"] == 0 and cov.severity == 2
+    assert cov.findings.b_lines is True and cov.findings.a_lines is False and cov.severity == 2
+    assert cov.findings.pleural_irregularity is True and cov.findings.consolidation is False
     reg = next(it for it in idx if it.label == "regular")
-    assert reg.findings["a_lines"] == 1 and reg.severity == 0
+    assert reg.findings.a_lines is True and reg.findings.severity == 0 and reg.label_scope == "recording"
+    pneu = next(it for it in idx if it.label == "pneumonia")
+    assert pneu.findings.consolidation and pneu.findings.air_bronchogram and pneu.severity is None  # not 0
     assert (idx.abspath(cov)).is_file()
 
 
@@ -140,7 +147,7 @@ def test_public_layout_any_case_and_no_metadata(public_demo, tmp_path):
         assert it.label_from == "filename" and it.group_from == "filename"
         assert it.patient.startswith("file-demopat")
         assert it.label == label_from_filename(it.name)[0]
-        assert it.findings == {k: None for k in FINDINGS} and it.severity is None
+        assert it.findings == Findings() and it.findings.known() == [] and it.severity is None
     assert {it.probe for it in idx if it.path.startswith("POCUS_Videos/Convex/")} == {"convex"}
     # clips and image of one patient share the group, patients differ
     groups = {}
@@ -192,11 +199,11 @@ def test_shifted_metadata_row_and_bad_findings(public_demo, tmp_path):
     idx = index_dataset(root)
     it = next(i for i in idx if i.name.startswith(shifted["Filename"] + "."))
     assert it.patient == "src1-pat77"
-    assert all(v is None for v in it.findings.values())
+    assert it.findings.known() == ["severity"]  # the shifted row's findings are unknown, never 0
     assert any("shifted" in w and shifted["Filename"] in w for w in idx.warnings)
     it2 = next(i for i in idx if i.name.startswith(rows[1]["Filename"] + "."))
-    assert it2.findings["effusion"] is None
-    assert any("'Effusion' is 'https://example.org/x.zip'" in w for w in idx.warnings)
+    assert it2.findings.effusion is None and it2.findings.b_lines is not None
+    assert any("'Effusion' is 'https://example.org/x.zip'" in w and "left unknown" in w for w in idx.warnings)
 
 
 # ---------------------------------------------------------------------------- folders layout
@@ -346,6 +353,28 @@ def test_index_csv_round_trip(public_demo, tmp_path):
     with pytest.raises(PocovidError, match="not a pocovid index"):
         (tmp_path / "x.csv").write_text("a,b\n1,2\n")
         read_index(tmp_path / "x.csv")
+    header = p.read_text().splitlines()[0].split(",")
+    assert header == INDEX_COLUMNS and "consolidation" in header and "pleural_irregularity" in header
+
+
+def test_index_csv_of_an_older_pocovid_still_reads(public_demo, tmp_path):
+    """Index CSVs written before the findings vocabulary: `consolidations`, `pleural_irregularities`,
+    no dataset / zone / exam columns."""
+    rows = list(csv.DictReader(open(write_index(index_dataset(public_demo), tmp_path / "new.csv"), newline="")))
+    old_cols = ["path", "kind", "probe", "label", "label_uncertain", "patient", "fps", "n_frames", "width", "height",
+                "format", "source", "severity", "license", "b_lines", "a_lines", "consolidations", "effusion",
+                "pleural_irregularities", "air_bronchogram", "label_from", "group_from", "root"]
+    with open(tmp_path / "old.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=old_cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, r.get({"consolidations": "consolidation",
+                                           "pleural_irregularities": "pleural_irregularity"}.get(c, c), ""))
+                        for c in old_cols})
+    back = read_index(tmp_path / "old.csv")
+    cov = next(it for it in back if it.label == "covid")
+    assert cov.findings.pleural_irregularity is True and cov.findings.consolidation is False
+    assert cov.exam == cov.patient and cov.dataset == ""
 
 
 # ------------------------------------------------------------------------------------ real data

@@ -136,12 +136,13 @@ def schema_cmd():
 # ------------------------------------------------------------------------------ data (index, split)
 
 _PROBE_HELP = "Keep these probes: convex, linear, unknown (comma-separated). Default: all."
-_CLASSES_HELP = "Keep these classes: covid, pneumonia, regular, viral (comma-separated). Default: all."
+_CLASSES_HELP = "Keep these classes: covid, pneumonia, regular, viral, other (comma-separated). Default: all."
 
 
 @data_app.command("index")
 def data_index_cmd(
-    folder: str = typer.Argument(..., help="Dataset folder: the public POCUS layout or DIR/<class>/<files>."),
+    folders: list[str] = typer.Argument(..., help="Dataset folder(s): the public POCUS layout, COVID-BLUES' "
+                                        "layout or DIR/<class>/<files>; several are indexed as one."),
     out: str = typer.Option(None, "--out", "-o", help="Write the index as CSV to this file."),
     probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
     classes: str = typer.Option(None, "--classes", help=_CLASSES_HELP),
@@ -153,19 +154,20 @@ def data_index_cmd(
     """Index a dataset folder: label, probe, patient and facts of every recording.
 
     Prints which check ran (headers only, or verified by decoding), counts per class x probe x kind,
-    and lists files and folders that could not be read. Exits 0 when something was indexed (failures
-    are listed), 1 when nothing was, or with --strict on any failure.
+    per dataset how many recordings carry each finding / severity, and lists files and folders that
+    could not be read. Exits 0 when something was indexed (failures are listed), 1 when nothing was,
+    or with --strict on any failure.
     """
-    from pocovid.data import index_dataset, write_index
+    from pocovid.data import load_index, write_index
     from pocovid.files import path_text
 
     try:
-        idx = index_dataset(folder, probes=probe, classes=classes, verify=verify)
+        idx = load_index(list(folders), probes=probe, classes=classes, verify=verify)
     except PocovidError as e:
         fail(path_text(str(e)))
     typer.echo(idx.summary())
     if not idx.items:
-        fail(f"{path_text(folder)}: nothing could be indexed"
+        fail(f"{', '.join(path_text(f) for f in folders)}: nothing could be indexed"
              + (" (check --probe / --classes)" if probe or classes else ""))
     if out:
         write_index(idx, out)
@@ -185,8 +187,11 @@ def _split_defaults() -> dict:
 
 @data_app.command("split", cls=_defaults_from(_split_defaults))
 def data_split_cmd(
-    source: str = typer.Argument(..., help="Dataset folder, or an index CSV from `pocovid data index --out`."),
-    n_folds: int = typer.Option(None, "--folds", "-k", help="Number of folds (default {n_folds})."),
+    sources: list[str] = typer.Argument(..., help="Dataset folder(s), or index CSV(s) from `pocovid data index "
+                                        "--out`; several are split together (grouped by patient within each)."),
+    n_folds: int = typer.Option(None, "--folds", "-k", help="Number of folds, mode kfold (default {n_folds})."),
+    mode: str = typer.Option(None, "--mode", help="kfold (patient-grouped, stratified by dataset and label), lodo "
+                             "(leave one dataset out) or loso (leave one source out) (default {mode})."),
     seed: int = typer.Option(None, "--seed", help="Seed of the shuffles; the same seed gives the same folds "
                              "(default {seed})."),
     probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
@@ -194,24 +199,27 @@ def data_split_cmd(
     out: str = typer.Option("splits.json", "--out", "-o", help="Split file to write (JSON, docs/splits.md)."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero if any file could not be indexed."),
 ):
-    """Split a dataset into patient-grouped, class-stratified folds and write them as JSON."""
+    """Split datasets into patient-grouped, class-stratified folds (or one fold per dataset / source)
+    and write them as JSON."""
     from pocovid.data import load_index, patient_folds
 
     try:
-        idx = load_index(source, probes=probe, classes=classes)
+        idx = load_index(list(sources), probes=probe, classes=classes)
         if idx.failures or idx.skipped:
             typer.echo(idx.summary())
             if strict:
                 fail(f"--strict: {len(idx.failures) + len(idx.skipped)} file(s) not indexed (listed above)")
         elif idx.warnings:
             typer.echo(f"{len(idx.warnings)} warning(s) while indexing; `pocovid data index` lists them")
-        given = {k: v for k, v in (("n_folds", n_folds), ("seed", seed)) if v is not None}
+        given = {k: v for k, v in (("n_folds", n_folds), ("seed", seed), ("mode", mode)) if v is not None}
         splits = patient_folds(idx, **given)
         splits.save(out)
     except PocovidError as e:
         fail(str(e))
     n_pat = len({it.patient for it in splits.items()})
-    typer.echo(f"{len(splits.items())} recordings, {n_pat} patients, {splits.n_folds} folds, seed {splits.seed}"
+    typer.echo(f"{len(splits.items())} recordings, {n_pat} patients, {splits.n_folds} folds"
+               + (f", seed {splits.seed}" if splits.mode == "kfold" else f" ({splits.mode})")
+               + (f", datasets {','.join(splits.datasets())}" if len(splits.datasets()) > 1 else "")
                + (f", probe {','.join(splits.probes)}" if splits.probes else "")
                + f", classes {','.join(splits.classes)}")
     typer.echo(splits.table())
@@ -221,14 +229,19 @@ def data_split_cmd(
 @data_app.command("check-split")
 def data_check_split_cmd(
     split_file: str = typer.Argument(..., help="Split file written by `pocovid data split`."),
-    root: str = typer.Option(None, "--root", help="Resolve paths against this folder instead of the recorded root."),
+    root: list[str] = typer.Option(None, "--root", help="Resolve paths against this folder instead of the "
+                                   "recorded root; with several datasets, one --root per dataset."),
 ):
     """Check a split: no patient in two folds, no file twice, every file present."""
     from pocovid.data import check_split, load_splits
 
     try:
         splits = load_splits(split_file)
-        problems = check_split(splits, root=root)
+        if root and len(splits.datasets()) > 1:
+            root = splits.match_roots(root)
+        elif root:
+            root = root[0]
+        problems = check_split(splits, root=root or None)
     except PocovidError as e:
         fail(str(e))
     if problems:
@@ -238,8 +251,10 @@ def data_check_split_cmd(
             typer.echo(f"problem: ... and {len(problems) - 50} more", err=True)
         fail(f"{split_file}: {len(problems)} problem(s)")
     n_pat = len({it.patient for it in splits.items()})
+    where = (root if isinstance(root, str) else "; ".join(f"{k} = {v}" for k, v in (root or splits.roots).items())
+             if root or len(splits.roots) > 1 else splits.root)
     typer.echo(f"OK: {split_file}: {len(splits.folds)} folds, {len(splits.items())} recordings, {n_pat} patients; "
-               f"no patient in two folds, no file twice, all files present under {root or splits.root}")
+               f"no patient in two folds, no file twice, all files present under {where}")
     typer.echo(splits.table())
 
 
@@ -295,7 +310,8 @@ def _train_defaults() -> dict:
 @app.command("train", cls=_defaults_from(_train_defaults))
 def train_cmd(
     ctx: typer.Context,
-    folder: str = typer.Argument(..., help="Dataset folder the split file refers to (public layout or DIR/<class>/)."),
+    folders: list[str] = typer.Argument(..., help="Dataset folder(s) the split file refers to (public layout, "
+                                        "COVID-BLUES, DIR/<class>/): one per dataset of the split."),
     splits: str = typer.Option(..., "--splits", help="Split file from `pocovid data split`."),
     out: str = typer.Option(..., "--out", help="Run folder, e.g. runs/NAME (resumes if it exists)."),
     final: bool = typer.Option(False, "--final", help="Also train the model on all data: OUT/model.pt."),
@@ -369,7 +385,8 @@ def train_cmd(
     if not cv and not final:
         fail("nothing to do: --no-cv without --final")
     sp = load_splits(splits)
-    res = train_run(sp, out, cfg, final=final, cv=cv, root=folder, progress=not quiet, weights=weights,
+    root = folders[0] if len(folders) == 1 else sp.match_roots(folders)
+    res = train_run(sp, out, cfg, final=final, cv=cv, root=root, progress=not quiet, weights=weights,
                     pretrained=not no_pretrained)
     if res.metrics:
         typer.echo(format_summary(res.metrics))
@@ -401,7 +418,8 @@ def _check_aggregation(value: str | None) -> str | None:
 
 @app.command("evaluate", cls=_defaults_from(_evaluate_defaults))
 def evaluate_cmd(
-    folder: str = typer.Argument(..., help="Labelled folder (public POCUS layout or DIR/<class>/<files>)."),
+    folders: list[str] = typer.Argument(..., help="Labelled folder(s) (public POCUS layout, COVID-BLUES, "
+                                        "DIR/<class>/<files>); several are scored together."),
     model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
     out: str = typer.Option(..., "--out", help="Folder for metrics.json, predictions.csv and plots."),
     probe: str = typer.Option(None, "--probe", help=_PROBE_HELP),
@@ -423,7 +441,8 @@ def evaluate_cmd(
         fail(f"--max-frames: must be >= 1, got {max_frames}")
     given = {k: v for k, v in (("aggregation", aggregation), ("rate_hz", rate_hz), ("max_frames", max_frames))
              if v is not None}
-    m = evaluate_folder(model, folder, out, probes=probe, classes=classes, progress=not quiet, **given)
+    m = evaluate_folder(model, folders[0] if len(folders) == 1 else list(folders), out, probes=probe, classes=classes,
+                        progress=not quiet, **given)
     typer.echo(format_summary(m))
     if m["skipped"]:
         typer.echo(f"skipped {len(m['skipped'])} recording(s):")

@@ -6,6 +6,8 @@ Two layouts are read, folder names in any letter case (docs/data.md):
 * the public POCUS dataset's: `pocus_videos/{convex,linear}/`, `pocus_images/{convex,linear}/`,
   optional `dataset_metadata.csv` at the root, class given by the file-name prefix (`Cov`, `Pneu`,
   `Reg`, `Vir`) and by the metadata's `Label` column;
+* COVID-BLUES' (`lus_videos/patient_<ID>_<POINT>[_2].mp4`, `clinical_variables.csv`, `severity.csv`):
+  read by `pocovid.data.blues`, label = the patient's clinical diagnosis;
 * plain class folders: `DIR/<class>/<files>` (`covid`, `pneumonia`, `regular`, `viral` or common
   synonyms such as `healthy`, `normal`, `bacterial`); a folder inside a class folder is a patient
   (`DIR/covid/patient07/clip1.mp4`); `convex`/`linear` folders anywhere on the path set the probe.
@@ -23,9 +25,18 @@ import re
 import stat
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from pocovid.data.findings import (
+    FINDING_NAMES,
+    POCUS_FINDING_COLUMNS,
+    POCUS_SEVERITY_COLUMN,
+    TARGETS,
+    Findings,
+    parse_severity,
+    parse_yes_no,
+)
 from pocovid.data.labels import (
     CLASSES,
     PROBES,
@@ -44,15 +55,10 @@ from pocovid.media.reader import looks_like_dicom
 
 METADATA_NAME = "dataset_metadata.csv"
 
-#: Findings columns: index name -> the public metadata's column.
-FINDINGS = {
-    "b_lines": "B-lines",
-    "a_lines": "A-lines",
-    "consolidations": "Consolidations",
-    "effusion": "Effusion",
-    "pleural_irregularities": "Pleural line irregularities",
-    "air_bronchogram": "Air bronchogram",
-}
+#: Findings columns: index name -> the public metadata's column (`pocovid.data.findings`).
+FINDINGS = POCUS_FINDING_COLUMNS
+#: Names of the datasets whose layout the index recognises; other folders are named after themselves.
+POCUS_DATASET = "pocus"
 
 # Files that are part of a dataset folder but are not recordings: never listed.
 _SILENT_EXTENSIONS = {
@@ -77,7 +83,7 @@ _PIXEL_TAGS = {0x7FE00010, 0x7FE00008, 0x7FE00009}  # PixelData, FloatPixelData,
 
 @dataclass
 class DatasetItem:
-    """One indexed recording. `path` is relative to the index root, '/'-separated."""
+    """One indexed recording. `path` is relative to its dataset's root, '/'-separated."""
 
     path: str
     kind: str  # "video" | "image"
@@ -91,15 +97,23 @@ class DatasetItem:
     height: int = 0
     format: str = ""
     source: str = ""  # metadata `Source ID`
-    findings: dict[str, int | None] = field(default_factory=dict)  # FINDINGS keys -> 0/1/None
-    severity: int | None = None  # metadata `Lung Severity Score` (0-3)
+    findings: Findings = field(default_factory=Findings)  # b_lines ... severity; None = unknown
     license: str = ""
-    label_from: str = ""  # "metadata" | "folder" | "filename"
+    label_from: str = ""  # "metadata" | "folder" | "filename" | "clinical" (a patient's diagnosis)
     group_from: str = ""  # "metadata" | "folder" | "filename"
+    dataset: str = ""  # "pocus", "covid-blues", or the folder's name; "" in hand-made indexes
+    zone: str = ""  # BLUE-protocol point L1..L3, R1..R3 where the dataset says; "" unknown
+    exam: str = ""  # the recordings of one patient at one visit (both datasets: the patient)
+    pcr: bool | None = None  # the patient's COVID-19 PCR result where the dataset gives it
+    label_scope: str = "recording"  # "patient": the label is the patient's diagnosis, not this recording's
 
     @property
     def name(self) -> str:
         return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def severity(self) -> int | None:
+        return self.findings.severity
 
 
 @dataclass
@@ -114,6 +128,8 @@ class DatasetIndex:
     probes: list[str] | None = None  # filters applied (None: all)
     classes: list[str] | None = None
     verified: bool = False  # True: every indexed file's first and middle frame decoded (`verify=True`)
+    dataset: str = ""  # the dataset's name (one root); "" for several (see `roots`)
+    roots: dict[str, Path] = field(default_factory=dict)  # dataset -> its root, when several are combined
 
     def __len__(self) -> int:
         return len(self.items)
@@ -122,8 +138,32 @@ class DatasetIndex:
         return iter(self.items)
 
     def abspath(self, item: DatasetItem | str) -> Path:
-        p = item.path if isinstance(item, DatasetItem) else item
-        return Path(self.root) / p
+        if isinstance(item, DatasetItem):
+            return Path(self.roots.get(item.dataset, self.root)) / item.path
+        return Path(self.root) / item
+
+    def datasets(self) -> list[str]:
+        """The datasets of the items, in the order they were combined."""
+        return list(dict.fromkeys(it.dataset for it in self.items))
+
+    def target_counts(self) -> dict[str, Counter]:
+        """Per dataset: how many recordings carry each target (finding or severity) known."""
+        out: dict[str, Counter] = {}
+        for it in self.items:
+            c = out.setdefault(it.dataset, Counter({t: 0 for t in TARGETS}))
+            c.update(it.findings.known())
+        return out
+
+    def exams(self) -> list[dict]:
+        """One row per exam (a patient's recordings of one visit): dataset, exam, patient, label at the
+        patient's level (`exam_label`), number of recordings and zones."""
+        groups: dict[tuple[str, str], list[DatasetItem]] = {}
+        for it in self.items:
+            groups.setdefault((it.dataset, it.exam or it.patient), []).append(it)
+        return [{"dataset": ds, "exam": ex, "patient": its[0].patient, "label": exam_label(its),
+                 "label_scope": its[0].label_scope, "n_recordings": len(its),
+                 "zones": sorted({it.zone for it in its if it.zone})}
+                for (ds, ex), its in sorted(groups.items())]
 
     def counts(self) -> Counter:
         """Counter keyed by (label, probe, kind)."""
@@ -140,7 +180,33 @@ class DatasetIndex:
         return DatasetIndex(Path(self.root), keep, list(self.failures), list(self.skipped),
                             list(self.warnings), self.layout, self.metadata,
                             probes if probes is not None else self.probes,
-                            classes if classes is not None else self.classes, self.verified)
+                            classes if classes is not None else self.classes, self.verified,
+                            self.dataset, dict(self.roots))
+
+    def _targets_table(self) -> str:
+        """Per dataset: recordings, patients, exams, and how many recordings carry each target."""
+        tc = self.target_counts()
+        head = ["dataset", "recordings", "patients", *TARGETS]
+        rows = []
+        for ds, c in tc.items():
+            its = [it for it in self.items if it.dataset == ds]
+            rows.append([ds or "-", str(len(its)), str(len({it.patient for it in its})), *(str(c[t]) for t in TARGETS)])
+        ws = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+        lines = ["targets known (recordings with the finding marked yes/no, or a severity 0-3):",
+                 "  " + "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, ws)))]
+        lines += ["  " + "  ".join(v.rjust(w) if i else v.ljust(w) for i, (v, w) in enumerate(zip(r, ws)))
+                  for r in rows]
+        for ds in tc:
+            its = [it for it in self.items if it.dataset == ds]
+            if any(it.label_scope == "patient" for it in its):
+                zones = Counter(it.zone or "?" for it in its)
+                lines.append(f"{ds}: the label is the PATIENT's clinical diagnosis, not each recording's "
+                             f"(a COVID-19 patient's points may be normal); zones "
+                             + ", ".join(f"{z} {n}" for z, n in sorted(zones.items()))
+                             + f"; PCR positive {sum(it.pcr is True for it in its)}, negative "
+                             f"{sum(it.pcr is False for it in its)}, unknown {sum(it.pcr is None for it in its)}"
+                             " (recordings)")
+        return "\n".join(lines) + "\n"
 
     def summary(self, max_lines: int = 50) -> str:
         """The table the CLI prints: counts per class x probe x kind, then failures and warnings."""
@@ -151,9 +217,14 @@ class DatasetIndex:
             filt.append("probe " + ",".join(self.probes))
         if self.classes:
             filt.append("classes " + ",".join(self.classes))
-        out.write(f"dataset: {path_text(self.root)} ({self.layout} layout{meta})"
-                  + (f"; filter: {'; '.join(filt)}" if filt else "") + "\n")
-        if self.layout != "index CSV":
+        if self.roots:
+            out.write("datasets: " + "; ".join(f"{ds} = {path_text(r)}" for ds, r in self.roots.items())
+                      + (f"; filter: {'; '.join(filt)}" if filt else "") + "\n")
+        else:
+            name = f"{self.dataset}, " if self.dataset else ""
+            out.write(f"dataset: {path_text(self.root)} ({name}{self.layout} layout{meta})"
+                      + (f"; filter: {'; '.join(filt)}" if filt else "") + "\n")
+        if self.layout not in ("index CSV", "combined"):
             out.write("check: verified by decoding (first and middle frame of every file)\n" if self.verified
                       else "check: headers only (frames not decoded; --verify decodes them)\n")
         c = self.counts()
@@ -176,6 +247,7 @@ class DatasetIndex:
             out.write(f"recordings: {len(self.items)}; patients: {len(self.patients())} (groups from "
                       + ", ".join(f"{k} {v}" for k, v in sorted(src.items())) + ")"
                       + (f"; uncertain labels: {unc}" if unc else "") + "\n")
+            out.write(self._targets_table())
         else:
             out.write("no recordings indexed\n")
         for title, rows in (("failures (not indexed)", self.failures), ("skipped (not recordings)", self.skipped)):
@@ -221,20 +293,6 @@ def _num_id(v: str | None) -> str:
     return re.sub(r"[^\w.]+", "-", v).strip("-")
 
 
-def _binary(v: str | None) -> tuple[int | None, bool]:
-    """(0/1/None, valid): '1', '1.0' -> 1; '' -> None; anything else -> (None, False)."""
-    v = (v or "").strip()
-    if not v or v.lower() in ("nan", "n/a", "na", "nd", "-", "?"):
-        return None, True
-    try:
-        f = float(v)
-    except ValueError:
-        return None, False
-    if f in (0.0, 1.0):
-        return int(f), True
-    return None, False
-
-
 @dataclass
 class _MetaRow:
     filename: str
@@ -243,9 +301,8 @@ class _MetaRow:
     type: str = ""
     source: str = ""
     patient: str = ""
-    severity: int | None = None
     license: str = ""
-    findings: dict[str, int | None] = field(default_factory=dict)
+    findings: Findings = field(default_factory=Findings)
 
 
 def read_metadata(path: Path, warnings: list[str]) -> dict[str, _MetaRow]:
@@ -269,7 +326,7 @@ def read_metadata(path: Path, warnings: list[str]) -> dict[str, _MetaRow]:
     pos = {h: i for i, h in enumerate(header)}
     c = {k: _col(header, *names) for k, names in {
         "label": ("Label",), "probe": ("Probe",), "type": ("Type",), "source": ("Source ID", "Source"),
-        "patient": ("Patient ID / Name", "Patient ID", "Patient"), "severity": ("Lung Severity Score",),
+        "patient": ("Patient ID / Name", "Patient ID", "Patient"), "severity": (POCUS_SEVERITY_COLUMN,),
         "license": ("License",), "resolution": ("Resolution",), "length": ("Length (frames)",),
     }.items()}
     c_find = {k: _col(header, v) for k, v in FINDINGS.items()}
@@ -288,7 +345,10 @@ def read_metadata(path: Path, warnings: list[str]) -> dict[str, _MetaRow]:
                        license=get(c["license"]))
         pr = get(c["probe"])
         row.probe = probe_from_name(pr) if pr else None
-        row.severity = _severity(get(c["severity"]))
+        severity, ok = parse_severity(get(c["severity"]))
+        if not ok:
+            warnings.append(f"{path.name} row {line_no} ({name}): '{POCUS_SEVERITY_COLUMN}' is "
+                            f"'{_clip(get(c['severity']))}', not 0-3; left unknown")
         shifted = (c["resolution"] is not None and c["length"] is not None and c["patient"] is not None
                    and not _RES_RE.match(get(c["resolution"]) or "x") and _RES_RE.match(get(c["length"])))
         if shifted:
@@ -301,28 +361,21 @@ def read_metadata(path: Path, warnings: list[str]) -> dict[str, _MetaRow]:
                             f"patient read from the next column: {real or '?'} (not {row.patient or '?'}); "
                             "findings of this row ignored")
             row.patient = real
+        found: dict[str, bool | None] = {}
         for k, col in c_find.items():
-            v, ok = _binary(get(col))
+            v, ok = parse_yes_no(get(col))
             if shifted:
                 v = None
             elif not ok:
                 warnings.append(f"{path.name} row {line_no} ({name}): '{FINDINGS[k]}' is "
-                                f"'{_clip(get(col))}', not 0/1; left empty")
-            row.findings[k] = v
+                                f"'{_clip(get(col))}', not 0/1; left unknown")
+            found[k] = v
+        row.findings = Findings(**found, severity=severity)
         if name in out:
             warnings.append(f"{path.name} row {line_no}: Filename '{name}' listed twice; the first row is used")
             continue
         out[name] = row
     return out
-
-
-def _severity(v: str) -> int | None:
-    """Lung Severity Score 0-3 as an int; None when empty or not a score."""
-    try:
-        f = float(v)
-    except ValueError:
-        return None
-    return int(f) if f.is_integer() and 0 <= f <= 3 else None
 
 
 def _clip(s: str, n: int = 40) -> str:
@@ -514,6 +567,11 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
     except OSError as e:
         raise PocovidError(f"{path_text(root_in)}: cannot read folder ({_os_reason(e)})") from None
     probes, classes = parse_probes(probes), parse_classes(classes)
+    from pocovid.data.blues import index_blues, is_blues_layout
+
+    if is_blues_layout(root):
+        return index_blues(root, probes=probes, classes=classes, verify=verify,
+                           verify_time_limit_s=verify_time_limit_s)
     warnings: list[str] = []
     meta_path = Path(metadata) if metadata is not None else _find_metadata(root)
     try:
@@ -614,24 +672,10 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
             patient = f"src{row.source}-{key}" if row is not None and row.source else key
             group_from = "filename"
 
-        if ext in (".dcm", ".dicom", ""):
-            problem = _dicom_header_problem(path)
-            if problem is not None:
-                idx.failures.append((rel_s, problem))
-                continue
-        try:
-            info = probe(path)
-        except MediaError as e:
-            idx.failures.append((rel_s, e.reason))
+        info, problem = read_recording(path, verify, verify_time_limit_s)
+        if problem is not None:
+            idx.failures.append((rel_s, problem))
             continue
-        except Exception as e:  # a decoder bug must not stop a batch; report it like a bad file
-            idx.failures.append((rel_s, f"cannot read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"))
-            continue
-        if verify:
-            problem = _decode_problem(path, int(info.n_frames), verify_time_limit_s)
-            if problem is not None:
-                idx.failures.append((rel_s, problem))
-                continue
         if row is not None and row.type in ("video", "image") and row.type != info.kind:
             warnings.append(f"{rel_s}: metadata Type says {row.type}, the file holds "
                             f"{info.n_frames} frame(s): indexed as {info.kind}")
@@ -640,9 +684,8 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
             fps=round(float(info.fps), 3) if info.fps else None, n_frames=int(info.n_frames),
             width=int(info.width), height=int(info.height), format=info.format,
             source=row.source if row is not None else "",
-            findings=dict(row.findings) if row is not None else {k: None for k in FINDINGS},
-            severity=row.severity if row is not None else None, license=row.license if row is not None else "",
-            label_from=label_from, group_from=group_from,
+            findings=row.findings if row is not None else Findings(), license=row.license if row is not None else "",
+            label_from=label_from, group_from=group_from, exam=patient,
         )
         if row is None and meta:
             warnings.append(f"{rel_s}: no row in {meta_path.name}; label from the {src}, patient by the "
@@ -667,74 +710,187 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
         idx.layout = "class folders"
     else:
         idx.layout = "flat"
+    in_public = {d.lower() for d in root.parts[-2:]} & {"pocus_videos", "pocus_images"}
+    idx.dataset = POCUS_DATASET if idx.layout == "public" or in_public else dataset_name(root.name)
+    for it in idx.items:
+        it.dataset = idx.dataset
     idx.warnings = warnings
     return idx
 
 
+def dataset_name(folder_name: str) -> str:
+    """A dataset name from a folder's name: lower case, letters, digits and '-' ('My Data_2' -> 'my-data-2')."""
+    return re.sub(r"[^a-z0-9]+", "-", folder_name.lower()).strip("-") or "dataset"
+
+
+def dataset_of_folder(root: Path) -> str:
+    """The dataset name `index_dataset` gives a folder, from its layout alone (nothing is read):
+    'covid-blues', 'pocus', else the folder's name (`dataset_name`)."""
+    from pocovid.data.blues import DATASET, is_blues_layout
+
+    root = Path(root).resolve()
+    if is_blues_layout(root):
+        return DATASET
+    try:
+        names = {p.name.lower() for p in root.iterdir() if p.is_dir()}
+    except OSError:
+        names = set()
+    if names & {"pocus_videos", "pocus_images"} or {d.lower() for d in root.parts[-2:]} & {"pocus_videos",
+                                                                                           "pocus_images"}:
+        return POCUS_DATASET
+    return dataset_name(root.name)
+
+
+def read_recording(path: Path, verify: bool, verify_time_limit_s: float = VERIFY_TIME_LIMIT_S):
+    """(info, None) for a recording whose header reads (and, with `verify`, whose first and middle
+    frames decode); (None, one-line reason) otherwise. Never raises for a bad file."""
+    if path.suffix.lower() in (".dcm", ".dicom", ""):
+        problem = _dicom_header_problem(path)
+        if problem is not None:
+            return None, problem
+    try:
+        info = probe(path)
+    except MediaError as e:
+        return None, e.reason
+    except Exception as e:  # a decoder bug must not stop a batch; report it like a bad file
+        return None, f"cannot read ({type(e).__name__}: {' '.join(str(e).split())[:160]})"
+    if verify:
+        problem = _decode_problem(path, int(info.n_frames), verify_time_limit_s)
+        if problem is not None:
+            return None, problem
+    return info, None
+
+
+def exam_label(items: list[DatasetItem]) -> str:
+    """The label of an exam (a patient's recordings): its recordings' one label; a disease with
+    'regular' recordings beside it is the disease (a patient with pneumonia has normal zones too);
+    '' when two diseases disagree."""
+    labels = {it.label for it in items}
+    if len(labels) > 1:
+        labels.discard("regular")
+    return labels.pop() if len(labels) == 1 else ""
+
+
 # ------------------------------------------------------------------------------------------ CSV
 
-INDEX_COLUMNS = ["path", "kind", "probe", "label", "label_uncertain", "patient", "fps", "n_frames", "width",
-                 "height", "format", "source", "severity", "license", *FINDINGS.keys(), "label_from",
-                 "group_from", "root"]
+INDEX_COLUMNS = ["path", "kind", "probe", "label", "label_uncertain", "label_scope", "patient", "exam", "dataset",
+                 "zone", "pcr", "fps", "n_frames", "width", "height", "format", "source", "severity", "license",
+                 *FINDING_NAMES, "label_from", "group_from", "root"]
 
 
 def write_index(index: DatasetIndex, path: str | os.PathLike) -> Path:
     """Write the index as CSV (columns in docs/data.md), atomically; `read_index` reads it back.
-    Paths are written with `pocovid.files.path_text` (bytes of a name that are not UTF-8 as `\\xNN`)."""
+    Paths are written with `pocovid.files.path_text` (bytes of a name that are not UTF-8 as `\\xNN`).
+    `root` is each row's dataset root (several in a combined index)."""
     buf = io.StringIO(newline="")
     w = csv.writer(buf)
     w.writerow(INDEX_COLUMNS)
     for it in index.items:
-        row = [it.path, it.kind, it.probe, it.label, int(it.label_uncertain), it.patient,
+        f = it.findings.to_row()
+        row = [it.path, it.kind, it.probe, it.label, int(it.label_uncertain), it.label_scope, it.patient, it.exam,
+               it.dataset, it.zone, "" if it.pcr is None else int(it.pcr),
                "" if it.fps is None else repr(float(it.fps)), it.n_frames, it.width, it.height, it.format,
-               it.source, "" if it.severity is None else it.severity, it.license,
-               *("" if it.findings.get(k) is None else it.findings[k] for k in FINDINGS),
-               it.label_from, it.group_from, index.root]
+               it.source, f["severity"], it.license, *(f[k] for k in FINDING_NAMES),
+               it.label_from, it.group_from, index.roots.get(it.dataset, index.root)]
         w.writerow([path_text(v) if isinstance(v, (str, Path)) else v for v in row])
     return write_text(path, buf.getvalue())
 
 
 def read_index(path: str | os.PathLike, root: str | os.PathLike | None = None) -> DatasetIndex:
-    """Read an index CSV written by `write_index`. `root` overrides the recorded root."""
+    """Read an index CSV written by `write_index` (older ones too: findings with their old names,
+    no dataset columns). `root` overrides the recorded root of a one-dataset index."""
     path = Path(path)
     if not path.is_file():
         raise PocovidError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in ("path", "kind", "probe", "label", "patient") if c not in (reader.fieldnames or [])]
-        if missing:
-            raise PocovidError(f"{path}: not a pocovid index (missing column(s) {', '.join(missing)})")
-        rows = list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in ("path", "kind", "probe", "label", "patient") if c not in (reader.fieldnames or [])]
+            if missing:
+                raise PocovidError(f"{path}: not a pocovid index (missing column(s) {', '.join(missing)})")
+            rows = list(reader)
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise PocovidError(f"{path}: not a readable CSV file ({' '.join(str(e).split())[:120]})") from None
     items = []
-    roots = set()
-    for r in rows:
+    roots: dict[str, Path] = {}
+    for n, r in enumerate(rows, start=2):
         def opt_int(v):
             return int(float(v)) if v not in (None, "") else None
-        items.append(DatasetItem(
-            path=path_from_text(r["path"]), kind=r["kind"], probe=r["probe"], label=r["label"],
-            label_uncertain=str(r.get("label_uncertain", "0")).strip().lower() in ("1", "true", "yes"),
-            patient=r["patient"], fps=float(r["fps"]) if r.get("fps") else None,
-            n_frames=opt_int(r.get("n_frames")) or 0, width=opt_int(r.get("width")) or 0,
-            height=opt_int(r.get("height")) or 0, format=r.get("format", "") or "", source=r.get("source", "") or "",
-            severity=opt_int(r.get("severity")), license=r.get("license", "") or "",
-            findings={k: opt_int(r.get(k)) for k in FINDINGS},
-            label_from=r.get("label_from", "") or "", group_from=r.get("group_from", "") or "",
-        ))
+        try:
+            item = DatasetItem(
+                path=path_from_text(r["path"]), kind=r["kind"], probe=r["probe"], label=r["label"],
+                label_uncertain=str(r.get("label_uncertain", "0")).strip().lower() in ("1", "true", "yes"),
+                patient=r["patient"], fps=float(r["fps"]) if r.get("fps") else None,
+                n_frames=opt_int(r.get("n_frames")) or 0, width=opt_int(r.get("width")) or 0,
+                height=opt_int(r.get("height")) or 0, format=r.get("format", "") or "",
+                source=r.get("source", "") or "", license=r.get("license", "") or "",
+                findings=Findings.from_row(r), label_from=r.get("label_from", "") or "",
+                group_from=r.get("group_from", "") or "", dataset=r.get("dataset", "") or "",
+                zone=r.get("zone", "") or "", exam=r.get("exam", "") or r["patient"],
+                pcr=parse_yes_no(r.get("pcr"))[0], label_scope=r.get("label_scope", "") or "recording",
+            )
+        except (TypeError, ValueError) as e:
+            raise PocovidError(f"{path}: row {n} is not an index row ({' '.join(str(e).split())[:120]})") from None
+        items.append(item)
         if r.get("root"):
-            roots.add(path_from_text(r["root"]))
+            roots.setdefault(item.dataset, Path(path_from_text(r["root"])))
+    datasets = list(dict.fromkeys(it.dataset for it in items))
     if root is not None:
         root_p = Path(root).resolve()
-    elif len(roots) == 1:
-        root_p = Path(roots.pop())
+        roots = {ds: root_p for ds in datasets} if len(datasets) <= 1 else roots
+    elif roots:
+        root_p = next(iter(roots.values()))
     else:
         root_p = path.resolve().parent
-    return DatasetIndex(root=root_p, items=items, layout="index CSV", metadata=None)
+    if len(datasets) > 1:
+        return DatasetIndex(root=root_p, items=items, layout="index CSV", metadata=None, roots=roots)
+    return DatasetIndex(root=root_p, items=items, layout="index CSV", metadata=None,
+                        dataset=datasets[0] if datasets else "")
 
 
-def load_index(source: str | os.PathLike, probes=None, classes=None) -> DatasetIndex:
-    """A dataset folder (indexed now) or an index CSV (read), filtered by probes / classes."""
-    p = Path(source)
-    if p.is_file() and p.suffix.lower() == ".csv":
-        idx = read_index(p)
-        return idx.filter(probes, classes) if (probes or classes) else idx
-    return index_dataset(p, probes=probes, classes=classes)
+def combine(indexes: list[DatasetIndex]) -> DatasetIndex:
+    """Several datasets as one index: every item keeps its dataset (names made unique: 'pocus',
+    'pocus-2'), patient and exam ids are prefixed by it ('covid-blues:pat46') so they never collide,
+    and `roots` maps each dataset to its folder. One index is returned as it is."""
+    if len(indexes) == 1:
+        return indexes[0]
+    out = DatasetIndex(root=Path(indexes[0].root), layout="combined", probes=indexes[0].probes,
+                       classes=indexes[0].classes, verified=all(ix.verified for ix in indexes))
+    for ix in indexes:
+        rename: dict[str, str] = {}
+        for ds in dict.fromkeys([*(it.dataset for it in ix.items), ix.dataset]):
+            name, n = ds or ix.dataset or dataset_name(Path(ix.root).name), 1
+            while (new := name if n == 1 else f"{name}-{n}") in out.roots:
+                n += 1
+            rename[ds] = new
+            out.roots[new] = Path(ix.roots.get(ds, ix.root))
+        for it in ix.items:
+            ds = rename[it.dataset]
+            out.items.append(replace(it, dataset=ds, patient=_prefixed(ds, it.patient),
+                                     exam=_prefixed(ds, it.exam or it.patient)))
+        first = rename[ix.dataset] if ix.dataset in rename else next(iter(rename.values()))
+        out.failures += [(f"{first}:{p}", r) for p, r in ix.failures]
+        out.skipped += [(f"{first}:{p}", r) for p, r in ix.skipped]
+        out.warnings += [f"{first}: {w}" for w in ix.warnings]
+    return out
+
+
+def _prefixed(dataset: str, group: str) -> str:
+    return group if group.startswith(f"{dataset}:") else f"{dataset}:{group}"
+
+
+def load_index(source: str | os.PathLike | list, probes=None, classes=None, verify: bool = False) -> DatasetIndex:
+    """A dataset folder (indexed now) or an index CSV (read), filtered by probes / classes; several
+    of them (a list) combined into one index (`combine`)."""
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    if not sources:
+        raise PocovidError("no dataset folder given")
+    out = []
+    for src in sources:
+        p = Path(src)
+        if p.is_file() and p.suffix.lower() == ".csv":
+            idx = read_index(p)
+            out.append(idx.filter(probes, classes) if (probes or classes) else idx)
+        else:
+            out.append(index_dataset(p, probes=probes, classes=classes, verify=verify))
+    return combine(out)

@@ -10,8 +10,9 @@ import re
 
 from pocovid.errors import PocovidError
 
-#: The classes pocovid knows, in the order tables and models use.
-CLASSES = ("covid", "pneumonia", "regular", "viral")
+#: The classes pocovid knows, in the order tables and models use. `other`: another lung disease
+#: (COVID-BLUES' `other_lung_disease`), a class of its own.
+CLASSES = ("covid", "pneumonia", "regular", "viral", "other")
 #: The 3-class set the public work trains on.
 THREE_CLASSES = ("covid", "pneumonia", "regular")
 #: Probe (transducer) types; "unknown" when neither folder nor metadata says.
@@ -25,7 +26,8 @@ _LABEL_SYNONYMS = {
                   "bacterial", "pneu", "pneumonia_bacterial", "bacterial pneumonia (cap)", "cap"),
     "regular": ("regular", "reg", "healthy", "normal", "control", "controls", "negative", "no finding"),
     "viral": ("viral", "vir", "viral pneumonia", "viral_pneumonia", "viral-pneumonia", "other viral",
-              "other_viral", "viral other"),
+              "other_viral", "viral other", "other viral pneumonia", "other_viral_pneumonia"),
+    "other": ("other", "other lung disease", "other_lung_disease", "other-lung-disease"),
 }
 _LABEL_LOOKUP = {s: lab for lab, names in _LABEL_SYNONYMS.items() for s in names}
 # Labels that say the diagnosis is uncertain (the public set's `Vir_or_Pneu` files).

@@ -11,15 +11,17 @@ from tqdm.auto import tqdm
 from pocovid.errors import PocovidError
 
 
-def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                    *, probes=None, classes=None, aggregation: str = "mean", rate_hz: float | None = None,
+def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | list,
+                    out_dir: str | os.PathLike | None = None, *, probes=None, classes=None,
+                    aggregation: str = "mean", rate_hz: float | None = None,
                     max_frames: int | None = None, progress: bool = True) -> dict:
     """Predict every labelled recording under `root` (layouts of `pocovid data index`), compute frame-
     and video-level metrics, and write them to `out_dir` (metrics.json, predictions.csv, plots).
 
     Recordings whose label is not one of the model's classes (or of `classes`), and recordings that
-    cannot be read, are skipped and listed in `metrics["skipped"]`."""
-    from pocovid.data import index_dataset
+    cannot be read, are skipped and listed in `metrics["skipped"]`. `root` may be a list of folders:
+    they are indexed together (`pocovid.data.combine`), and each prediction row names its dataset and exam."""
+    from pocovid.data import load_index
     from pocovid.data.labels import parse_classes, parse_probes
     from pocovid.evaluation.metrics import evaluation_result
     from pocovid.evaluation.report import write_evaluation
@@ -32,7 +34,9 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
     if unknown:
         raise PocovidError(f"class(es) {', '.join(unknown)} not predicted by this model "
                            f"(it knows {', '.join(model_classes)})")
-    idx = index_dataset(root, probes=parse_probes(probes) if probes else None)
+    idx = load_index(root if isinstance(root, (str, os.PathLike)) else list(root),
+                     probes=parse_probes(probes) if probes else None)
+    several = len(idx.datasets()) > 1
     sampling = model.input_config  # frames sampled as the model's training sampled them, unless told
     rate = rate_hz if rate_hz is not None else sampling.rate_hz
     mx = max_frames if max_frames is not None else sampling.max_frames
@@ -45,7 +49,7 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
         else:
             items.append(it)
     if not items:
-        raise PocovidError(f"{root}: no labelled recording of the classes {', '.join(wanted)} to evaluate")
+        raise PocovidError(f"{_shown(root)}: no labelled recording of the classes {', '.join(wanted)} to evaluate")
     for ci, it in enumerate(tqdm(items, desc="evaluate", unit="clip", disable=not progress)):
         try:
             pred = predict_recording(model, idx.abspath(it), rate, mx)
@@ -59,10 +63,11 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike, out_
         clip_p = _aggregate(p, aggregation)
         rows.append({"path": it.path, "label": it.label, "predicted": model_classes[int(np.argmax(clip_p))],
                      **{f"p_{c}": round(float(v), 4) for c, v in zip(model_classes, clip_p)},
-                     "patient": it.patient, "probe": it.probe, "n_frames": len(p),
+                     "patient": it.patient, **({"dataset": it.dataset, "exam": it.exam} if several else {}),
+                     "probe": it.probe, "n_frames": len(p),
                      "member_spread": round(float(pred.member_probs.mean(0).std(0).mean()), 4)})
     if not probs:
-        raise PocovidError(f"{root}: none of the {len(items)} recordings could be read")
+        raise PocovidError(f"{_shown(root)}: none of the {len(items)} recordings could be read")
     metrics = evaluation_result(np.array(ys), np.concatenate(probs), np.array(clip_ids), model_classes,
                                 method=aggregation)
     metrics["skipped"] = skipped
@@ -78,3 +83,7 @@ def _aggregate(p: np.ndarray, method: str) -> np.ndarray:
 
     _, clip_p = aggregate_frames(p, np.zeros(len(p), int), method)
     return clip_p[0]
+
+
+def _shown(root) -> str:
+    return str(root) if isinstance(root, (str, os.PathLike)) else ", ".join(map(str, root))

@@ -53,19 +53,40 @@ def build_model(cfg: TrainConfig, pretrained: bool = True, weights: str | None =
     return model
 
 
-def _clips_of(splits: Splits, cfg: TrainConfig) -> list[dict]:
+def _clips_of(splits: Splits, cfg: TrainConfig, roots: dict | None = None) -> list[dict]:
+    """The clips to train on. With several datasets (`roots`: dataset -> folder) each clip's `path` is
+    the file's full path and `dataset` / `rel` say which recording it is wherever the data lies."""
     clips = []
     for k, fold in enumerate(splits.folds):
         for it in fold:
             if it.label in cfg.classes and (cfg.probe is None or it.probe == cfg.probe):
-                clips.append({"path": it.path, "label": it.label, "patient": it.patient, "fold": k,
-                              "kind": it.kind, "probe": it.probe})
+                c = {"path": it.path, "label": it.label, "patient": it.patient, "fold": k,
+                     "kind": it.kind, "probe": it.probe}
+                if roots is not None:
+                    c.update(path=str(splits.abspath(it, roots)), dataset=it.dataset, rel=it.path)
+                clips.append(c)
     return clips
 
 
+def _roots_of(splits: Splits, root) -> dict | None:
+    """dataset -> folder when the split holds several datasets (None for one: paths stay relative)."""
+    if len(splits.datasets()) <= 1 and not isinstance(root, dict):
+        return None
+    roots = {k: str(v) for k, v in (root if isinstance(root, dict) else splits.roots).items()}
+    if root is not None and not isinstance(root, dict):
+        raise PocovidError(f"the split file holds {len(splits.datasets())} datasets "
+                           f"({', '.join(splits.datasets())}): give one folder per dataset")
+    missing = [ds for ds in splits.datasets() if ds not in roots]
+    if missing:
+        raise PocovidError(f"no folder for dataset(s) {', '.join(missing)} of the split file")
+    return roots
+
+
 def data_fingerprint(frames: FrameSet) -> str:
-    """Which recordings (paths, labels, patients, frame counts) a model saw."""
-    return fingerprint([(c["path"], c["label"], c["patient"], c["n_frames"]) for c in frames.clips])
+    """Which recordings (paths, labels, patients, frame counts) a model saw; with several datasets a
+    recording is `dataset:path` (wherever its folder lies)."""
+    return fingerprint([(f"{c['dataset']}:{c['rel']}" if "rel" in c else c["path"], c["label"], c["patient"],
+                         c["n_frames"]) for c in frames.clips])
 
 
 def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, progress=True):
@@ -74,12 +95,14 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
     cache = out_dir / "cache"
     cache.mkdir(exist_ok=True)
     size = cfg.size or model.input_size
-    root = root if root is not None else splits.root
-    clips = _clips_of(splits, cfg)
+    roots = _roots_of(splits, root)
+    root = None if roots is not None else root if root is not None else splits.root
+    clips = _clips_of(splits, cfg, roots)
     if not clips:
         raise PocovidError(f"no recordings of classes {','.join(cfg.classes)}"
                            f"{' and probe ' + cfg.probe if cfg.probe else ''} in the split file")
-    fkey = fingerprint(cfg.frames_key() | {"size": size, "clips": clips, "root": str(root)})
+    fkey = fingerprint(cfg.frames_key() | {"size": size, "clips": clips, "root": str(root)}
+                       | ({"roots": roots} if roots is not None else {}))
     fpath = cache / f"frames-{fkey}.npz"
     if fpath.exists():
         frames = FrameSet.load(fpath)
@@ -159,6 +182,8 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", {"config": cfg.to_dict(), "pocovid_version": __version__,
                                          "splits_root": str(splits.root), "n_folds": splits.n_folds,
+                                         **({"splits_roots": dict(splits.roots), "split_mode": splits.mode}
+                                            if len(splits.datasets()) > 1 else {}),
                                          "split_seed": splits.seed})
     frames, feats = prepare(splits, out_dir, cfg, base, root=root, progress=progress)
     timings["prepare_s"] = time.perf_counter() - t0
