@@ -82,18 +82,39 @@ def to_rgb8(a: np.ndarray) -> np.ndarray:
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     if a.dtype != np.uint8:
-        a = a.astype(np.float32)
-        lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
-        if a.dtype.kind == "f" and lo >= 0 and hi <= 1.0 and hi > 0:
-            a = a * 255.0
-        elif hi > 255 or lo < 0:  # 16-bit or signed data: stretch its own range to 8 bits
-            a = (a - lo) * (255.0 / max(hi - lo, 1e-6))
-        a = np.clip(np.nan_to_num(a), 0, 255).astype(np.uint8)
+        a = _scaled_to_uint8(a)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] != 3:
         raise ValueError(f"unsupported pixel layout {a.shape}")
     return np.ascontiguousarray(a)
+
+
+def _scaled_to_uint8(a: np.ndarray) -> np.ndarray:
+    """Floats in [0, 1] x 255; 16-bit or signed data stretched from its own range; else as is.
+    In float32, a band of rows at a time: a 50-megapixel 16-bit frame costs no float copy of itself."""
+    rows = max(1, (1 << 22) // max(1, a[0].size if a.ndim else 1))  # ~4 M values per band
+
+    def bands():
+        for i in range(0, len(a), rows):
+            yield i, a[i:i + rows].astype(np.float32)
+
+    lo, hi = np.inf, -np.inf
+    for _, b in bands():
+        if b.size and not np.isnan(b).all():
+            lo, hi = min(lo, float(np.nanmin(b))), max(hi, float(np.nanmax(b)))
+    if lo > hi:  # nothing but NaN (or nothing)
+        lo = hi = float("nan")
+    out = np.empty(a.shape, np.uint8)
+    for i, b in bands():
+        if lo >= 0 and hi <= 1.0 and hi > 0:
+            b *= 255.0
+        elif hi > 255 or lo < 0:  # 16-bit or signed data: stretch its own range to 8 bits
+            b -= lo
+            b *= 255.0 / max(hi - lo, 1e-6)
+        np.nan_to_num(b, copy=False)
+        out[i:i + rows] = np.clip(b, 0, 255, out=b)
+    return out
 
 
 def _check_file(path: Path) -> None:
@@ -233,6 +254,9 @@ class VideoReader(MediaReader):
                 i += 1
                 if problem := lim.frame_problem(frame.width, frame.height) or lim.frames_problem(i + 1):
                     raise MediaError(self.path, problem)  # a size or a length the header did not tell
+                if (frame.width, frame.height) != (self.info.width, self.info.height):
+                    raise MediaError(self.path, f"frame {i} is {frame.width}x{frame.height} pixels, the stream "
+                                                f"header says {self.info.width}x{self.info.height}")
                 if wanted is not None:
                     if i > last:
                         break
