@@ -74,10 +74,14 @@ def scan_region_of(path: str | os.PathLike, max_frames: int = 32, **params) -> S
 
     Raises `pocovid.media.MediaError` for a file that cannot be read.
     """
-    from pocovid.media import sample_frames
+    from pocovid.media import MediaError, open_media, sample_indices
 
-    frames = sample_frames(path, max_frames=max_frames)
-    return detect_scan_region([f.image for f in frames], max_frames=max_frames, **params)
+    with open_media(path) as r:  # grey as they decode (what the search uses): a third of the memory
+        idx = sample_indices(r.info.n_frames, r.info.fps, None, max_frames)
+        grey = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in r.frames(idx)]
+    if not grey:
+        raise MediaError(path, "no frames could be decoded")
+    return detect_scan_region(grey, max_frames=max_frames, **params)
 
 
 # ---------------------------------------------------------------------- internals
