@@ -16,6 +16,19 @@ def shared_pocus() -> Path:
     return SHARED_POCUS
 
 
+# COVID-BLUES (33 of its patients) lives beside the checkout too: ../shared/data/covid-blues.
+SHARED_BLUES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "covid-blues"
+
+
+@pytest.fixture(scope="session")
+def shared_blues() -> Path:
+    """The real COVID-BLUES folder; skips the test with the reason when it is not there."""
+    if not (SHARED_BLUES / "lus_videos").is_dir():
+        pytest.skip(f"real data not found at {SHARED_BLUES} (COVID-BLUES subset, CC BY-NC-ND 4.0; see "
+                    "docs/data.md)")
+    return SHARED_BLUES
+
+
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A small model trained in seconds on phantom clips (never clinical), saved as a model file."""

@@ -97,7 +97,10 @@ def _read_csv(path: Path, key: str, warnings: list[str]) -> list[dict] | None:
                 warnings.append(f"{path.name}: not a COVID-BLUES table (no '{key}' column); ignored")
                 return None
             reader.fieldnames = header
-            return list(reader)
+            rows = list(reader)
+            if not rows:
+                warnings.append(f"{path.name}: no rows")
+            return rows
     except OSError as e:
         warnings.append(f"{path.name}: cannot read ({(e.strerror or type(e).__name__).lower()}); ignored")
     except (csv.Error, UnicodeDecodeError) as e:

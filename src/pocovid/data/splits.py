@@ -79,7 +79,9 @@ class Splits:
     fold_names: list[str] | None = None  # lodo: the dataset; loso: the source held out
 
     def datasets(self) -> list[str]:
-        return list(dict.fromkeys(it.dataset for it in self.items()))
+        """The datasets of the items, in the order of `roots` (the order they were given in)."""
+        present = list(dict.fromkeys(it.dataset for it in self.items()))
+        return [d for d in self.roots if d in present] + [d for d in present if d not in self.roots]
 
     def root_of(self, item: SplitItem, root: str | os.PathLike | dict | None = None) -> Path | None:
         """The folder `item.path` is relative to: `root` (a folder, or dataset -> folder) if given,
