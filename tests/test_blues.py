@@ -387,3 +387,13 @@ def test_real_both_roots_split_and_lodo(shared_pocus, shared_blues, tmp_path):
     assert check_split(load_splits(s.save(tmp_path / "k5.json"))) == []
     lodo = patient_folds(idx, mode="lodo")
     assert check_split(load_splits(lodo.save(tmp_path / "lodo.json"))) == []
+
+
+def test_evaluate_two_roots(model_file, pocus, blues, tmp_path):
+    from pocovid.evaluation import evaluate_folder
+
+    m = evaluate_folder(model_file, [pocus, blues], tmp_path / "ev", progress=False, max_frames=2)
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv", newline="")))
+    assert {r["dataset"] for r in rows} == {"pocus", "covid-blues"}
+    assert all(r["exam"].startswith(r["dataset"] + ":") for r in rows)
+    assert any("label 'other' is not among the evaluated classes" in s for s in m["skipped"])

@@ -224,7 +224,7 @@ class DatasetIndex:
             name = f"{self.dataset}, " if self.dataset else ""
             out.write(f"dataset: {path_text(self.root)} ({name}{self.layout} layout{meta})"
                       + (f"; filter: {'; '.join(filt)}" if filt else "") + "\n")
-        if self.layout not in ("index CSV", "combined"):
+        if self.layout != "index CSV":
             out.write("check: verified by decoding (first and middle frame of every file)\n" if self.verified
                       else "check: headers only (frames not decoded; --verify decodes them)\n")
         c = self.counts()
