@@ -1013,11 +1013,11 @@ def test_contributions_queue_review_and_export_read_back_by_data_index(tmp_path,
     assert set(by_id) == set(ids[:4])
     v, img, dcm, vir = (by_id[i] for i in ids[:4])
     assert v.path == f"pocus_videos/convex/Cov_contrib_{ids[0]}.mp4" and v.label == "covid" and v.kind == "video"
-    assert v.findings["b_lines"] == 1 and v.findings["a_lines"] == 0 and v.severity == 2 and v.license == "CC BY 4.0"
+    assert v.findings.b_lines is True and v.findings.a_lines is False and v.severity == 2 and v.license == "CC BY 4.0"
     assert img.path == f"pocus_images/linear/Reg_contrib_{ids[1]}.png" and img.label == "regular"
     assert img.probe == "linear" and img.kind == "image" and img.severity == 0 and img.license == "CC BY-NC-SA 4.0"
     assert dcm.path == f"pocus_videos/convex/Pneu_contrib_{ids[2]}.dcm" and dcm.label == "pneumonia"
-    assert dcm.findings["consolidations"] == 1 and dcm.findings["effusion"] == 1 and dcm.severity is None
+    assert dcm.findings.consolidation is True and dcm.findings.effusion is True and dcm.severity is None
     assert vir.label == "viral" and vir.probe == "unknown" and vir.path.startswith("pocus_videos/unknown/Vir_contrib_")
     assert len({it.patient for it in idx.items}) == 4  # one patient group each (case_ref or id)
     assert all(it.label_from == "metadata" and it.group_from == "metadata" for it in idx.items)
