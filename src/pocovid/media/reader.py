@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import stat
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, NamedTuple
@@ -23,6 +24,10 @@ VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".m4v", ".mpeg", ".mpg", ".gif", ".m
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 DICOM_EXTENSIONS = {".dcm", ".dicom", ""}  # scanners often write DICOM files without an extension
 MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS | {".dcm", ".dicom"}
+
+# The decoders warn about each oddity of a damaged file (pydicom: invalid values, guessed VRs; PIL:
+# TIFF tags), several stderr lines a file; what counts is the frames or the one-line MediaError.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"(pydicom|PIL)\.")
 
 
 class MediaError(PocovidError):
@@ -204,9 +209,12 @@ class VideoReader(MediaReader):
         path, lim = self.path, self.limits
         if not self._container.streams.video:
             raise MediaError(path, "no video stream in the file")
-        s = self._container.streams.video[0]
+        s = self._container.streams.video[0]  # read before counting packets, which reopens the file
         cc = s.codec_context
         width, height = int(cc.width or s.width or 0), int(cc.height or s.height or 0)
+        codec = cc.name
+        self._time_base = float(s.time_base) if s.time_base else None
+        self._start = s.start_time or 0
         if problem := lim.frame_problem(width, height):  # before a single frame is decoded
             raise MediaError(path, problem)
         fps = float(s.average_rate or s.guessed_rate or 0) or None
@@ -221,9 +229,7 @@ class VideoReader(MediaReader):
             raise MediaError(path, "no frames could be read")
         if problem := lim.frames_problem(n) or lim.duration_problem(n, fps):
             raise MediaError(path, problem)
-        self._time_base = float(s.time_base) if s.time_base else None
-        self._start = s.start_time or 0
-        return MediaInfo(str(path), "video", path.suffix.lower().lstrip(".") or cc.name, fps, n, width, height)
+        return MediaInfo(str(path), "video", path.suffix.lower().lstrip(".") or codec, fps, n, width, height)
 
     def _count_packets(self, stop_at: int) -> int:
         # Containers such as MPEG-PS carry no frame count; demuxing (no decoding) is cheap.
