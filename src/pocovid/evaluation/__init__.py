@@ -16,9 +16,23 @@ from pocovid.evaluation.metrics import (
     video_metrics,
 )
 from pocovid.evaluation.report import format_summary, write_evaluation
+from pocovid.evaluation.targets import (
+    EXAM_METHODS,
+    aggregate_exams,
+    exam_metrics,
+    exam_table,
+    finding_metrics,
+    severity_metrics,
+)
 
 __all__ = [
     "AGGREGATION_METHODS",
+    "EXAM_METHODS",
+    "aggregate_exams",
+    "exam_metrics",
+    "exam_table",
+    "finding_metrics",
+    "severity_metrics",
     "aggregate_frames",
     "calibration",
     "classification_metrics",

@@ -1,0 +1,128 @@
+"""Findings, severity and exam metrics (pocovid.evaluation.targets), hand-computed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pocovid.evaluation import aggregate_exams, exam_metrics, exam_table, finding_metrics, severity_metrics
+
+CLASSES = ["covid", "pneumonia", "regular"]
+NAN = np.nan
+
+
+def strict(obj):
+    return json.loads(json.dumps(obj, allow_nan=False))
+
+
+# ---------------------------------------------------------------------------------- findings
+
+def test_finding_metrics_masks_unknown_and_counts_by_hand():
+    y = np.array([[1, NAN], [0, 1], [1, 1], [0, NAN], [NAN, 0]])
+    p = np.array([[.9, .2], [.6, .8], [.4, .7], [.1, .3], [.99, .1]])
+    m = strict(finding_metrics(y, p, ["b_lines", "a_lines"]))
+    b = m["b_lines"]  # rows 0-3 known: truth 1 0 1 0, predicted (>= .5) 1 1 0 0
+    assert (b["n"], b["n_positive"], b["tp"], b["fp"], b["fn"], b["tn"]) == (4, 2, 1, 1, 1, 1)
+    assert b["prevalence"] == 0.5 and b["sensitivity"] == 0.5 and b["specificity"] == 0.5
+    assert b["precision"] == 0.5 and b["f1"] == 0.5 and b["threshold"] == 0.5
+    # AUC: pairs (pos .9, .4) x (neg .6, .1): .9>.6, .9>.1, .4<.6, .4>.1 -> 3/4
+    assert b["auc"] == pytest.approx(0.75)
+    a = m["a_lines"]  # rows 1, 2, 4 known: truth 1 1 0, predicted 1 1 0
+    assert a["n"] == 3 and a["sensitivity"] == 1.0 and a["specificity"] == 1.0 and a["auc"] == 1.0
+
+
+def test_finding_metrics_single_class_and_never_known():
+    y = np.array([[1, NAN], [1, NAN], [1, NAN]])
+    p = np.array([[.9, .5], [.2, .5], [.7, .5]])
+    m = strict(finding_metrics(y, p, ["b_lines", "effusion"], threshold=0.8))
+    b = m["b_lines"]
+    assert b["auc"] is None and b["specificity"] is None and b["balanced_accuracy"] is None
+    assert b["sensitivity"] == pytest.approx(1 / 3) and b["threshold"] == 0.8
+    e = m["effusion"]
+    assert e["n"] == 0 and e["sensitivity"] is None and e["f1"] is None and e["auc"] is None
+
+
+def test_finding_metrics_checks_its_input():
+    with pytest.raises(ValueError, match="names"):
+        finding_metrics(np.zeros((2, 2)), np.zeros((2, 2)), ["one"])
+    with pytest.raises(ValueError, match="0, 1 or NaN"):
+        finding_metrics(np.array([[2.0]]), np.array([[0.5]]), ["b_lines"])
+
+
+# ---------------------------------------------------------------------------------- severity
+
+def test_severity_kappa_on_a_known_confusion():
+    y = np.array([0, 1, 2, 3, NAN])
+    prob = np.eye(4)[[0, 1, 3, 3, 0]]
+    m = strict(severity_metrics(y, prob))
+    assert m["n"] == 4
+    assert m["confusion_matrix"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
+    # quadratic weights (i-j)^2/9; observed 1/36, expected 1/3 (hand-computed margins) -> 1 - 1/12
+    assert m["kappa"] == pytest.approx(11 / 12)
+    assert m["kappa_expected"] == pytest.approx(11 / 12)
+    assert m["accuracy"] == 0.75 and m["mae"] == 0.25 and m["mae_expected"] == 0.25
+    assert m["support"] == [1, 1, 1, 1] and m["predicted"] == [1, 1, 0, 2]
+
+
+def test_severity_expected_value_and_undefined_kappa():
+    # expected severity 1.5 -> rounds to 2 (numpy rounds half to even); argmax 1 (first of the tie)
+    prob = np.array([[0, .5, .5, 0], [0, .5, .5, 0]])
+    m = severity_metrics(np.array([2.0, 2.0]), prob)
+    assert m["accuracy"] == 0.0 and m["mae_expected"] == pytest.approx(0.5)
+    assert m["kappa"] is None or m["kappa"] == pytest.approx(0.0)  # one true level: no agreement by chance
+    empty = strict(severity_metrics(np.array([NAN]), np.full((1, 4), .25)))
+    assert empty["n"] == 0 and empty["kappa"] is None and empty["confusion_matrix"] == [[0] * 4] * 4
+    with pytest.raises(ValueError):
+        severity_metrics(np.array([0.0]), np.zeros((1, 3)))
+
+
+# -------------------------------------------------------------------------------------- exams
+
+EXAMS = np.array(["a", "a", "b", "c", "c"])
+CLIP_P = np.array([[.7, .2, .1], [.1, .1, .8],   # exam a: one COVID-looking zone, one normal
+                   [.2, .6, .2],                  # exam b
+                   [.3, .2, .5], [.3, .2, .5]])   # exam c
+
+
+def test_exam_aggregation_methods():
+    ids, p, n = aggregate_exams(EXAMS, CLIP_P, CLASSES, "mean")
+    assert ids.tolist() == ["a", "b", "c"] and n.tolist() == [2, 1, 2]
+    assert p[0] == pytest.approx([.4, .15, .45])
+    _, p, _ = aggregate_exams(EXAMS, CLIP_P, CLASSES, "max")
+    # covid .7; the rest (mean .15 : .45) share .3 -> .075, .225
+    assert p[0] == pytest.approx([.7, .075, .225])
+    _, p, _ = aggregate_exams(EXAMS, CLIP_P, CLASSES, "noisy_or")
+    assert p[0, 0] == pytest.approx(1 - .3 * .9)  # 0.73
+    assert p[2, 0] == pytest.approx(1 - .7 * .7)  # 0.51
+    assert np.allclose(p.sum(axis=1), 1.0)
+    with pytest.raises(ValueError, match="methods"):
+        aggregate_exams(EXAMS, CLIP_P, CLASSES, "median")
+
+
+def test_exam_metrics_by_hand():
+    labels = {"a": "covid", "b": "pneumonia", "c": "other"}
+    mean = strict(exam_metrics(EXAMS, CLIP_P, labels, CLASSES))
+    # mean: a -> regular (.45), b -> pneumonia, c -> regular; 'other' is outside the 3 classes
+    assert mean["n_exams"] == 3 and mean["n_labelled"] == 3 and mean["n_clips"] == 5
+    cls = mean["classification"]
+    assert cls["n"] == 2 and cls["confusion_matrix"] == [[0, 0, 1], [0, 1, 0], [0, 0, 0]]
+    b = mean["covid_vs_rest"]  # truth a=1, b=0, c=0; nothing predicted covid
+    assert (b["n"], b["n_positive"], b["sensitivity"], b["specificity"]) == (3, 1, 0.0, 1.0)
+    assert b["accuracy"] == pytest.approx(2 / 3) and b["balanced_accuracy"] == 0.5
+    assert b["auc"] == 1.0  # p_covid a .4 above b .2 and c .3
+    mx = strict(exam_metrics(EXAMS, CLIP_P, labels, CLASSES, method="max"))["covid_vs_rest"]
+    assert mx["sensitivity"] == 1.0 and mx["specificity"] == 1.0 and mx["accuracy"] == 1.0
+
+
+def test_exam_table_rows():
+    rows = exam_table(EXAMS, CLIP_P, {"a": 0, "b": "pneumonia"}, CLASSES, method="max",
+                      extra={"patient": ["p1", "p1", "p2", "p3", "p3"], "dataset": ["x"] * 5})
+    assert [r["exam"] for r in rows] == ["a", "b", "c"]
+    assert rows[0]["label"] == "covid" and rows[0]["predicted"] == "covid" and rows[0]["n_clips"] == 2
+    assert rows[2]["label"] == "" and rows[2]["patient"] == "p3" and rows[2]["dataset"] == "x"
+    assert rows[0]["p_covid"] == pytest.approx(.7)
+    assert list(rows[0])[:7] == ["exam", "label", "predicted", "p_covid", "p_pneumonia", "p_regular", "n_clips"]
+    with pytest.raises(ValueError, match="extra column"):
+        exam_table(EXAMS, CLIP_P, {}, CLASSES, extra={"patient": ["p1"]})
