@@ -126,3 +126,63 @@ def test_exam_table_rows():
     assert list(rows[0])[:7] == ["exam", "label", "predicted", "p_covid", "p_pneumonia", "p_regular", "n_clips"]
     with pytest.raises(ValueError, match="extra column"):
         exam_table(EXAMS, CLIP_P, {}, CLASSES, extra={"patient": ["p1"]})
+
+
+# ------------------------------------------------------------------------------ pocovid evaluate
+
+def test_evaluate_writes_exams_findings_and_severity(model_file, tmp_path, monkeypatch):
+    """Exams always; findings / severity when the model's frame pass carries them (faked here on
+    the phantom model's outputs, so the test holds before and after the multi-task heads land)."""
+    import csv
+
+    import pocovid.inference as inference
+    from pocovid.evaluation import evaluate_folder
+    from pocovid.phantom.blues import write_blues_dataset
+
+    root = write_blues_dataset(tmp_path / "covid-blues", classes=("covid", "regular", "pneumonia", "other"),
+                               zones=("L1", "R1"), repeats=0, width=48, height=48, n_frames=3)
+    load, predict = inference.load, inference.predict_recording
+
+    def load_with_heads(spec):
+        m = load(spec)
+        m.findings = ["b_lines", "a_lines", "effusion"]
+        return m
+
+    def predict_with_heads(model, path, *a, **k):
+        rec = predict(model, path, *a, **k)
+        n, m = rec.outputs.log_probs.shape[:2]
+        b = "patient_1" in str(path) or "patient_3" in str(path)  # the phantom's B-line patients
+        rec.outputs.findings = np.broadcast_to(np.array([.9 if b else .1, .2, .5]), (n, m, 3)).copy()
+        rec.outputs.severity = np.broadcast_to(np.array([.1, .6, .2, .1]), (n, m, 4)).copy()
+        return rec
+
+    monkeypatch.setattr(inference, "load", load_with_heads)
+    monkeypatch.setattr(inference, "predict_recording", predict_with_heads)
+    m = evaluate_folder(model_file, root, tmp_path / "ev", progress=False, max_frames=2)
+    strict(m)
+    ex = m["exams"]
+    assert ex["n_exams"] == 3 and ex["n_clips"] == 6 and ex["method"] == "mean"  # 'other' is skipped
+    assert ex["covid_vs_rest"]["n"] == 3 and ex["covid_vs_rest"]["n_positive"] == 1
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "patients.csv", newline="")))
+    assert [r["exam"] for r in rows] == ["pat1", "pat2", "pat3"]
+    assert list(rows[0])[:5] == ["exam", "patient", "dataset", "label", "predicted"]
+    assert [r["label"] for r in rows] == ["covid", "regular", "pneumonia"] and rows[0]["n_clips"] == "2"
+    f = m["findings"]
+    assert f["b_lines"]["n"] == 6 and f["effusion"]["n"] == 0 and f["effusion"]["auc"] is None
+    assert m["severity"]["n"] == 6 and len(m["severity"]["confusion_matrix"]) == 4
+    assert m["severity"]["predicted"] == [0, 6, 0, 0]
+    preds = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv", newline="")))
+    assert {"f_b_lines", "f_a_lines", "severity", "severity_expected"} <= set(preds[0])
+    assert preds[0]["severity"] == "1" and float(preds[0]["severity_expected"]) == pytest.approx(1.3)
+
+
+def test_evaluate_without_target_heads_has_no_target_blocks(model_file, tmp_path):
+    from pocovid.evaluation import evaluate_folder, format_summary
+    from pocovid.phantom.blues import write_blues_dataset
+
+    root = write_blues_dataset(tmp_path / "covid-blues", classes=("covid", "regular"), zones=("L1",),
+                               width=48, height=48, n_frames=3)
+    m = evaluate_folder(model_file, root, tmp_path / "ev", progress=False, max_frames=2)
+    assert "findings" not in m and "severity" not in m and m["exams"]["n_exams"] == 2
+    assert (tmp_path / "ev" / "patients.csv").is_file()
+    assert "COVID-19 vs not" in format_summary(m)

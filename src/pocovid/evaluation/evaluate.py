@@ -13,10 +13,12 @@ from pocovid.errors import PocovidError
 
 def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | list,
                     out_dir: str | os.PathLike | None = None, *, probes=None, classes=None,
-                    aggregation: str = "mean", rate_hz: float | None = None,
+                    aggregation: str = "mean", exam_aggregation: str = "mean", rate_hz: float | None = None,
                     max_frames: int | None = None, progress: bool = True) -> dict:
-    """Predict every labelled recording under `root` (layouts of `pocovid data index`), compute frame-
-    and video-level metrics, and write them to `out_dir` (metrics.json, predictions.csv, plots).
+    """Predict every labelled recording under `root` (layouts of `pocovid data index`), compute frame-,
+    video- and exam-level metrics (and, for a model with findings / severity heads, those targets per
+    recording where the data know them), and write them to `out_dir` (metrics.json, predictions.csv,
+    patients.csv, plots). `exam_aggregation`: clips -> exam (`pocovid.evaluation.EXAM_METHODS`).
 
     Recordings whose label is not one of the model's classes (or of `classes`), and recordings that
     cannot be read, are skipped and listed in `metrics["skipped"]`. `root` may be a list of folders:
@@ -50,6 +52,7 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | lis
             items.append(it)
     if not items:
         raise PocovidError(f"{_shown(root)}: no labelled recording of the classes {', '.join(wanted)} to evaluate")
+    done, rec_findings, rec_severity = [], [], []
     for ci, it in enumerate(tqdm(items, desc="evaluate", unit="clip", disable=not progress)):
         try:
             pred = predict_recording(model, idx.abspath(it), rate, mx)
@@ -61,21 +64,93 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | lis
         probs.append(p)
         clip_ids.extend([ci] * len(p))
         clip_p = _aggregate(p, aggregation)
+        done.append((it, clip_p))
+        rec_findings.append(_recording_mean(pred.outputs, "findings"))
+        rec_severity.append(_recording_mean(pred.outputs, "severity"))
         rows.append({"path": it.path, "label": it.label, "predicted": model_classes[int(np.argmax(clip_p))],
                      **{f"p_{c}": round(float(v), 4) for c, v in zip(model_classes, clip_p)},
                      "patient": it.patient, **({"dataset": it.dataset, "exam": it.exam} if several else {}),
                      "probe": it.probe, "n_frames": len(p),
-                     "member_spread": round(float(pred.member_probs.mean(0).std(0).mean()), 4)})
+                     "member_spread": round(float(pred.member_probs.mean(0).std(0).mean()), 4),
+                     **_target_columns(model, rec_findings[-1], rec_severity[-1])})
     if not probs:
         raise PocovidError(f"{_shown(root)}: none of the {len(items)} recordings could be read")
     metrics = evaluation_result(np.array(ys), np.concatenate(probs), np.array(clip_ids), model_classes,
                                 method=aggregation)
+    metrics.update(_target_metrics(model, [it for it, _ in done], rec_findings, rec_severity))
+    exams = _exam_rows(done, model_classes, exam_aggregation)
+    metrics["exams"] = exams["metrics"]
     metrics["skipped"] = skipped
     metrics["model"] = str(model_spec)
     metrics["sampling"] = {"rate_hz": rate, "max_frames": mx, "crop": sampling.crop}
     if out_dir is not None:
-        write_evaluation(Path(out_dir), metrics=metrics, clip_table=rows, labels=model_classes, skipped=skipped)
+        write_evaluation(Path(out_dir), metrics=metrics, clip_table=rows, labels=model_classes, skipped=skipped,
+                         exam_table=exams["rows"])
     return metrics
+
+
+def _recording_mean(outputs, name: str) -> np.ndarray | None:
+    """A head's probabilities (frames, members, K) of one recording -> (K,), mean over frames and
+    members; None when the model has no such head (a model file from before the multi-task heads)."""
+    v = getattr(outputs, name, None)
+    if v is None:
+        return None
+    v = np.asarray(v, dtype=float)
+    return v.reshape(-1, v.shape[-1]).mean(axis=0) if v.size else None
+
+
+def _finding_names(model) -> list[str]:
+    return [str(f) for f in (getattr(model, "findings", None) or [])]
+
+
+def _target_columns(model, findings: np.ndarray | None, severity: np.ndarray | None) -> dict:
+    """predictions.csv columns of the targets: f_<finding> probabilities, severity (argmax) and
+    severity_expected (sum_k k p_k)."""
+    out = {}
+    if findings is not None:
+        names = _finding_names(model) or [str(j) for j in range(len(findings))]
+        out.update({f"f_{n}": round(float(v), 4) for n, v in zip(names, findings)})
+    if severity is not None:
+        out["severity"] = int(np.argmax(severity))
+        out["severity_expected"] = round(float(np.dot(np.arange(len(severity)), severity / severity.sum())), 4)
+    return out
+
+
+def _target_metrics(model, items: list, findings: list, severity: list) -> dict:
+    """{"findings": finding_metrics, "severity": severity_metrics} per recording against the items'
+    known findings; only the heads the model has (an empty dict for a diagnosis-only model)."""
+    from pocovid.evaluation.targets import SEVERITY_LEVELS, finding_metrics, severity_metrics
+
+    out: dict = {}
+    if items and all(f is not None for f in findings):
+        names = _finding_names(model) or [str(j) for j in range(len(findings[0]))]
+        truth = np.array([[_yes_no(getattr(it.findings, n, None)) for n in names] for it in items], dtype=float)
+        out["findings"] = finding_metrics(truth, np.stack(findings), names)
+    if items and all(s is not None for s in severity) and len(severity[0]) == len(SEVERITY_LEVELS):
+        truth = np.array([np.nan if it.findings.severity is None else it.findings.severity for it in items])
+        out["severity"] = severity_metrics(truth, np.stack(severity))
+    return out
+
+
+def _yes_no(v) -> float:
+    return np.nan if v is None else float(bool(v))
+
+
+def _exam_rows(done: list, classes: list[str], method: str) -> dict:
+    """{"metrics": exam_metrics, "rows": exam_table rows (+ patient, dataset)} of the read recordings;
+    an exam's label is its recordings' patient-level label (`pocovid.data.index.exam_label`)."""
+    from pocovid.data.index import exam_label
+    from pocovid.evaluation.targets import exam_metrics, exam_table
+
+    exam_ids = np.array([it.exam or it.patient for it, _ in done])
+    clip_p = np.stack([p for _, p in done])
+    groups: dict[str, list] = {}
+    for it, _ in done:
+        groups.setdefault(it.exam or it.patient, []).append(it)
+    labels = {ex: exam_label(its) for ex, its in groups.items()}
+    extra = {"patient": [it.patient for it, _ in done], "dataset": [it.dataset for it, _ in done]}
+    return {"metrics": exam_metrics(exam_ids, clip_p, labels, classes, method=method),
+            "rows": exam_table(exam_ids, clip_p, labels, classes, method=method, extra=extra)}
 
 
 def _aggregate(p: np.ndarray, method: str) -> np.ndarray:

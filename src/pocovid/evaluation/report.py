@@ -100,15 +100,30 @@ def write_csv(path: str | os.PathLike, columns: Sequence[str], rows: Iterable[Ma
     return path
 
 
+def write_patients(path: str | os.PathLike, exam_table: Any, labels: Sequence[str]) -> Path:
+    """patients.csv: one row per exam: exam, patient, dataset, label, predicted, p_<class>..., n_clips,
+    then any other columns of the rows."""
+    rows = _rows(exam_table)
+    first = ["exam", "patient", "dataset", "label", "predicted", *(f"p_{c}" for c in labels), "n_clips"]
+    columns = [c for c in first if c in ("exam", "label", "predicted") or any(c in r for r in rows)]
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    return write_csv(path, columns, rows)
+
+
 def write_evaluation(outdir: str | os.PathLike, *, metrics: Mapping, clip_table: Any,
-                     labels: Sequence[str], skipped: Iterable = (), plots: bool = True) -> dict[str, Path]:
-    """Write OUTDIR/metrics.json, OUTDIR/predictions.csv and (with `plots`) the PNG plots.
+                     labels: Sequence[str], skipped: Iterable = (), plots: bool = True,
+                     exam_table: Any = None) -> dict[str, Path]:
+    """Write OUTDIR/metrics.json, OUTDIR/predictions.csv, with `exam_table` OUTDIR/patients.csv and
+    (with `plots`) the PNG plots.
 
     `metrics`: an `evaluation_result` body ({"video", "frame", ...}); "skipped" is set to
     `skipped` (one entry per input left out, e.g. "file: reason"; when empty, what `metrics`
     already holds is kept). `clip_table`: one row per clip (list of dicts, or a dict of columns),
     e.g. from `clip_predictions`: path, label, predicted, p_<class> (or "probs"), and any extra
-    columns (patient, fold, n_frames, ...). Returns {"metrics", "predictions", "confusion_video",
+    columns (patient, fold, n_frames, ...). `exam_table`: one row per exam (`exam_table` of
+    `pocovid.evaluation.targets`: exam, label, predicted, p_<class>, n_clips, patient, dataset, ...).
+    Returns {"metrics", "predictions", "patients", "confusion_video",
     "confusion_frame", "roc_video", "reliability_video"} -> path, for the files written.
     """
     out = Path(outdir)
@@ -120,6 +135,8 @@ def write_evaluation(outdir: str | os.PathLike, *, metrics: Mapping, clip_table:
     written: dict[str, Path] = {"metrics": write_json(out / "metrics.json", body)}
     columns, rows = _prediction_rows(clip_table, labels)
     written["predictions"] = write_csv(out / "predictions.csv", columns, rows)
+    if exam_table is not None:
+        written["patients"] = write_patients(out / "patients.csv", exam_table, labels)
     if not plots:
         return written
 
@@ -198,8 +215,37 @@ def format_summary(metrics: Mapping) -> str:
             if cname in fs:
                 lines.append(f"  {'  fold mean±sd':<20}" + "".join(f"{_ms(fs[cname].get(k)):>{w}}"
                                                                     for k in PER_CLASS_METRICS))
+    lines += _target_lines(metrics)
     sk = metrics.get("skipped") or []
     if sk:
         lines.append("")
         lines.append(f"skipped: {len(sk)} input(s)")
     return "\n".join(lines)
+
+
+def _target_lines(metrics: Mapping) -> list[str]:
+    """Summary lines of the exams, findings and severity blocks (when the result has them)."""
+    lines: list[str] = []
+    ex = metrics.get("exams")
+    if isinstance(ex, Mapping):
+        c, b = ex.get("classification") or {}, ex.get("covid_vs_rest") or {}
+        lines += ["", f"exams ({ex.get('method')} of clips): n {ex.get('n_exams')}, accuracy {_f(c.get('accuracy'))}, "
+                      f"bal.acc {_f(c.get('balanced_accuracy'))}, macroAUC {_f(c.get('macro_auc'))}"]
+        if b:
+            lines.append(f"  COVID-19 vs not: n {b.get('n')}, accuracy {_f(b.get('accuracy'))}, "
+                         f"bal.acc {_f(b.get('balanced_accuracy'))}, sens {_f(b.get('sensitivity'))}, "
+                         f"spec {_f(b.get('specificity'))}, AUC {_f(b.get('auc'))}")
+    fi = metrics.get("findings")
+    if isinstance(fi, Mapping) and fi:
+        w = 13
+        head = "".join(f"{h:>{w}}" for h in ("n", "sens", "spec", "F1", "AUC"))
+        lines += ["", f"{'findings (recordings)':<22}" + head]
+        for name, m in fi.items():
+            cells = [str(m.get("n", "-"))] + [_f(m.get(k)) for k in ("sensitivity", "specificity", "f1", "auc")]
+            lines.append(f"  {name:<20}" + "".join(f"{c:>{w}}" for c in cells))
+    sv = metrics.get("severity")
+    if isinstance(sv, Mapping):
+        lines += ["", f"severity (recordings): n {sv.get('n')}, weighted kappa {_f(sv.get('kappa'))} "
+                      f"(expected value: {_f(sv.get('kappa_expected'))}), accuracy {_f(sv.get('accuracy'))}, "
+                      f"MAE {_f(sv.get('mae_expected'))}"]
+    return lines
