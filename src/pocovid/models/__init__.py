@@ -17,7 +17,7 @@ from pocovid.models.backbone import (DEFAULT_MODEL, Backbone, ModelError, create
                                      register_model)
 from pocovid.models import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers)
 from pocovid.models import vgg as _vgg  # noqa: F401  (registers)
-from pocovid.models.classifier import Adapter, FrameClassifier, FrameOutput, Head, create_model
+from pocovid.models.classifier import Adapter, FrameClassifier, FrameOutput, Head, OrdinalHead, create_model
 from pocovid.models.compiled import compiled_trunk
 from pocovid.models.density import FeatureDensity, fit_feature_density
 from pocovid.models.preprocess import InputConfig, resolve_input_config, to_grey
@@ -25,7 +25,8 @@ from pocovid.models.model_file import FORMAT, FORMAT_VERSION, load_model, model_
 
 __all__ = [
     "DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "Adapter", "Backbone", "FeatureDensity", "FrameClassifier",
-    "FrameOutput", "Head", "InputConfig", "ModelError", "compiled_trunk", "create_backbone", "create_model",
+    "FrameOutput", "Head", "InputConfig", "ModelError", "OrdinalHead", "compiled_trunk", "create_backbone",
+    "create_model",
     "fit_feature_density", "list_models", "load_model", "model_summary", "read_model_meta", "register_model",
     "resolve_input_config", "save_model", "to_grey",
 ]

@@ -5,6 +5,8 @@
                                 tail    = copy of stages[n_frozen:cut]   trainable (empty by default)
                                 adapter = conv1x1 C->hidden, BN, ReLU, Dropout2d, conv3x3, BN, ReLU
                                 pool (global average) -> dropout -> fc (n_classes)
+                                                              -> findings (F logits, sigmoid)  [optional]
+                                                              -> severity (ordinal, K levels)  [optional]
 
 `forward(x)` returns the members' MEAN LOGITS (B, n_classes), so ordinary losses and MONAI's
 GradCAM work unchanged; `forward_members(x)` returns every head's logits (B, M, n_classes) and
@@ -18,6 +20,16 @@ Stable module names (state-dict keys, hook targets):
     heads.<m>.tail.<j>             stage n_frozen + j, head m's own trainable copy
     heads.<m>.adapter.{conv1,bn1,act1,drop,conv2,bn2,act2}
     heads.<m>.fc                   the linear classifier (its weights give plain CAM)
+    heads.<m>.findings             linear, one logit per finding (its weights give each finding's CAM)
+    heads.<m>.severity.{fc,bias,gaps}  the ordinal severity head (`OrdinalHead`)
+
+Multi-task heads (`findings`, `severity_levels`; off by default, so model files without them load
+unchanged): every ensemble member reads the same pooled adapter features into the class fc, a
+findings fc (independent yes/no per finding) and an ordinal severity head. Severity is a
+cumulative-logit (CORAL) head: ONE weight vector w and K-1 ordered thresholds, P(severity > k) =
+sigmoid(w.x + b_k) with b_0 > b_1 > ...: the levels are ordered by construction (a 4-way softmax
+would have to learn that 2 lies between 1 and 3 from ~250 labels), it has C + K - 1 parameters
+instead of K*C, and w gives one severity CAM.
 Grad-CAM target: `heads.<m>.adapter.act2` (see `gradcam_target_layer`): the last map before pooling.
 """
 
@@ -51,11 +63,18 @@ class FrameOutput:
     log_probs: (B, M, C) every ensemble member's class log-probabilities
     pooled:    (B, K) globally pooled trunk features (the out-of-distribution density)
     cams:      (B, C, h, w) class activation map of every class, mean over heads (None: not asked)
+    findings:  (B, M, F) every member's probability of each finding (`model.findings`; None: no head)
+    severity:  (B, M, S) every member's probability of each severity level 0..S-1 (None: no head)
+    finding_cams: (B, F, h, w) activation map of every finding, mean over heads (None: not asked
+               or no findings head)
     """
 
     log_probs: torch.Tensor | np.ndarray
     pooled: torch.Tensor | np.ndarray
     cams: torch.Tensor | np.ndarray | None = None
+    findings: torch.Tensor | np.ndarray | None = None
+    severity: torch.Tensor | np.ndarray | None = None
+    finding_cams: torch.Tensor | np.ndarray | None = None
 
     @classmethod
     def cat(cls, parts: Sequence["FrameOutput"]) -> "FrameOutput":
@@ -102,11 +121,42 @@ class Adapter(nn.Sequential):
         ))
 
 
+class OrdinalHead(nn.Module):
+    """Cumulative-logit (CORAL) head for an ordinal target with `levels` levels: logits (B, levels-1)
+    of P(y > k) = sigmoid(fc(x) + bias_k), one shared weight vector and thresholds kept in order
+    (bias_k = bias - sum_{j<k} softplus(gaps_j)), so P(y > k) falls with k and every level's
+    probability is >= 0."""
+
+    def __init__(self, channels: int, levels: int) -> None:
+        super().__init__()
+        if levels < 2:
+            raise ModelError(f"severity_levels must be >= 2 (or 0: no head), got {levels}")
+        self.levels = int(levels)
+        self.fc = nn.Linear(channels, 1, bias=False)
+        self.bias = nn.Parameter(torch.zeros(1))
+        self.gaps = nn.Parameter(torch.zeros(levels - 2))  # softplus(0) = 0.69 between thresholds
+
+    def thresholds(self) -> torch.Tensor:
+        return self.bias - torch.cat([self.bias.new_zeros(1), torch.cumsum(F.softplus(self.gaps), 0)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) + self.thresholds()
+
+    @staticmethod
+    def probabilities(logits: torch.Tensor) -> torch.Tensor:
+        """Cumulative logits (..., K-1) -> probability of each level (..., K)."""
+        gt = torch.sigmoid(logits)  # P(y > k), non-increasing in k
+        ones, zeros = torch.ones_like(gt[..., :1]), torch.zeros_like(gt[..., :1])
+        return (torch.cat([ones, gt], -1) - torch.cat([gt, zeros], -1)).clamp_min(0)
+
+
 class Head(nn.Module):
-    """One ensemble member on top of the trunk: tail stages, adapter, pooling, dropout, fc."""
+    """One ensemble member on top of the trunk: tail stages, adapter, pooling, dropout, fc (and
+    optionally a findings fc and an ordinal severity head on the same pooled features)."""
 
     def __init__(self, tail: nn.Sequential, in_channels: int, n_classes: int,
-                 adapter_channels: int | None, dropout: float, spatial_dropout: float) -> None:
+                 adapter_channels: int | None, dropout: float, spatial_dropout: float,
+                 n_findings: int = 0, severity_levels: int = 0) -> None:
         super().__init__()
         self.tail = tail
         if adapter_channels:
@@ -118,6 +168,8 @@ class Head(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels, n_classes)
+        self.findings = nn.Linear(channels, n_findings) if n_findings else None
+        self.severity = OrdinalHead(channels, severity_levels) if severity_levels else None
         self.out_channels = channels
 
     def features(self, h: torch.Tensor) -> torch.Tensor:
@@ -127,8 +179,19 @@ class Head(nn.Module):
     def classify(self, f: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(torch.flatten(self.pool(f), 1)))
 
+    def outputs(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """(class logits (B, C), finding logits (B, F) or None, severity cumulative logits (B, S-1)
+        or None) from the last map `f`: one pooled vector feeds every fc."""
+        z = self.dropout(torch.flatten(self.pool(f), 1))
+        return (self.fc(z), None if self.findings is None else self.findings(z),
+                None if self.severity is None else self.severity(z))
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.classify(self.features(h))
+
+    def forward_all(self, h: torch.Tensor):
+        """`outputs` from trunk output: what multi-task training fits."""
+        return self.outputs(self.features(h))
 
 
 class FrameClassifier(nn.Module):
@@ -144,19 +207,27 @@ class FrameClassifier(nn.Module):
     pretrained:       load the backbone's ImageNet weights (False: random init, e.g. when a model
                       file's state dict follows); weights: a local checkpoint (or URL for vgg16)
     n_heads:          ensemble members sharing the trunk (each with its own tail copy, adapter, fc)
+    findings:         names of the yes/no findings each head also predicts (() : no findings head)
+    severity_levels:  levels of the ordinal severity head (4: Soldati 0-3; 0: no severity head)
     """
 
     def __init__(self, backbone: str = DEFAULT_MODEL, classes: Sequence[str] = THREE_CLASSES,
                  cut: int | None = None, n_frozen: int | None = None,
                  adapter_channels: int | None = 128, dropout: float = 0.3,
                  spatial_dropout: float = 0.2, pretrained: bool = True,
-                 weights: str | None = None, n_heads: int = 1) -> None:
+                 weights: str | None = None, n_heads: int = 1, findings: Sequence[str] = (),
+                 severity_levels: int = 0) -> None:
         super().__init__()
         classes = [str(c) for c in classes]
         if len(classes) < 2 or len(set(classes)) != len(classes):
             raise ModelError(f"classes must be at least 2 distinct names, got {classes}")
         if n_heads < 1:
             raise ModelError(f"n_heads must be >= 1, got {n_heads}")
+        findings = [str(f) for f in findings]
+        if len(set(findings)) != len(findings):
+            raise ModelError(f"findings must be distinct names, got {findings}")
+        if severity_levels and severity_levels < 2 or severity_levels < 0:
+            raise ModelError(f"severity_levels must be >= 2 (or 0: no head), got {severity_levels}")
         if adapter_channels is not None and adapter_channels < 0:
             raise ModelError(f"adapter_channels must be >= 0 or None, got {adapter_channels}")
         bb = create_backbone(backbone, pretrained=pretrained, weights=weights)
@@ -176,6 +247,8 @@ class FrameClassifier(nn.Module):
         self.dropout = float(dropout)
         self.spatial_dropout = float(spatial_dropout)
         self.n_heads = int(n_heads)
+        self.findings = findings
+        self.severity_levels = int(severity_levels)
         self.input_size = bb.input_size
         self.normalization = bb.normalization
         self.stage_names = list(bb.stage_names[:cut])
@@ -188,7 +261,7 @@ class FrameClassifier(nn.Module):
         tail = nn.Sequential(*bb.stages[n_frozen:cut])
         self.heads = nn.ModuleList(
             Head(tail if m == 0 else copy.deepcopy(tail), bb.stage_channels[cut - 1], len(classes),
-                 self.adapter_channels, self.dropout, self.spatial_dropout)
+                 self.adapter_channels, self.dropout, self.spatial_dropout, len(findings), self.severity_levels)
             for m in range(self.n_heads))
         self.feature_channels = self.heads[0].out_channels
         self.meta: dict = {}  # filled by `load_model`: the model file's metadata
@@ -200,7 +273,8 @@ class FrameClassifier(nn.Module):
         """Constructor arguments that rebuild this architecture (without weights)."""
         return dict(backbone=self.backbone_name, classes=list(self.classes), cut=self.cut,
                     n_frozen=self.n_frozen, adapter_channels=self.adapter_channels,
-                    dropout=self.dropout, spatial_dropout=self.spatial_dropout, n_heads=self.n_heads)
+                    dropout=self.dropout, spatial_dropout=self.spatial_dropout, n_heads=self.n_heads,
+                    findings=list(self.findings), severity_levels=self.severity_levels)
 
     @property
     def preprocess_config(self) -> dict:
@@ -213,10 +287,13 @@ class FrameClassifier(nn.Module):
         return self
 
     def head_parameters(self) -> Iterator[nn.Parameter]:
-        """Adapter and fc parameters of every head (not the tail stages)."""
+        """Adapter and fc parameters (class, findings, severity) of every head (not the tail stages)."""
         for h in self.heads:
             yield from h.adapter.parameters()
             yield from h.fc.parameters()
+            for extra in (h.findings, h.severity):
+                if extra is not None:
+                    yield from extra.parameters()
 
     def tail_parameters(self) -> Iterator[nn.Parameter]:
         for h in self.heads:
@@ -275,23 +352,38 @@ class FrameClassifier(nn.Module):
         return F.softmax(self.forward_members(x), dim=-1).mean(dim=1)
 
     @torch.no_grad()
-    def infer(self, x: torch.Tensor, cams: bool = True, trunk=None, chunk: int = INFER_CHUNK) -> "FrameOutput":
+    def infer(self, x: torch.Tensor, cams: bool = True, trunk=None, chunk: int = INFER_CHUNK,
+              finding_cams: bool = False) -> "FrameOutput":
         """Every output of one pass over normalised input (B, 3, H, W), in eval mode: see
         `FrameOutput`. `trunk`: a compiled trunk (`pocovid.models.compiled_trunk`) to use instead
-        of the eager one; the batch runs `chunk` frames at a time."""
+        of the eager one; the batch runs `chunk` frames at a time. `finding_cams`: the findings
+        head's activation maps too (its fc weights on the last map, as plain CAM)."""
         if chunk and len(x) > chunk:
-            return FrameOutput.cat([self.infer(x[i:i + chunk], cams, trunk, 0) for i in range(0, len(x), chunk)])
+            return FrameOutput.cat([self.infer(x[i:i + chunk], cams, trunk, 0, finding_cams)
+                                    for i in range(0, len(x), chunk)])
         h = trunk(x.contiguous(memory_format=torch.channels_last)) if trunk is not None else self.forward_trunk(x)
-        logits, cam = [], None
+        logits, find, sev, cam, fcam = [], [], [], None, None
+        finding_cams = finding_cams and bool(self.findings)
         for head in self.heads:
             f = head.features(h)
-            logits.append(head.classify(f))
+            lg, fl, sl = head.outputs(f)
+            logits.append(lg)
+            if fl is not None:
+                find.append(torch.sigmoid(fl.double()).float())
+            if sl is not None:
+                sev.append(OrdinalHead.probabilities(sl.double()).float())
             if cams:
                 c = torch.einsum("bkhw,ck->bchw", f, head.fc.weight)
                 cam = c if cam is None else cam + c
+            if finding_cams:
+                c = torch.einsum("bkhw,ck->bchw", f, head.findings.weight)
+                fcam = c if fcam is None else fcam + c
         logits = torch.stack(logits, 1)
         return FrameOutput(log_probs=torch.log_softmax(logits.double(), -1).float(), pooled=h.float().mean((2, 3)),
-                           cams=cam / len(self.heads) if cams else None)
+                           cams=cam / len(self.heads) if cams else None,
+                           findings=torch.stack(find, 1) if find else None,
+                           severity=torch.stack(sev, 1) if sev else None,
+                           finding_cams=fcam / len(self.heads) if finding_cams else None)
 
     # ---- explanations -------------------------------------------------------------------------
     def feature_map(self, x: torch.Tensor, head: int = 0) -> torch.Tensor:

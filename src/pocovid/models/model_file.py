@@ -3,6 +3,7 @@
 Contents (a dict of plain data, readable with `torch.load(..., weights_only=True)`):
     format="pocovid-model", format_version, pocovid_version, created (ISO 8601 UTC),
     backbone, classes, cut, n_frozen, adapter_channels, n_heads, dropout, spatial_dropout,
+    findings, severity_levels           (version 2: the multi-task heads; absent in version 1 = none)
     input_size, normalization,          (how frames must be prepared)
     training_config, data_fingerprint, metrics, extra,
     state_dict                          (the trunk once, then every head)
@@ -29,7 +30,7 @@ from pocovid.models.preprocess import NORMALIZATIONS
 from pocovid.models.classifier import FrameClassifier
 
 FORMAT = "pocovid-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: findings / severity_levels (multi-task heads); version 1 files load as without them
 _REQUIRED = {"backbone": str, "classes": list, "cut": int, "n_frozen": int, "n_heads": int,
              "input_size": int, "normalization": str, "state_dict": dict}
 
@@ -105,6 +106,11 @@ def _read(path: str | os.PathLike) -> dict:
     for key, typ in _REQUIRED.items():
         if not isinstance(obj.get(key), typ) or isinstance(obj.get(key), bool):
             raise ModelError(f"{p}: damaged pocovid model file (field {key!r} missing or not a {typ.__name__})")
+    findings, levels = obj.get("findings", []), obj.get("severity_levels", 0)
+    if not isinstance(findings, list) or not all(isinstance(f, str) for f in findings):
+        raise ModelError(f"{p}: damaged pocovid model file (field 'findings' is not a list of names)")
+    if not isinstance(levels, int) or isinstance(levels, bool):
+        raise ModelError(f"{p}: damaged pocovid model file (field 'severity_levels' is not an int)")
     if obj["normalization"] not in NORMALIZATIONS:
         raise ModelError(f"{p}: damaged pocovid model file (unknown normalization {obj['normalization']!r})")
     return obj
@@ -129,7 +135,7 @@ def load_model(path: str | os.PathLike) -> FrameClassifier:
             backbone=backbone, classes=obj["classes"], cut=obj["cut"], n_frozen=obj["n_frozen"],
             adapter_channels=obj.get("adapter_channels"), dropout=float(obj.get("dropout", 0.0)),
             spatial_dropout=float(obj.get("spatial_dropout", 0.0)), n_heads=obj["n_heads"],
-            pretrained=False)
+            findings=obj.get("findings", []), severity_levels=obj.get("severity_levels", 0), pretrained=False)
     except ModelError as e:
         raise ModelError(f"{p}: {e}") from None
     sd = obj["state_dict"]
