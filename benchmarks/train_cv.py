@@ -22,13 +22,12 @@ import numpy as np
 
 
 def baseline(frames, model, folds: np.ndarray) -> dict:
-    """Frozen full backbone (global-pooled last stage) + logistic regression, per fold."""
+    """Frozen full backbone (global-pooled last stage) + logistic regression, per fold
+    (`pocovid.evaluation.baseline.logistic_oof`, as benchmarks/cross_site.py)."""
     import torch
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     from pocovid.evaluation import evaluation_result
+    from pocovid.evaluation.baseline import logistic_oof
 
     feats = []
     with torch.no_grad():
@@ -37,12 +36,7 @@ def baseline(frames, model, folds: np.ndarray) -> dict:
             feats.append(model.forward_trunk(x).mean((2, 3)).numpy())  # trunk = the whole backbone
     X = np.concatenate(feats)
     y = frames.y
-    probs = np.zeros((len(y), len(frames.classes)))
-    for k in np.unique(folds):
-        tr, te = folds != k, folds == k
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced"))
-        clf.fit(X[tr], y[tr])
-        probs[te] = clf.predict_proba(X[te])
+    probs = logistic_oof(X, y, folds, len(frames.classes))
     return evaluation_result(y, probs, frames.clip_of, frames.classes, folds=folds)
 
 

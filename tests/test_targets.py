@@ -186,3 +186,68 @@ def test_evaluate_without_target_heads_has_no_target_blocks(model_file, tmp_path
     assert "findings" not in m and "severity" not in m and m["exams"]["n_exams"] == 2
     assert (tmp_path / "ev" / "patients.csv").is_file()
     assert "COVID-19 vs not" in format_summary(m)
+
+
+# ------------------------------------------------------------------ benchmarks/cross_site.py
+
+def _fake_run(path, dataset_of_clip, labels, folds, probs, mode=None, targets=True):
+    """A run folder as `pocovid train` writes it (config.json, cv/oof_members.npz, cv/oof_targets.npz,
+    cache/frames-*.npz + trunk-*.npy, run.json), two frames per clip, one member."""
+    n = len(labels)
+    clip_of = np.repeat(np.arange(n), 2)
+    clips = [{"path": f"/d/{ds}/c{i}.mp4", "rel": f"c{i}.mp4", "label": lab, "patient": f"{ds}:p{i // 2}",
+              "fold": int(f), "probe": "convex", "dataset": ds, "n_frames": 2}
+             for i, (ds, lab, f) in enumerate(zip(dataset_of_clip, labels, folds))]
+    (path / "cv").mkdir(parents=True)
+    (path / "cache").mkdir()
+    cfg = {"config": {"probe": "convex"}, **({"split_mode": mode} if mode else {})}
+    (path / "config.json").write_text(json.dumps(cfg))
+    (path / "run.json").write_text(json.dumps({"timings": {"total_s": 90.0}, "peak_rss_mb": 2048}))
+    members = np.asarray(probs, float)[clip_of][:, None, :]
+    np.savez(path / "cv" / "oof_members.npz", members=members, clip_of=clip_of, y=np.zeros(2 * n),
+             classes=np.array(CLASSES), paths=np.array([c["path"] for c in clips]), folds=np.array(folds))
+    np.savez(path / "cache" / "frames-a.npz", frames=np.zeros((2 * n, 4, 4), np.uint8), clip_of=clip_of,
+             time_s=np.zeros(2 * n), clips=json.dumps(clips), classes=json.dumps(CLASSES), failures="[]")
+    rng = np.random.default_rng(0)
+    y = np.array([CLASSES.index(lab) if lab in CLASSES else 0 for lab in labels])[clip_of]
+    feats = rng.normal(0, .1, (1, 2 * n, 3, 2, 2)) + np.eye(3)[y][None, :, :, None, None]  # separable
+    np.save(path / "cache" / "trunk-a.npy", feats.astype(np.float16))
+    if targets:
+        sev = np.array([2.0 if lab == "covid" else 0.0 for lab in labels])
+        b = (sev > 0).astype(float)
+        np.savez(path / "cv" / "oof_targets.npz", clip_of=clip_of, finding_names=np.array(["b_lines"]),
+                 findings=b[clip_of][:, None, None] * .8 + .1, severity=np.eye(4)[sev.astype(int)][clip_of][:, None],
+                 truth_findings=b[:, None], truth_severity=sev, dataset=np.array(dataset_of_clip),
+                 exam=np.array([c["patient"] for c in clips]))
+    return path
+
+
+def test_cross_site_prints_every_row(tmp_path, capsys, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
+    cs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cross_site", cs)  # dataclasses look their module up
+    spec.loader.exec_module(cs)
+    ds = ["pocus"] * 6 + ["covid-blues"] * 4
+    labels = ["covid", "covid", "pneumonia", "pneumonia", "regular", "regular", "covid", "covid", "regular", "regular"]
+    right = np.eye(3)[[CLASSES.index(x) for x in labels]] * .7 + .1
+    wrong_blues = right.copy()
+    wrong_blues[6:] = [.1, .1, .8]  # trained on POCUS only: no BLUES patient called COVID
+    k = _fake_run(tmp_path / "k", ds, labels, [0, 1, 0, 1, 0, 1, 0, 0, 1, 1], right)
+    lodo = _fake_run(tmp_path / "l", ds, labels, [0] * 6 + [1] * 4, wrong_blues, mode="lodo", targets=False)
+    assert cs.main([f"m={k}", f"m={lodo}"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert "m frozen+LR" in out
+    assert "1.000 / 1.000 / 1.000" in rows["POCUS k-fold convex clips: BA / COVID sens / spec"]
+    assert "1.000 / 1.000" in rows["BLUES k-fold patients COVID-19 vs not: acc / AUC"]
+    lodo_row = rows["LODO POCUS -> BLUES patients: COVID AUC"].split()
+    assert lodo_row[-2] == "0.500"  # the model: every BLUES patient at p_covid .1
+    assert "—" in rows["LOSO POCUS convex clips: BA / sens / spec"]
+    assert rows["BLUES severity per video: weighted kappa"].split()[-2] == "1.000"
+    assert rows["BLUES B-lines per video: F1"].split()[-2] == "1.000"
+    assert "1.5 min / 2.00 GB" in rows["kfold run: wall / peak memory"]
