@@ -18,11 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pocovid.data.findings import FINDING_NAMES
 from pocovid.data.labels import CLASSES, PROBES, parse_classes, parse_probes
 from pocovid.errors import PocovidError
 from pocovid.evaluation.metrics import AGGREGATION_METHODS
 from pocovid.models import list_models
+from pocovid.models.exam import EXAM_METHODS
 from pocovid.training.augment import AugmentConfig
+from pocovid.training.supervision import OUTSIDE_CLASSES, WEAK_LABEL_RULES
 
 
 class ConfigError(PocovidError):
@@ -63,11 +66,20 @@ class TrainConfig:
     n_aug: int = 5  # cached augmented copies per frame (plus the clean one)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     aggregation: str = "mean"  # frame probabilities -> clip
+    # multi-task heads (docs/model_card.md#multi-task-heads): on the same pooled features as the diagnosis
+    findings: tuple[str, ...] = FINDING_NAMES  # () : no findings head; one with no yes or no no is dropped
+    severity_levels: int = 4  # ordinal severity head, Soldati 0-3; 0: none (also when no severity is known)
+    findings_weight: float = 1.0  # loss weight of the findings' BCE (diagnosis: 1)
+    severity_weight: float = 1.0  # loss weight of the ordinal severity loss
+    weak_labels: str = "abnormal_only"  # patient-level labels -> diagnosis targets: abnormal_only, all, none
+    outside_classes: str = "targets"  # recordings of other classes: targets (findings/severity only), drop
+    exam_method: str = "auto"  # clips -> exam: auto (best out-of-fold log loss), mean, max, noisy_or, logistic
     seed: int = 0
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
+        d["findings"] = list(self.findings)
         d["augment"]["gamma"] = list(self.augment.gamma)
         return d
 
@@ -122,6 +134,17 @@ class TrainConfig:
         for name in ("dropout", "spatial_dropout", "label_smoothing", "val_fraction"):
             v = getattr(self, name)
             _must(0 <= v < 1, name, f"must be in [0, 1), got {v}")
+        bad = [f for f in self.findings if f not in FINDING_NAMES]
+        _must(not bad and len(set(self.findings)) == len(self.findings), "findings",
+              f"unknown or repeated finding(s) {bad or list(self.findings)} (known: {', '.join(FINDING_NAMES)})")
+        _must(self.severity_levels == 0 or self.severity_levels >= 2, "severity_levels",
+              f"must be 0 (no head) or >= 2, got {self.severity_levels}")
+        for name in ("findings_weight", "severity_weight"):
+            _must(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name, known in (("weak_labels", WEAK_LABEL_RULES), ("outside_classes", OUTSIDE_CLASSES),
+                            ("exam_method", ("auto", *EXAM_METHODS))):
+            _must(getattr(self, name) in known, name,
+                  f"unknown value {getattr(self, name)!r} (known: {', '.join(known)})")
         _must(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         _must(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         _must(self.aggregation in AGGREGATION_METHODS, "aggregation",

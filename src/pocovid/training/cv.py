@@ -7,6 +7,13 @@ augmented copies); then for every fold an ensemble of small heads is trained on 
 (early stopping on an inner split of *their* patients, never the test fold) and predicts the test
 fold. Out-of-fold predictions give the honest figures. `final` trains the same ensemble on all data.
 Every step writes its result to `out_dir`, so a killed run resumes where it stopped.
+
+Multi-task (TrainConfig.findings / severity_levels): each head also predicts the findings and the
+severity; the targets come from the dataset index (`training/supervision.py`: unknown = masked,
+patient-level diagnoses taught as `weak_labels` says, recordings of other classes kept for findings
+and severity). The run then also writes `cv/oof_targets.npz` (out-of-fold findings / severity per
+frame, the truth per clip, exam ids and LUS scores) and chooses the exam-level method
+(`pocovid.models.exam`) on out-of-fold clip outputs; the model file carries it (`extra["exam"]`).
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ from pocovid.data.splits import Splits
 from pocovid.errors import PocovidError
 from pocovid.files import atomic_path, write_json
 from pocovid.training.config import TrainConfig, fingerprint
-from pocovid.training.fit import fit_head, inner_split, predict_head
+from pocovid.training.fit import fit_head, inner_split, predict_head_outputs
 from pocovid.training.frames import FrameSet, extract_frames, trunk_features
+from pocovid.training.supervision import ClipTargets, FrameTargets, clip_targets, index_lookup
 
 
 @dataclass
@@ -42,12 +50,17 @@ class RunResult:
     timings: dict
 
 
-def build_model(cfg: TrainConfig, pretrained: bool = True, weights: str | None = None):
+def build_model(cfg: TrainConfig, pretrained: bool = True, weights: str | None = None,
+                findings: list[str] | None = None, severity_levels: int | None = None):
+    """The model `cfg` describes; `findings` / `severity_levels`: the heads the data can teach
+    (default: the config's)."""
     from pocovid.models import create_model
 
     model = create_model(cfg.backbone, list(cfg.classes), cut=cfg.cut, n_frozen=cfg.n_frozen,
                          adapter_channels=cfg.adapter_channels, dropout=cfg.dropout,
                          spatial_dropout=cfg.spatial_dropout, n_heads=cfg.n_heads,
+                         findings=list(cfg.findings) if findings is None else findings,
+                         severity_levels=cfg.severity_levels if severity_levels is None else severity_levels,
                          pretrained=pretrained, weights=weights)
     model.training_config = cfg.to_dict()  # what the model sees follows the config (model.input_config)
     return model
@@ -55,11 +68,14 @@ def build_model(cfg: TrainConfig, pretrained: bool = True, weights: str | None =
 
 def _clips_of(splits: Splits, cfg: TrainConfig, roots: dict | None = None) -> list[dict]:
     """The clips to train on. With several datasets (`roots`: dataset -> folder) each clip's `path` is
-    the file's full path and `dataset` / `rel` say which recording it is wherever the data lies."""
+    the file's full path and `dataset` / `rel` say which recording it is wherever the data lies.
+    Recordings of classes outside `cfg.classes` are kept (for findings and severity only) when the
+    model has such heads and `cfg.outside_classes` is 'targets'."""
+    outside = cfg.outside_classes == "targets" and bool(cfg.findings or cfg.severity_levels)
     clips = []
     for k, fold in enumerate(splits.folds):
         for it in fold:
-            if it.label in cfg.classes and (cfg.probe is None or it.probe == cfg.probe):
+            if (it.label in cfg.classes or outside) and (cfg.probe is None or it.probe == cfg.probe):
                 c = {"path": it.path, "label": it.label, "patient": it.patient, "fold": k,
                      "kind": it.kind, "probe": it.probe}
                 if roots is not None:
@@ -122,11 +138,11 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
     return frames, feats
 
 
-def _train_ensemble(model, feats, frames: FrameSet, clip_idx: np.ndarray, cfg: TrainConfig, seed: int,
-                    desc: str, progress: bool) -> list[dict]:
-    """Train every head of `model` on the frames of clips `clip_idx`; each head holds out its own
-    share of those patients for early stopping. Returns one record per head."""
-    y = frames.y
+def _train_ensemble(model, feats, frames: FrameSet, targets: FrameTargets, clip_idx: np.ndarray, cfg: TrainConfig,
+                    seed: int, desc: str, progress: bool) -> list[dict]:
+    """Train every head of `model` on the frames of clips `clip_idx` (`targets`: per frame); each head
+    holds out its own share of those patients for early stopping. Returns one record per head."""
+    y = targets
     patients = np.array([frames.clips[i]["patient"] for i in clip_idx])
     labels = np.array([frames.clips[i]["label"] for i in clip_idx])
     records = []
@@ -143,7 +159,8 @@ def _train_ensemble(model, feats, frames: FrameSet, clip_idx: np.ndarray, cfg: T
 
         init = copy.deepcopy(head.state_dict())
         kw = dict(patience=cfg.patience, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
-                  label_smoothing=cfg.label_smoothing, seed=s)
+                  label_smoothing=cfg.label_smoothing, seed=s, findings_weight=cfg.findings_weight,
+                  severity_weight=cfg.severity_weight)
         r = fit_head(head, feats, y, tr, va, epochs=cfg.epochs, on_epoch=tick, **kw)
         bar.update(cfg.epochs - len(r.history))
         rec = {"head": m, "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss,
@@ -160,9 +177,16 @@ def _train_ensemble(model, feats, frames: FrameSet, clip_idx: np.ndarray, cfg: T
     return records
 
 
-def _ensemble_probs(model, feats, idx: np.ndarray) -> np.ndarray:
-    """(len(idx), M, C) probabilities of every head."""
-    return np.stack([predict_head(h, feats, idx) for h in model.heads], axis=1)
+def _ensemble_outputs(model, feats, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Every head's probabilities on frames `idx`: probs (n, M, C), findings (n, M, F), severity
+    (n, M, S) (F, S = 0 without those heads)."""
+    outs = [predict_head_outputs(h, feats, idx) for h in model.heads]
+    n = len(idx)
+    return {"probs": np.stack([o[0] for o in outs], 1).astype(np.float32),
+            "findings": (np.stack([o[1] for o in outs], 1) if outs[0][1] is not None
+                         else np.zeros((n, len(outs), 0))).astype(np.float32),
+            "severity": (np.stack([o[2] for o in outs], 1) if outs[0][2] is not None
+                         else np.zeros((n, len(outs), 0))).astype(np.float32)}
 
 
 def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, final: bool = False,
@@ -170,7 +194,6 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
               pretrained: bool = True) -> RunResult:
     """Cross-validate over `splits` (one model per fold, out-of-fold predictions, metrics) and,
     with `final`, train the model on all data and save it as `out_dir/model.pt`."""
-    from pocovid.evaluation import evaluation_result, write_evaluation
     from pocovid.models import save_model
 
     cfg = cfg or TrainConfig()
@@ -178,7 +201,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     t0 = time.perf_counter()
     timings = {}
     torch.manual_seed(cfg.seed)
-    base = build_model(cfg, pretrained=pretrained, weights=weights)
+    base = build_model(cfg, pretrained=pretrained, weights=weights, findings=[], severity_levels=0)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "config.json", {"config": cfg.to_dict(), "pocovid_version": __version__,
                                          "splits_root": str(splits.root), "n_folds": splits.n_folds,
@@ -186,16 +209,22 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                                             if len(splits.datasets()) > 1 else {}),
                                          "split_seed": splits.seed})
     frames, feats = prepare(splits, out_dir, cfg, base, root=root, progress=progress)
+    targets, heads_note = _targets(splits, frames, cfg, root)
+    torch.manual_seed(cfg.seed)
+    base = _with_heads(base, build_model(cfg, pretrained=False, findings=heads_note["findings"],
+                                         severity_levels=heads_note["severity_levels"]))
+    ft = targets.frames(frames.clip_of, heads_note["findings"], bool(heads_note["severity_levels"]))
     timings["prepare_s"] = time.perf_counter() - t0
     dfp = data_fingerprint(frames)
+    run_key = dfp + fingerprint([cfg.to_dict(), targets.fingerprint_data()])
     head_state0 = {k: v.clone() for k, v in base.state_dict().items()}
     clip_fold = np.array([c["fold"] for c in frames.clips])
     n_frames_all = len(frames.frames)
-    metrics, oof = None, None
+    metrics, oof, exam = None, None, None
     fold_records = []
     if cv:
-        oof_members = np.full((n_frames_all, cfg.n_heads, len(cfg.classes)), np.nan, np.float32)
         t1 = time.perf_counter()
+        oof_out = None
         for k in range(splits.n_folds):
             fold_file = out_dir / f"oof-fold{k}.npz"
             test_c = np.flatnonzero(clip_fold == k)
@@ -203,54 +232,243 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
             test_f = np.flatnonzero(np.isin(frames.clip_of, test_c))
             if len(test_c) == 0:
                 raise PocovidError(f"fold {k} has no recording of the classes trained on: check the split file")
+            outs = None
             if fold_file.exists():  # resume: this fold is done
                 d = np.load(fold_file)
-                if d["key"].item() == dfp + fingerprint(cfg.to_dict()):
-                    oof_members[test_f] = d["probs"]
+                if d["key"].item() == run_key:
+                    outs = {name: d[name] for name in ("probs", "findings", "severity")}
                     fold_records.append(json.loads(str(d["records"])))
-                    continue
-            base.load_state_dict(head_state0)
-            rec = _train_ensemble(base, feats, frames, train_c, cfg, cfg.seed + 1 + k, f"fold {k}", progress)
-            probs = _ensemble_probs(base, feats, test_f)
-            oof_members[test_f] = probs
-            # the fold's model: out-of-fold explanations (CAMs) and audits need it, not just its numbers
-            save_model(base, out_dir / f"fold{k}.pt", training_config=cfg.to_dict(), data_fingerprint=dfp,
-                       extra={"fold": k, "heads": rec})
-            with atomic_path(fold_file) as tmp, open(tmp, "wb") as f:
-                np.savez(f, probs=probs, records=json.dumps(rec), key=np.array(dfp + fingerprint(cfg.to_dict())))
-            fold_records.append(rec)
+            if outs is None:
+                base.load_state_dict(head_state0)
+                rec = _train_ensemble(base, feats, frames, ft, train_c, cfg, cfg.seed + 1 + k, f"fold {k}", progress)
+                outs = _ensemble_outputs(base, feats, test_f)
+                # the fold's model: out-of-fold explanations (CAMs) and audits need it, not just its numbers
+                save_model(base, out_dir / f"fold{k}.pt", training_config=cfg.to_dict(), data_fingerprint=dfp,
+                           extra={"fold": k, "heads": rec})
+                with atomic_path(fold_file) as tmp, open(tmp, "wb") as f:
+                    np.savez(f, **outs, records=json.dumps(rec), key=np.array(run_key))
+                fold_records.append(rec)
+            if oof_out is None:
+                oof_out = {name: np.full((n_frames_all, *v.shape[1:]), np.nan, np.float32) for name, v in outs.items()}
+            for name, v in outs.items():
+                oof_out[name][test_f] = v
         timings["cv_s"] = time.perf_counter() - t1
+        oof_members = oof_out["probs"]
         oof = oof_members.mean(1)
-        metrics = evaluation_result(frames.y, oof, frames.clip_of, list(cfg.classes), folds=frames.fold,
-                                    method=cfg.aggregation)
-        metrics["failures"] = frames.failures
-        metrics["n_heads"] = cfg.n_heads
-        write_evaluation(out_dir / "cv", metrics=metrics, clip_table=_clip_rows(frames, oof, cfg),
-                         labels=list(cfg.classes), skipped=frames.failures)
-        _write_frame_predictions(out_dir / "cv" / "frame_predictions.csv", frames, oof, oof_members, cfg)
-        # every member's out-of-fold probabilities: what uncertainty thresholds are chosen from
-        np.savez_compressed(out_dir / "cv" / "oof_members.npz", members=oof_members, clip_of=frames.clip_of,
-                            y=frames.y, time_s=frames.time_s, classes=np.array(cfg.classes),
-                            paths=np.array([c["path"] for c in frames.clips]),
-                            folds=np.array([c["fold"] for c in frames.clips]))
+        metrics = _diagnosis_metrics(out_dir, frames, oof, oof_members, cfg)
+        exam = _exam_and_targets(out_dir, frames, targets, oof_out, heads_note, splits.n_folds, cfg, metrics)
+        write_json(out_dir / "cv" / "metrics.json", metrics)
     model_path = None
     if final:
         t2 = time.perf_counter()
         base.load_state_dict(head_state0)
         all_c = np.arange(len(frames.clips))
-        rec = _train_ensemble(base, feats, frames, all_c, cfg, cfg.seed + 1000, "final", progress)
+        rec = _train_ensemble(base, feats, frames, ft, all_c, cfg, cfg.seed + 1000, "final", progress)
         timings["final_s"] = time.perf_counter() - t2
         model_path = out_dir / "model.pt"
         summary = _metrics_summary(metrics) if metrics else None
         save_model(base, model_path, training_config=cfg.to_dict(), data_fingerprint=dfp, metrics=summary,
                    extra={"heads": rec, "n_clips": len(frames.clips), "n_frames": n_frames_all,
                           "splits": {"n_folds": splits.n_folds, "seed": splits.seed},
-                          "feature_density": feature_density(feats)})
+                          "feature_density": feature_density(feats), "targets": heads_note,
+                          "exam": exam or _exam_without_cv(cfg)})
     timings["total_s"] = time.perf_counter() - t0
     write_json(out_dir / "run.json", {"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
                                       "n_clips": len(frames.clips), "n_frames": n_frames_all,
-                                      "failures": frames.failures})
+                                      "failures": frames.failures, "targets": heads_note,
+                                      **({"exam": exam} if exam else {})})
     return RunResult(out_dir, metrics, model_path, frames, oof, timings)
+
+
+def _with_heads(trunk_model, model):
+    """`model` (the heads the data can teach) with the trunk weights of `trunk_model` (pretrained,
+    or loaded from `weights`), keeping its training config."""
+    model.trunk.load_state_dict(trunk_model.trunk.state_dict())
+    for mine, theirs in zip(model.heads, trunk_model.heads):
+        mine.tail.load_state_dict(theirs.tail.state_dict())
+    model.training_config = trunk_model.training_config
+    return model
+
+
+def _targets(splits: Splits, frames: FrameSet, cfg: TrainConfig, root) -> tuple[ClipTargets, dict]:
+    """Per-clip targets from the dataset index, and which heads the data can teach (a finding with
+    no yes or no no, or a severity never given, gets no head)."""
+    roots = _roots_of(splits, root)
+    folder = roots if roots is not None else root if root is not None else splits.root
+    lookup, notes = index_lookup(folder)
+    targets = clip_targets(frames.clips, lookup, list(cfg.classes), list(cfg.findings), cfg.weak_labels)
+    kept, dropped = targets.usable_findings(list(cfg.findings))
+    n_sev = int(np.sum(~np.isnan(targets.severity)))
+    levels = cfg.severity_levels if n_sev else 0
+    if cfg.severity_levels and not n_sev:
+        notes.append("no recording has a severity: no severity head")
+    n_in = int(np.sum([c["label"] in cfg.classes for c in frames.clips]))
+    note = {"findings": kept, "dropped_findings": dropped, "severity_levels": levels, "weak_labels": cfg.weak_labels,
+            "outside_classes": cfg.outside_classes,
+            "n_clips": len(frames.clips), "n_clips_of_classes": n_in,
+            "n_diagnosis_targets": int(np.sum(targets.y >= 0)),
+            "n_masked_weak": int(n_in - np.sum(targets.y >= 0)),
+            "n_severity_known": n_sev,
+            "n_findings_known": {f: int(np.sum(~np.isnan(targets.findings[:, targets.names.index(f)])))
+                                 for f in targets.names},
+            "notes": notes}
+    return targets, note
+
+
+def _diagnosis_metrics(out_dir: Path, frames: FrameSet, oof: np.ndarray, oof_members: np.ndarray,
+                       cfg: TrainConfig) -> dict:
+    """The clip / frame diagnosis figures over the recordings of the trained classes (labels as the
+    index gives them: a COVID-BLUES recording is scored against its patient's diagnosis)."""
+    from pocovid.evaluation import evaluation_result, write_evaluation
+
+    y = frames.y
+    d = np.flatnonzero(y >= 0)
+    metrics = evaluation_result(y[d], oof[d], frames.clip_of[d], list(cfg.classes), folds=frames.fold[d],
+                                method=cfg.aggregation)
+    metrics["failures"] = frames.failures
+    metrics["n_heads"] = cfg.n_heads
+    write_evaluation(out_dir / "cv", metrics=metrics, clip_table=_clip_rows(frames, oof, cfg, d),
+                     labels=list(cfg.classes), skipped=frames.failures)
+    _write_frame_predictions(out_dir / "cv" / "frame_predictions.csv", frames, oof, oof_members, cfg)
+    # every member's out-of-fold probabilities: what uncertainty thresholds are chosen from
+    np.savez_compressed(out_dir / "cv" / "oof_members.npz", members=oof_members[d], clip_of=frames.clip_of[d],
+                        y=y[d], time_s=frames.time_s[d], classes=np.array(cfg.classes),
+                        paths=np.array([c["path"] for c in frames.clips]),
+                        folds=np.array([c["fold"] for c in frames.clips]))
+    return metrics
+
+
+def _clip_means(values: np.ndarray, clip_of: np.ndarray, n_clips: int) -> np.ndarray:
+    """(n_clips, ...) mean over each clip's frames (and over the members, axis 1) of (N, M, ...)."""
+    v = values.mean(1)
+    out = np.full((n_clips, *v.shape[1:]), np.nan, np.float64)
+    for c in range(n_clips):
+        sel = clip_of == c
+        if sel.any():
+            out[c] = v[sel].mean(0)
+    return out
+
+
+def exam_labels_of(targets: ClipTargets, classes: list[str]) -> dict:
+    """exam -> class index: its recordings' one label among `classes`; a disease beside 'regular'
+    recordings is the disease; two diseases, or no label among the classes: no label."""
+    labels: dict[str, set] = {}
+    for e, lab in zip(targets.exam, targets.label):
+        labels.setdefault(str(e), set()).add(str(lab))
+    out = {}
+    for e, labs in labels.items():
+        labs = {lab for lab in labs if lab in classes}
+        if len(labs) > 1:
+            labs.discard("regular")
+        if len(labs) == 1:
+            out[e] = classes.index(labs.pop())
+    return out
+
+
+def _exam_and_targets(out_dir: Path, frames: FrameSet, targets: ClipTargets, oof_out: dict, heads: dict,
+                      n_folds: int, cfg: TrainConfig, metrics: dict) -> dict:
+    """Out-of-fold findings / severity (`cv/oof_targets.npz`), the exam-level method chosen on
+    out-of-fold clip outputs, and their figures in `metrics` (evaluation.targets, when present)."""
+    from pocovid.models.exam import EXAM_METHODS, exam_probabilities, fit_exam_combiner, lus_score
+
+    classes = list(cfg.classes)
+    n_clips = len(frames.clips)
+    clip_p = _clip_means(oof_out["probs"], frames.clip_of, n_clips)
+    clip_f = _clip_means(oof_out["findings"], frames.clip_of, n_clips)
+    clip_s = _clip_means(oof_out["severity"], frames.clip_of, n_clips)
+    fold = np.array([c["fold"] for c in frames.clips])
+    labels = exam_labels_of(targets, classes)
+    # exam methods, each out of fold (the logistic combination fitted on the other folds' exams)
+    methods = [m for m in EXAM_METHODS if cfg.exam_method in ("auto", m)]
+    scored = np.array([e in labels for e in targets.exam])
+    exam_p: dict[str, dict] = {}
+    for m in methods:
+        got = {}
+        for k in range(n_folds):
+            sel = scored & (fold == k)
+            if not sel.any():
+                continue
+            params = None
+            if m == "logistic":
+                tr = scored & (fold != k)
+                try:
+                    params = fit_exam_combiner(clip_p[tr], targets.exam[tr], labels, classes)
+                except ValueError:
+                    continue
+            ids, p = exam_probabilities(clip_p[sel], targets.exam[sel], m, classes=classes, params=params)
+            got.update(zip(ids.tolist(), p))
+        if got:
+            exam_p[m] = got
+    losses = {m: float(np.mean([-np.log(max(p[labels[e]], 1e-12)) for e, p in got.items()]))
+              for m, got in exam_p.items()}
+    chosen = min(losses, key=losses.get) if losses else "mean"
+    exam = {"method": chosen, "selected_by": ("lowest out-of-fold exam log loss" if cfg.exam_method == "auto"
+                                              else "TrainConfig.exam_method"),
+            "oof_log_loss": losses, "n_exams": len(exam_p.get(chosen, {}))}
+    if chosen == "logistic":
+        exam["params"] = fit_exam_combiner(clip_p[scored], targets.exam[scored], labels, classes)
+    lus_ids, lus = (lus_score(clip_s, targets.exam, targets.zone) if clip_s.shape[1]
+                    else (np.unique(targets.exam), np.full(len(np.unique(targets.exam)), np.nan)))
+    np.savez_compressed(
+        out_dir / "cv" / "oof_targets.npz",
+        clip_of=frames.clip_of, findings=oof_out["findings"], severity=oof_out["severity"],
+        finding_names=np.array(heads["findings"], str), severity_levels=np.array(heads["severity_levels"]),
+        paths=np.array([c.get("rel", c["path"]) for c in frames.clips], str), dataset=targets.dataset,
+        exam=targets.exam, zone=targets.zone, label=targets.label, label_scope=targets.label_scope,
+        fold=fold, diagnosis_target=targets.y,
+        truth_findings=(targets.findings[:, [targets.names.index(f) for f in heads["findings"]]]
+                        if heads["findings"] else np.zeros((n_clips, 0), np.float32)),
+        truth_severity=targets.severity, clip_probs=clip_p.astype(np.float32), classes=np.array(classes, str),
+        exam_ids=lus_ids, lus_score=lus)
+    _target_metrics(out_dir, metrics, targets, heads, clip_f, clip_s, exam_p, labels, classes, chosen,
+                    dict(zip(map(str, lus_ids), lus)) if clip_s.shape[1] else None)
+    return exam
+
+
+def _target_metrics(out_dir: Path, metrics: dict, targets: ClipTargets, heads: dict, clip_f, clip_s,
+                    exam_p: dict, labels: dict, classes: list[str], chosen: str, lus: dict | None) -> None:
+    """Findings, severity (all recordings, and per dataset) and exam figures from evaluation.targets
+    into `metrics`, patients.csv of the chosen exam method; skipped while evaluation.targets is absent."""
+    try:
+        from pocovid.evaluation import targets as tm
+        from pocovid.evaluation.report import write_patients
+    except ImportError:
+        metrics["targets_note"] = "pocovid.evaluation.targets is missing: no findings / severity / exam figures"
+        return
+    groups = {"all": np.ones(len(targets.y), bool)}
+    if len(set(targets.dataset)) > 1:
+        groups.update({str(ds): targets.dataset == ds for ds in sorted(set(targets.dataset))})
+    names = heads["findings"]
+    if names:
+        truth = targets.findings[:, [targets.names.index(f) for f in names]]
+        per = {g: tm.finding_metrics(truth[sel], clip_f[sel], list(names)) for g, sel in groups.items()}
+        metrics["findings"] = per.pop("all")
+        if per:
+            metrics["findings_by_dataset"] = per
+    if heads["severity_levels"] == len(tm.SEVERITY_LEVELS):
+        per = {g: tm.severity_metrics(targets.severity[sel], clip_s[sel]) for g, sel in groups.items()}
+        metrics["severity"] = per.pop("all")
+        if per:
+            metrics["severity_by_dataset"] = per
+    if exam_p:
+        # every method's out-of-fold exam probabilities, scored as one "clip" per exam
+        per = {}
+        for m, got in exam_p.items():
+            ids = np.array(list(got))
+            per[m] = dict(tm.exam_metrics(ids, np.stack([got[e] for e in ids]), labels, classes, method="mean"),
+                          method=m)
+        metrics["exams"] = per[chosen]
+        metrics["exam_methods"] = per
+        got = exam_p[chosen]
+        ids = np.array(list(got))
+        dataset = {str(e): str(d) for e, d in zip(targets.exam, targets.dataset)}
+        n_clips = {str(e): int(np.sum(targets.exam == e)) for e in ids}
+        extra = {"dataset": [dataset[str(e)] for e in ids], "n_clips": [n_clips[str(e)] for e in ids]}
+        if lus is not None:
+            extra["lus_score"] = [round(float(lus[str(e)]), 3) for e in ids]
+        write_patients(out_dir / "cv" / "patients.csv",
+                       tm.exam_table(ids, np.stack([got[e] for e in ids]), labels, classes, method="mean",
+                                     extra=extra), classes)
 
 
 def feature_density(feats) -> dict:
@@ -261,10 +479,18 @@ def feature_density(feats) -> dict:
                                          for i in range(feats.shape[1])]))
 
 
-def _clip_rows(frames: FrameSet, probs: np.ndarray, cfg: TrainConfig) -> list[dict]:
+def _exam_without_cv(cfg: TrainConfig) -> dict:
+    """The exam method of a model trained without cross-validation: nothing out of fold to fit or
+    choose on, so 'mean' unless the config names a method that needs no fitting."""
+    m = cfg.exam_method if cfg.exam_method not in ("auto", "logistic") else "mean"
+    return {"method": m, "selected_by": "no cross-validation: " + ("TrainConfig.exam_method" if m != "mean"
+                                                                      else "the default")}
+
+
+def _clip_rows(frames: FrameSet, probs: np.ndarray, cfg: TrainConfig, frames_idx: np.ndarray) -> list[dict]:
     from pocovid.evaluation import aggregate_frames
 
-    ids, clip_p = aggregate_frames(probs, frames.clip_of, cfg.aggregation)
+    ids, clip_p = aggregate_frames(probs[frames_idx], frames.clip_of[frames_idx], cfg.aggregation)
     rows = []
     for ci, p in zip(ids, clip_p):
         c = frames.clips[int(ci)]

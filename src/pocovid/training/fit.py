@@ -1,4 +1,11 @@
-"""Training one head on cached trunk features, with early stopping on held-out patients."""
+"""Training one head on cached trunk features, with early stopping on held-out patients.
+
+The loss (`multitask_loss`) is the diagnosis cross-entropy (class-weighted, label smoothing) over
+the frames that have a diagnosis target, plus `findings_weight` x the findings' binary
+cross-entropy over the (frame, finding) pairs that are known, plus `severity_weight` x the ordinal
+(cumulative-logit) loss over the frames whose severity is known. Each part is a mean over what is
+known, so an unknown target adds nothing, not even a zero pulling the mean down.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from sklearn.model_selection import StratifiedGroupKFold
+
+from pocovid.training.supervision import FrameTargets
 
 
 @dataclass
@@ -49,26 +59,101 @@ def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
 @torch.no_grad()
 def predict_head(head: nn.Module, feats, idx: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities of `head` on the clean cached features (copy 0) of frames `idx`."""
+    return predict_head_outputs(head, feats, idx, batch_size)[0]
+
+
+@torch.no_grad()
+def predict_head_outputs(head: nn.Module, feats, idx: np.ndarray, batch_size: int = 256):
+    """(class probabilities (n, C), finding probabilities (n, F) or None, severity level
+    probabilities (n, S) or None) of `head` on the clean cached features of frames `idx`."""
+    from pocovid.models import OrdinalHead
+
     head.eval()
-    out = []
+    out: list[list] = [[], [], []]
     for i in range(0, len(idx), batch_size):
         b = idx[i:i + batch_size]
-        out.append(torch.softmax(head(_batch(feats, np.zeros(len(b), int), b)), 1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 0))
+        lg, fl, sl = _outputs(head, _batch(feats, np.zeros(len(b), int), b))
+        out[0].append(torch.softmax(lg, 1).numpy())
+        if fl is not None:
+            out[1].append(torch.sigmoid(fl).numpy())
+        if sl is not None:
+            out[2].append(OrdinalHead.probabilities(sl).numpy())
+    if not out[0]:
+        return np.zeros((0, 0)), None, None
+    return tuple(np.concatenate(o) if o else None for o in out)
 
 
-def fit_head(head: nn.Module, feats, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
+def _outputs(head: nn.Module, x: torch.Tensor):
+    """(class logits, finding logits or None, severity logits or None): a plain head gives logits only."""
+    if hasattr(head, "forward_all"):
+        return head.forward_all(x)
+    return head(x), None, None
+
+
+def as_targets(y) -> FrameTargets:
+    """Per-frame targets: a `FrameTargets`, or class indices alone (diagnosis only)."""
+    return y if isinstance(y, FrameTargets) else FrameTargets(np.asarray(y))
+
+
+def task_sums(outputs, t: FrameTargets, idx: np.ndarray, class_w: torch.Tensor | None,
+              label_smoothing: float = 0.0) -> dict[str, tuple[torch.Tensor, float]]:
+    """Per task, (summed loss, count) over the known targets of frames `idx` (`outputs`: the head's
+    on those frames). Tasks with nothing known are absent."""
+    logits, fl, sl = outputs
+    out = {}
+    y = torch.from_numpy(t.y[idx]).long()
+    known = y >= 0
+    if known.any():
+        w = class_w[y[known]] if class_w is not None else torch.ones(int(known.sum()))
+        ce = F.cross_entropy(logits[known], y[known], weight=class_w, label_smoothing=label_smoothing,
+                             reduction="none")
+        out["diagnosis"] = (ce.sum(), float(w.sum()))  # as CrossEntropyLoss(weight=...) averages
+    if fl is not None and t.findings is not None:
+        f = torch.from_numpy(t.findings[idx]).float()
+        m = ~torch.isnan(f)
+        if m.any():
+            bce = F.binary_cross_entropy_with_logits(fl[m], f[m], reduction="sum")
+            out["findings"] = (bce, float(m.sum()))
+    if sl is not None and t.severity is not None:
+        s = torch.from_numpy(t.severity[idx]).float()
+        m = ~torch.isnan(s)
+        if m.any():
+            levels = torch.arange(sl.shape[1], dtype=torch.float32)
+            above = (s[m, None] > levels[None]).float()  # y > k for each threshold k
+            ordl = F.binary_cross_entropy_with_logits(sl[m], above, reduction="none").mean(1).sum()
+            out["severity"] = (ordl, float(m.sum()))
+    return out
+
+
+def multitask_loss(outputs, t: FrameTargets, idx: np.ndarray, class_w: torch.Tensor | None, *,
+                   label_smoothing: float = 0.0, findings_weight: float = 1.0,
+                   severity_weight: float = 1.0) -> torch.Tensor:
+    """The training loss of frames `idx` (see the module docstring); 0 (no gradient) when nothing
+    is known."""
+    weights = {"diagnosis": 1.0, "findings": findings_weight, "severity": severity_weight}
+    parts = task_sums(outputs, t, idx, class_w, label_smoothing)
+    total = outputs[0].sum() * 0.0
+    for task, (s, n) in parts.items():
+        total = total + weights[task] * s / max(n, 1e-12)
+    return total
+
+
+def fit_head(head: nn.Module, feats, y, train_idx: np.ndarray, val_idx: np.ndarray, *,
              epochs: int, patience: int, lr: float, weight_decay: float, batch_size: int,
-             label_smoothing: float, seed: int, on_epoch=None) -> FitResult:
-    """Train `head` (trunk features -> logits) on frames `train_idx`, each step drawing one of the
-    cached augmented copies per frame; early-stop on the loss of frames `val_idx` (clean copies).
-    Class imbalance: the loss weights classes by inverse frequency."""
+             label_smoothing: float, seed: int, on_epoch=None, findings_weight: float = 1.0,
+             severity_weight: float = 1.0) -> FitResult:
+    """Train `head` (trunk features -> logits, and the findings / severity heads it has) on frames
+    `train_idx`, each step drawing one of the cached augmented copies per frame; early-stop on the
+    loss of frames `val_idx` (clean copies). `y`: per-frame class indices, or a `FrameTargets`
+    (-1 / NaN: unknown, masked). Class imbalance: the diagnosis loss weights classes by inverse
+    frequency among the frames with a diagnosis target."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    n_classes = head(_batch(feats, np.zeros(1, int), train_idx[:1])).shape[1]
-    w = class_weights(y[train_idx], n_classes)
-    loss_fn = nn.CrossEntropyLoss(weight=w, label_smoothing=label_smoothing)
-    val_fn = nn.CrossEntropyLoss(weight=w)
+    t = as_targets(y)
+    n_classes = _outputs(head, _batch(feats, np.zeros(1, int), train_idx[:1]))[0].shape[1]
+    yk = t.y[train_idx]
+    w = class_weights(yk[yk >= 0], n_classes)
+    kw = dict(findings_weight=findings_weight, severity_weight=severity_weight)
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     n_copies = feats.shape[0]
@@ -82,7 +167,7 @@ def fit_head(head: nn.Module, feats, y: np.ndarray, train_idx: np.ndarray, val_i
             if len(b) < 2:  # batch norm needs two samples
                 continue
             x = _batch(feats, rng.integers(0, n_copies, len(b)), b)
-            loss = loss_fn(head(x), torch.from_numpy(y[b]))
+            loss = multitask_loss(_outputs(head, x), t, b, w, label_smoothing=label_smoothing, **kw)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -90,10 +175,10 @@ def fit_head(head: nn.Module, feats, y: np.ndarray, train_idx: np.ndarray, val_i
         sched.step()
         rec = {"epoch": epoch, "train_loss": total / max(len(perm), 1)}
         if len(val_idx):
-            p = predict_head(head, feats, val_idx)
-            vl = float(val_fn(torch.log(torch.from_numpy(p).clamp_min(1e-7)), torch.from_numpy(y[val_idx])))
+            vl, p = _validation(head, feats, t, val_idx, w, kw)
             rec["val_loss"] = vl
-            rec["val_balanced_accuracy"] = _balanced_accuracy(y[val_idx], p.argmax(1), n_classes)
+            yv = t.y[val_idx]
+            rec["val_balanced_accuracy"] = _balanced_accuracy(yv[yv >= 0], p[yv >= 0].argmax(1), n_classes)
             if best_loss is None or vl < best_loss - 1e-4:
                 best, best_epoch, best_loss, bad = copy.deepcopy(head.state_dict()), epoch, vl, 0
             else:
@@ -107,6 +192,25 @@ def fit_head(head: nn.Module, feats, y: np.ndarray, train_idx: np.ndarray, val_i
         best = copy.deepcopy(head.state_dict())
     head.load_state_dict(best)
     return FitResult(best, best_epoch, best_loss, history)
+
+
+@torch.no_grad()
+def _validation(head, feats, t: FrameTargets, val_idx: np.ndarray, w, kw, batch_size: int = 256):
+    """(the multi-task loss of the validation frames, without label smoothing; their class probabilities)."""
+    head.eval()
+    sums: dict[str, list[float]] = {}
+    probs = []
+    for i in range(0, len(val_idx), batch_size):
+        b = val_idx[i:i + batch_size]
+        out = _outputs(head, _batch(feats, np.zeros(len(b), int), b))
+        probs.append(torch.softmax(out[0], 1).numpy())
+        for task, (s, n) in task_sums(out, t, b, w).items():
+            acc = sums.setdefault(task, [0.0, 0.0])
+            acc[0] += float(s)
+            acc[1] += n
+    weights = {"diagnosis": 1.0, "findings": kw["findings_weight"], "severity": kw["severity_weight"]}
+    loss = sum(weights[k] * s / max(n, 1e-12) for k, (s, n) in sums.items())
+    return float(loss), np.concatenate(probs)
 
 
 def _balanced_accuracy(y, pred, n_classes) -> float:

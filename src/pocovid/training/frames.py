@@ -33,8 +33,9 @@ class FrameSet:
 
     @property
     def y(self) -> np.ndarray:
-        """Per-frame class index."""
-        lab = np.array([self.classes.index(c["label"]) for c in self.clips])
+        """Per-frame class index of the clip's label; -1 for a label outside `classes` (a recording
+        kept for its findings and severity only)."""
+        lab = np.array([self.classes.index(c["label"]) if c["label"] in self.classes else -1 for c in self.clips])
         return lab[self.clip_of]
 
     @property
