@@ -30,7 +30,7 @@ from pocovid.analysis.key_moments import disagreement, evidence_of, min_gap_s, s
 from pocovid.analysis.ood import OODParams, decide, frame_cues, small_mask
 from pocovid.analysis.report import NOTICE, key_frame_image, timeline_plot, write_html, write_overlay_video
 from pocovid.analysis.result import (AnalysisResult, FrameResult, KeyFrame, MediaSummary, ModelSummary,
-                                     OutOfDistribution, Prediction, Sampling, Segment, Uncertainty)
+                                     OutOfDistribution, Prediction, Sampling, Segment, Severity, Uncertainty)
 from pocovid.analysis.uncertainty import clip_uncertainty, frame_uncertainty, threshold_of
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
@@ -189,6 +189,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
                               frames_disagree=bool(dis["frames_disagree"]),
                               disagreement=[Segment(**s) for s in dis["segments"]],
                               class_share={c: round(v, 4) for c, v in dis["class_share"].items()}),
+        **clip_targets(rec.outputs, model),
         uncertainty=Uncertainty(score=round(float(score), 6), method=thr["method"], threshold=thr["threshold"],
                                 threshold_source=thr["source"], n_members=int(members.shape[1]),
                                 description=UNCERTAINTY_TEXT[thr["method"]],
@@ -213,6 +214,23 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
                             density_d2=None if d2 is None else round(float(d2[i]), 2))
                 for i in range(n)],
         key_frames=[])
+
+
+def clip_targets(outputs, model) -> dict:
+    """{"findings": {name: probability}, "severity": Severity} of a clip: each head's probabilities,
+    mean over frames and members; None for a head the model does not have (or no frame)."""
+    out: dict = {"findings": None, "severity": None}
+    f = outputs.findings
+    if f is not None and np.size(f):
+        names = list(getattr(model, "findings", None) or [])
+        out["findings"] = {n: round(float(v), 4) for n, v in zip(names, np.asarray(f, float).mean((0, 1)))}
+    s = outputs.severity
+    if s is not None and np.size(s):
+        p = np.asarray(s, float).mean((0, 1))
+        p = p / p.sum()
+        out["severity"] = Severity(expected=round(float(p @ np.arange(len(p))), 3),
+                                   probabilities=[round(float(v), 4) for v in p], level=int(np.argmax(p)))
+    return out
 
 
 def _key_frame_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult,

@@ -189,6 +189,16 @@ _UNCERTAINTY_WORDS = {
 _SHOWN_FROM_FIELDS = ("the input does not look like", "the model is uncertain", "frames disagree")
 
 
+#: The clinician's words for each finding key (the keys stay as they are in result.json).
+FINDING_NAMES_SHOWN = {"b_lines": "B-lines", "a_lines": "A-lines", "consolidation": "consolidation",
+                       "effusion": "pleural effusion", "pleural_irregularity": "pleural line irregularity",
+                       "air_bronchogram": "air bronchogram"}
+
+
+def finding_name(f: str) -> str:
+    return FINDING_NAMES_SHOWN.get(f, f.replace("_", " "))
+
+
 def clinical_name(c: str) -> str:
     return CLINICAL_NAMES.get(c, c)
 
@@ -211,6 +221,7 @@ def _environment():
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["clinical"] = clinical_name
     env.filters["pct"] = percent
+    env.filters["finding"] = finding_name
     return env
 
 

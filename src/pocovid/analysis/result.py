@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: findings, severity (multi-task heads)
 
 
 class _Model(BaseModel):
@@ -91,6 +91,14 @@ class ModelSummary(_Model):
     has_feature_density: bool = False
 
 
+class Severity(_Model):
+    """The clip's lung severity (Soldati score 0-3) from the model's ordinal head."""
+
+    expected: float = Field(description="expected severity: sum_k k * probability_k, mean over frames and members")
+    probabilities: list[float] = Field(description="probability of each level 0..3, mean over frames and members")
+    level: int = Field(description="the most likely level")
+
+
 class FrameResult(_Model):
     index: int
     time_s: float
@@ -123,6 +131,10 @@ class AnalysisResult(_Model):
     created: str
     notice: str
     prediction: Prediction
+    findings: dict[str, float] | None = Field(
+        None, description="probability that the clip shows each finding (mean over frames and ensemble members); "
+                          "null: the model has no findings head")
+    severity: Severity | None = Field(None, description="null: the model has no severity head")
     uncertainty: Uncertainty
     review_recommended: bool
     review_reasons: list[str]
