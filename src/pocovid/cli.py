@@ -358,6 +358,20 @@ def train_cmd(
                                help="Also flip vertically when augmenting (default {augment.vflip})."),
     aggregation: str = typer.Option(None, "--aggregation",
                                     help="Frames -> clip in the metrics: {methods} (default {aggregation})."),
+    findings: str = typer.Option(None, "--findings", help="Findings the heads also predict, comma-separated; none: "
+                                 "no findings head (default {findings})."),
+    severity_levels: int = typer.Option(None, "--severity-levels", help="Levels of the ordinal severity head, 0: "
+                                        "none (default {severity_levels})."),
+    findings_weight: float = typer.Option(None, "--findings-weight",
+                                          help="Loss weight of the findings (default {findings_weight})."),
+    severity_weight: float = typer.Option(None, "--severity-weight",
+                                          help="Loss weight of the severity (default {severity_weight})."),
+    weak_labels: str = typer.Option(None, "--weak-labels", help="Patient-level diagnoses as targets: abnormal_only, "
+                                    "all or none (default {weak_labels})."),
+    outside_classes: str = typer.Option(None, "--outside-classes", help="Recordings of other classes: targets "
+                                        "(findings and severity only) or drop (default {outside_classes})."),
+    exam_method: str = typer.Option(None, "--exam-method", help="Clips -> exam: auto, mean, max, noisy_or, logistic "
+                                    "(default {exam_method})."),
     seed: int = typer.Option(None, "--seed", help="Seed of initialisation and augmentation (default {seed})."),
     weights: str = typer.Option(None, "--weights", help="Pretrained backbone weights (file or URL), e.g. for vgg16."),
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Random backbone init (tests only)."),

@@ -232,6 +232,7 @@ _SPECIAL = {  # a field's value in a file or option -> the field's value
     "probe": lambda v: None if isinstance(v, str) and v.strip().lower() == "all" else v,
     "rate_hz": lambda v: None if v == 0 and not isinstance(v, bool) else v,
     "adapter_channels": lambda v: None if v == 0 and not isinstance(v, bool) else v,
+    "findings": lambda v: () if isinstance(v, str) and v.strip().lower() in ("none", "") else v,
 }
 _PARSED = {  # names normalised (synonyms, case) once their type is right
     "classes": lambda v: tuple(parse_classes(list(v)) or ()),
