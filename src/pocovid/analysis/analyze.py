@@ -37,6 +37,7 @@ from pocovid.files import path_text, write_text
 from pocovid.inference import RecordingOutputs, load, stream_predict
 from pocovid.media import open_media
 from pocovid.models import FeatureDensity, model_summary
+from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
 
 EXPLAINERS = ("cam", "gradcam")
 KEY_MIN_RELATIVE = 0.5  # a key moment's probability of the class is at least this share of the clip's peak
@@ -157,7 +158,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     classes = list(model.classes)
     members, times, n = rec.member_probs, rec.time_s, len(rec)
     frame_p = members.mean(1)
-    clip_p = frame_p.mean(0)
+    clip_p = adapt_clip_probs(model, frame_p.mean(0))  # a site adaptation (if any) acts here only
     pred = int(np.argmax(clip_p))
     density = FeatureDensity.of(model)
     d2 = density.d2(rec.outputs.pooled) if density is not None else None
@@ -185,7 +186,8 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
         pocovid_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notice=NOTICE,
         prediction=Prediction(label=classes[pred], probabilities=_probs_dict(classes, clip_p),
-                              withheld=bool(ood["out_of_distribution"]), aggregation="mean of frame probabilities",
+                              withheld=bool(ood["out_of_distribution"]), aggregation="mean of frame probabilities"
+                              + (", site-adapted (pocovid adapt)" if adaptation_of(model) else ""),
                               frames_disagree=bool(dis["frames_disagree"]),
                               disagreement=[Segment(**s) for s in dis["segments"]],
                               class_share={c: round(v, 4) for c, v in dis["class_share"].items()}),

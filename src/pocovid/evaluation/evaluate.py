@@ -25,9 +25,10 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | lis
     they are indexed together (`pocovid.data.combine`), and each prediction row names its dataset and exam."""
     from pocovid.data import load_index
     from pocovid.data.labels import parse_classes, parse_probes
-    from pocovid.evaluation.metrics import evaluation_result
+    from pocovid.evaluation.metrics import evaluation_result, video_metrics
     from pocovid.evaluation.report import write_evaluation
     from pocovid.inference import load, predict_recording
+    from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
 
     model = load(model_spec)
     model_classes = list(model.classes)
@@ -63,7 +64,7 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | lis
         ys.extend([model_classes.index(it.label)] * len(p))
         probs.append(p)
         clip_ids.extend([ci] * len(p))
-        clip_p = _aggregate(p, aggregation)
+        clip_p = adapt_clip_probs(model, _aggregate(p, aggregation))  # a site adaptation acts on clips only
         done.append((it, clip_p))
         rec_findings.append(_recording_mean(pred.outputs, "findings"))
         rec_severity.append(_recording_mean(pred.outputs, "severity"))
@@ -77,6 +78,11 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | lis
         raise PocovidError(f"{_shown(root)}: none of the {len(items)} recordings could be read")
     metrics = evaluation_result(np.array(ys), np.concatenate(probs), np.array(clip_ids), model_classes,
                                 method=aggregation)
+    if adaptation_of(model):  # video metrics of the adapted clip probabilities; frame metrics stay raw
+        metrics["video"] = video_metrics([model_classes.index(it.label) for it, _ in done],
+                                         np.stack([cp for _, cp in done]), list(range(len(done))), model_classes)
+        metrics["video"]["n_frames"] = len(ys)
+        metrics["adaptation"] = adaptation_of(model)
     metrics.update(_target_metrics(model, [it for it, _ in done], rec_findings, rec_severity))
     exams = _exam_rows(done, model_classes, exam_aggregation)
     metrics["exams"] = exams["metrics"]
