@@ -465,6 +465,45 @@ def evaluate_cmd(
     typer.echo(f"written: {out}/metrics.json, {out}/predictions.csv, plots")
 
 
+def _adapt_defaults() -> dict:
+    import inspect
+
+    from pocovid.training.adapt import ADAPT_METHODS, LEVELS, adapt
+
+    params = inspect.signature(adapt).parameters.items()
+    return {k: p.default for k, p in params if p.default is not p.empty} | {
+        "methods": ", ".join(ADAPT_METHODS), "levels": ", ".join(LEVELS)}
+
+
+@app.command("adapt", cls=_defaults_from(_adapt_defaults))
+def adapt_cmd(
+    folders: list[str] = typer.Argument(..., help="The site's labelled folder(s) (any layout `pocovid data index` "
+                                        "reads); several are used together."),
+    model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
+    out: str = typer.Option(..., "--out", help="The adapted model file to write (never the input model)."),
+    method: str = typer.Option(None, "--method", help="{methods} (default {method})."),
+    level: str = typer.Option(None, "--level", help="Labels fitted per clip or per exam: {levels} (default {level}: "
+                              "per exam where labels are the patient's)."),
+    reg: float = typer.Option(None, "--reg", help="Pull toward no change (default: per method)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+):
+    """Recalibrate a model on a site's own labelled recordings; writes a new model file."""
+    from pocovid.training.adapt import adapt
+
+    given = {k: v for k, v in (("method", method), ("level", level), ("reg", reg)) if v is not None}
+    r = adapt(model, folders[0] if len(folders) == 1 else list(folders), out, progress=not quiet, **given)
+    a = r.adaptation
+    typer.echo(f"adapted ({a['method']}, per {a['level']}) on {a['n_recordings']} recording(s) of "
+               f"{a['n_patients']} patient(s): temperature {a['temperature']:.3f}, bias "
+               + ", ".join(f"{c} {b:+.3f}" for c, b in zip(a["classes"], a["bias"]))
+               + f"; NLL {a['nll_before']} -> {a['nll_after']}")
+    if r.skipped:
+        typer.echo(f"skipped {len(r.skipped)} recording(s):")
+        for s in r.skipped:
+            typer.echo(f"  {s}")
+    typer.echo(f"model written: {r.model_path}")
+
+
 # ------------------------------------------------------------------------------ web service
 
 contributions_app = typer.Typer(help="Data contributions received by `pocovid serve`: list, export.",
