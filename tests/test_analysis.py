@@ -463,3 +463,22 @@ def test_bundled_model_outputs_are_unchanged(tmp_path):
         got = stream_predict(tmp_path / f"{label}.dcm", model).member_probs
         assert got.shape == ref[label].shape
         assert np.abs(got - ref[label]).max() < 1e-5, label
+
+
+def test_a_cut_cine_is_analysed_and_says_so(model, tmp_path):
+    """A DICOM cine cut at 95 %: the whole frames before the cut are analysed, and review is
+    recommended with the reason (the header declares more frames than the file holds)."""
+    from pocovid.media import probe
+
+    whole = tmp_path / "whole.dcm"
+    write_phantom(whole, label="covid", n_frames=20, fps=10, width=W, height=H, seed=2)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.95)])
+    info = probe(cut)
+    assert info.n_frames_declared == 20 and 15 <= info.n_frames < 20
+    r = analyze_recording(cut, model, tmp_path / "out", AnalysisConfig(report=False))
+    assert r.sampling.n_frames_analyzed == info.n_frames and r.review_recommended
+    assert any("cut short" in x and "declares 20 frames" in x for x in r.review_reasons), r.review_reasons
+    assert probe(whole).n_frames_declared is None
+    assert not any("cut short" in x for x in analyze_recording(whole, model, tmp_path / "w",
+                                                              AnalysisConfig(report=False)).review_reasons)

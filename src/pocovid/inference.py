@@ -76,6 +76,7 @@ class RecordingOutputs:
     pixels: np.ndarray | None = None
     inspected: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    n_planned: int = 0  # frames the sampling asked for; more than decoded when the file is cut short
 
     @property
     def probs(self) -> np.ndarray:
@@ -213,7 +214,8 @@ def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, 
         raise MediaError(path, "no frames could be decoded")
     got = len(index)  # fewer than planned: a truncated file, keep what decoded
     return RecordingOutputs(str(path), info, region, np.array(index, np.int64), np.array(times, np.float64),
-                            FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected)
+                            FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected,
+                            n_planned=n)
 
 
 def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits) -> None:

@@ -177,6 +177,8 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
         segs = [s for s in dis["segments"] if s["sizeable"]]
         reasons.append("frames disagree: " + "; ".join(
             f"{s['label']} from {s['start_s']:.2f} s to {s['end_s']:.2f} s" for s in segs))
+    if cut := _cut_short(rec):
+        reasons.append(cut)
     info = rec.info
     duration = float(info.duration_s) if info.duration_s else float(times[-1] - times[0]) if n else 0.0
     fu = frame_uncertainty(members, pred)
@@ -233,6 +235,18 @@ def clip_targets(outputs, model) -> dict:
         out["severity"] = Severity(expected=round(float(p @ np.arange(len(p))), 3),
                                    probabilities=[round(float(v), 4) for v in p], level=int(np.argmax(p)))
     return out
+
+
+def _cut_short(rec: RecordingOutputs) -> str | None:
+    """A review reason when the file holds fewer frames than it declares or than decoded: only
+    what is there was analysed (a truncated upload or copy)."""
+    declared = rec.info.n_frames_declared
+    if declared and declared > rec.info.n_frames:
+        return (f"the recording is cut short: its header declares {declared} frames, the file holds "
+                f"{rec.info.n_frames}; only those were analysed")
+    if len(rec) < rec.n_planned:
+        return f"the recording is cut short: {len(rec)} of {rec.n_planned} sampled frames could be decoded"
+    return None
 
 
 def _key_frame_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult,

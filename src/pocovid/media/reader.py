@@ -55,6 +55,7 @@ class MediaInfo:
     n_frames: int
     width: int
     height: int
+    n_frames_declared: int | None = None  # the header's count when the file holds fewer (cut short)
 
     @property
     def duration_s(self) -> float:
@@ -366,7 +367,8 @@ class DicomReader(MediaReader):
             raise MediaError(path, problem)
         self._header_frames = n
         fps = fps if there > 1 else None
-        self.info = MediaInfo(str(path), "video" if there > 1 else "image", "dicom", fps, there, cols, rows)
+        self.info = MediaInfo(str(path), "video" if there > 1 else "image", "dicom", fps, there, cols, rows,
+                              n_frames_declared=n if there < n else None)
 
     def frames(self, indices=None):
         from pydicom.pixels import iter_pixels
