@@ -18,6 +18,7 @@ from typing import Iterable, Iterator, NamedTuple
 import numpy as np
 
 from pocovid.errors import PocovidError
+from pocovid.files import path_text
 from pocovid.media.limits import MediaLimits, resolve_limits
 
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".m4v", ".mpeg", ".mpg", ".gif", ".mkv", ".webm", ".wmv"}
@@ -42,7 +43,7 @@ class MediaError(PocovidError):
 def display_path(path: str | os.PathLike) -> str:
     """A file name as one printable line: bytes that are not UTF-8 as \\xNN, control characters
     (a newline in a name) escaped, so that an error naming the file stays one line."""
-    s = os.fsencode(path).decode("utf-8", "backslashreplace")
+    s = path_text(path)  # the \\xNN escaping of CSV and JSON (pocovid.files), then control characters
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
 
 
