@@ -109,11 +109,55 @@ def test_key_moments_are_apart_and_on_the_finding(analysed, name):
     assert len(keys) == 3
     times = sorted(k.time_s for k in keys)
     assert min(np.diff(times)) >= r.key_frame_min_gap_s - 1e-6 >= 0.5 - 1e-6
-    for k in keys:  # the phantom draws its B-lines / consolidation only in these frames
-        assert p.finding_frames[k.index], (k, np.flatnonzero(p.finding_frames))
+    own = [k for k in keys if k.label == name]
+    assert own and keys[0].label == name
+    for k in keys:  # the phantom draws its B-lines / consolidation only in these frames; the others look healthy
+        assert bool(p.finding_frames[k.index]) == (k.label == name), (k, np.flatnonzero(p.finding_frames))
+        assert k.evidence == k.probabilities[k.label]
     assert [k.rank for k in keys] == [1, 2, 3]
-    ev = [k.evidence for k in keys]
+    ev = [k.evidence for k in own]
     assert ev == sorted(ev, reverse=True) or max(ev) - min(ev) < 1e-3
+
+
+def test_every_class_the_frames_support_gets_a_key_moment(analysed):
+    """A healthy clip whose middle shows a consolidation: the pneumonia frames get their own key
+    moment, with the heatmap of pneumonia, not only the clip's class."""
+    r, out, p = analysed["mixed"]
+    assert r.prediction.label == "regular"
+    labels = [k.label for k in r.key_frames]
+    assert labels[0] == "regular" and "pneumonia" in labels, labels
+    for k in r.key_frames:
+        assert bool(p.finding_frames[k.index]) == (k.label == "pneumonia"), k
+    report = (out / "report.html").read_text(encoding="utf-8")
+    assert "bacterial pneumonia, at" in report  # the moment's caption names its class
+
+
+def test_class_key_moments_on_synthetic_probabilities():
+    from pocovid.analysis.key_moments import class_key_moments, supported_classes
+
+    t = np.arange(90) / 15.0  # 6 s
+    probs = np.tile([0.02, 0.03, 0.95], (90, 1))
+    probs[30:60] = [0.03, 0.94, 0.03]  # the middle third: pneumonia
+    probs[70:72] = [0.9, 0.05, 0.05]  # two frames of covid: too few to count
+    logp = np.log(probs)[:, None, :].repeat(2, 1)
+    assert list(supported_classes(t, probs, 2)) == [1]
+    moments = class_key_moments(t, probs, logp, predicted=2, k=3)
+    assert [c for _, c in moments] == [2, 2, 1]
+    i_pneu = moments[-1][0]
+    assert 30 <= i_pneu < 60
+    assert all(not 30 <= i < 60 for i, c in moments if c == 2)
+    times = sorted(t[i] for i, _ in moments)
+    assert min(np.diff(times)) >= 1.0 - 1e-9  # max(0.5, 6 s / 6)
+    assert [c for _, c in class_key_moments(t, probs, logp, 2, k=1)] == [2]  # K is kept
+    assert class_key_moments(t, probs, logp, 2, k=0) == []
+    # a clip that agrees with itself: the predicted class only
+    same = np.tile([0.1, 0.1, 0.8], (90, 1))
+    assert {c for _, c in class_key_moments(t, same, np.log(same)[:, None], 2, k=3)} == {2}
+    # a class winning a share of the frames, scattered (no run), counts too
+    scattered = probs.copy()
+    scattered[30:60] = [0.02, 0.03, 0.95]
+    scattered[::6] = [0.9, 0.05, 0.05]
+    assert list(supported_classes(t, scattered, 2)) == [0]
 
 
 def test_cam_heat_lies_inside_the_scan_region(analysed, model, clips):
@@ -178,10 +222,69 @@ def test_gradcam_explainer_and_overlay_video(model, clips, tmp_path):
     assert not model.training
     assert r.explainer == "gradcam" and len(r.key_frames) >= 2
     assert r.sampling.n_frames_analyzed == 20  # 4 s at 5 Hz
-    assert r.overlay_video == "overlay.mp4"
+    assert r.overlay_video == "overlay.mp4" and r.playback_video is None  # mp4 plays in browsers
     with open_media(tmp_path / "overlay.mp4") as v:
         assert v.info.n_frames == T  # the whole clip, not only the analysed frames
         assert v.info.width >= W and v.info.height > H  # frame + probability strip
+
+
+def test_overlay_video_text_at_the_top_and_a_playable_copy_of_an_avi(model, tmp_path):
+    """The strip with the time and probabilities sits above the image (a player's controls cover
+    the bottom), in legible text; a small clip is enlarged; an AVI gets a browser-playable copy."""
+    from pocovid.analysis.report import VIDEO_MIN_LONG_SIDE, probability_bar
+
+    path = tmp_path / "scan.avi"
+    write_phantom(path, label="covid", n_frames=20, fps=10.0, width=W, height=H, overlays=True, seed=4)
+    r = analyze_recording(path, model, tmp_path / "out", AnalysisConfig(overlay_video=True, rate_hz=5, report=False))
+    assert r.overlay_video == "overlay.mp4" and r.playback_video == "playback.mp4"
+    assert "playback.mp4" in r.artifacts()
+    strip = probability_bar(W, np.array([0.1, 0.8, 0.1]), CLASSES, 1.0, "pneumonia")
+    with open_media(tmp_path / "out" / "overlay.mp4") as v:
+        frame = next(iter(v)).image
+        assert max(v.info.width, v.info.height) >= VIDEO_MIN_LONG_SIDE and v.info.n_frames == 20
+    strip_grey = lambda rows: float((np.abs(rows.astype(int) - 20) <= 4).all(-1).mean())  # noqa: E731
+    assert strip_grey(frame[:4]) > 0.95 and strip_grey(frame[-4:]) < 0.5  # the strip is at the top, not the bottom
+    assert strip.shape[0] >= 28 and strip.shape[1] == W  # lines of text ~14 px and more, wrapped to the width
+    with open_media(tmp_path / "out" / "playback.mp4") as v:
+        assert v.info.n_frames == 20 and v.info.format == "mp4"
+
+
+def test_outputs_show_the_scan_region_and_the_file_name_unless_asked(model, clips, tmp_path):
+    import cv2
+
+    path, _ = clips["covid"]
+    cfg = AnalysisConfig(rate_hz=5, key_frames=1)
+    r = analyze_recording(path, model, tmp_path / "a", cfg)
+    assert r.file == "covid.mp4" and not r.full_screen
+    text = (tmp_path / "a" / "report.html").read_text(encoding="utf-8")
+    assert str(path.parent) not in text and "covid.mp4" in text
+    region = ScanRegion.from_dict(r.region)
+    x0, y0, x1, y1 = region.box
+
+    def width_shown(w, h):  # key_frame_image: scaled to between 320 and 600 px high, two panels and a gap
+        f = min(600 / h, max(1.0, 320 / h))
+        return 2 * max(1, round(w * f)) + 8
+
+    img = cv2.imread(str(tmp_path / "a" / r.key_frames[0].image))
+    assert img.shape[1] == width_shown(x1 - x0, y1 - y0) != width_shown(W, H)
+    assert img[:4, :4].max() == 0  # outside the fan: black, whatever the screen showed there
+    full = analyze_recording(path, model, tmp_path / "b", AnalysisConfig(rate_hz=5, key_frames=1, full_screen=True,
+                                                                         show_path=True))
+    assert full.file == str(path) and full.full_screen
+    assert str(path) in (tmp_path / "b" / "report.html").read_text(encoding="utf-8")
+    assert cv2.imread(str(tmp_path / "b" / full.key_frames[0].image)).shape[1] == width_shown(W, H)
+
+
+def test_heatmaps_are_viridis_and_classes_okabe_ito():
+    from pocovid.analysis.display import OKABE_ITO, class_colours, heat_lut
+    from pocovid.analysis.explain import blend
+
+    lut = heat_lut()
+    assert tuple(lut[0]) == (68, 1, 84) and tuple(lut[255]) == (253, 231, 37)  # viridis, dark purple to yellow
+    out = blend(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.float32), alpha=1.0, floor=0.0)
+    assert tuple(out[0, 0]) == (253, 231, 37)
+    cols = class_colours(["covid", "pneumonia", "regular", "viral", "other"])
+    assert set(cols.values()) <= set(OKABE_ITO.values()) and len(set(cols.values())) == 5
 
 
 def test_gradcam_at_any_layer(model, clips, tmp_path):
@@ -206,11 +309,34 @@ def test_out_of_distribution_inputs_are_flagged(model, tmp_path):
         r = analyze_recording(tmp_path / f"{name}.png", model, tmp_path / name)
         assert r.out_of_distribution and r.review_recommended and r.prediction.withheld, (name, r.ood)
         assert r.ood.reasons
+        # plain words: what is true, no statistics' jargon, no claim that the model is uncertain
+        assert r.review_reasons[0].startswith("outside what the model was trained on (e.g. a linear probe"), r
+        assert not any("Mahalanobis" in x or "d2" in x for x in r.review_reasons + r.ood.reasons)
     # a lung (phantom) still image is not
     write_phantom(tmp_path / "lung.png", label="regular", width=W, height=H, overlays=True, seed=3)
     r = analyze_recording(tmp_path / "lung.png", model, tmp_path / "lung")
     assert not r.out_of_distribution, r.ood
     assert len(r.frames) == 1 and len(r.key_frames) == 1
+    # one frame: no timeline, and the words in the singular
+    assert r.timeline is None and not (tmp_path / "lung" / "timeline.png").exists()
+    text = (tmp_path / "lung" / "report.html").read_text(encoding="utf-8")
+    assert "Timeline" not in text and "1 frames" not in text and "1 analysed frames" not in text
+    assert "the one analysed frame" in text and "1 frame<" in text
+
+
+def test_the_density_reason_is_in_plain_words():
+    from types import SimpleNamespace
+
+    from pocovid.analysis.ood import DENSITY_EDGE_WORDS, DENSITY_WORDS, OODParams, decide
+
+    region = ScanRegion.full(100, 100, method="fallback")
+    density = SimpleNamespace(q={"q99": 8.0, "q999": 10.0})
+    far = decide([], np.full(5, 100.0), density, region, OODParams())
+    assert far["out_of_distribution"] and far["reasons"][0] == DENSITY_WORDS and "linear probe" in DENSITY_WORDS
+    edge = decide([], np.full(5, 20.0), density, region, OODParams())  # with the missing region: two weak cues
+    assert edge["out_of_distribution"] and DENSITY_EDGE_WORDS in edge["reasons"]
+    assert far["cues"]["density_ratio"] == 10.0  # the figure stays in the cues
+    assert not any(w in " ".join(far["reasons"] + edge["reasons"]) for w in ("Mahalanobis", "d2", "99.9"))
 
 
 def test_dicom_input(model, tmp_path):
@@ -255,7 +381,7 @@ def test_written_results_validate_against_the_published_schema(analysed):
     import jsonschema
 
     schema = result_schema()
-    assert schema["properties"]["schema_version"]["default"] == 3
+    assert schema["properties"]["schema_version"]["default"] == 4
     assert {"prediction", "uncertainty", "key_frames", "out_of_distribution"} <= set(schema["required"])
     for _, out, _ in analysed.values():
         jsonschema.validate(json.loads((out / "result.json").read_text()), schema)
@@ -263,6 +389,13 @@ def test_written_results_validate_against_the_published_schema(analysed):
     del broken["prediction"]["withheld"]
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(broken, schema)
+    # a result.json of version 3 (before playback_video, full_screen, uncertainty.summary) still reads back
+    old = analysed["covid"][0].to_json() | {"schema_version": 3}
+    for k in ("playback_video", "full_screen"):
+        del old[k]
+    del old["uncertainty"]["summary"]
+    back = AnalysisResult.model_validate(old)
+    assert back.schema_version == 3 and back.playback_video is None and not back.full_screen
 
 
 def test_report_is_self_contained(analysed):
@@ -300,8 +433,29 @@ def test_report_withholds_the_verdict_out_of_distribution(analysed, tmp_path):
     shown = clinical_name(r.prediction.label)
     bold = re.findall(r"<(strong|b)\b[^>]*>(.*?)</\1>", text, re.S)
     assert not [t for _, t in bold if shown in t or r.prediction.label in t], bold
-    assert "Most likely" not in text and "nats" not in text
+    assert "Most likely" not in text and "nats" not in text and "Mahalanobis" not in text
     assert "<details>" in text and "Timings" in text
+    # the probabilities are folded away and grey: no class colour anywhere, no bold class
+    from pocovid.analysis.display import WITHHELD_GREY, class_colours
+
+    assert not [c for c in class_colours(r.prediction.probabilities).values() if c.lower() in text.lower()]
+    folded = text[text.index("<details><summary>Model output"):]
+    folded = folded[:folded.index("</details>")]
+    assert WITHHELD_GREY in folded and shown in folded
+
+
+def test_a_verdict_with_review_looks_less_certain(analysed, tmp_path):
+    from pocovid.analysis.display import class_colours
+
+    r, out, _ = analysed["regular"]
+    colour = class_colours(r.prediction.probabilities)[r.prediction.label]
+    sure = r.model_copy(deep=True, update={"review_recommended": False, "review_reasons": []})
+    unsure = r.model_copy(deep=True, update={"review_recommended": True, "review_reasons": ["frames disagree: x"]})
+    verdict = lambda t: t[t.index('<section class="verdict'):t.index("</section>")]  # noqa: E731
+    a, b = verdict(_report_of(sure, out, tmp_path)), verdict(_report_of(unsure, out, tmp_path))
+    assert 'class="verdict confident"' in a and f"background:{colour}" in a and "review recommended" not in a
+    assert 'class="verdict review"' in b and "review recommended" in b
+    assert f"background:{colour}" not in b and "repeating-linear-gradient" in b  # hatched, outlined: not filled
 
 
 def test_report_speaks_the_clinicians_words(analysed, tmp_path):
@@ -310,8 +464,14 @@ def test_report_speaks_the_clinicians_words(analysed, tmp_path):
     assert "healthy" in text and "bacterial pneumonia" in text and "COVID-19" in text
     assert ">regular<" not in text and "nats" not in text
     p = r.prediction.probabilities[r.prediction.label]
-    assert f"{round(100 * p)}%" in text
+    assert f"{round(100 * p)}%" in text or (p >= 0.995 and ">99%" in text)
     assert ("review recommended" in text) == r.review_recommended
+    import re
+
+    visible = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "", text)
+    assert not re.search(r"\d\.\d{3,}", visible.split("<summary>Timings")[0])  # no figure with 3+ decimals
+    assert r.uncertainty.summary and r.uncertainty.summary in text  # one plain sentence
+    assert text.index("<summary>Timings") > text.index("<details")  # timings folded away
 
 
 def test_report_escapes_what_it_shows(analysed, tmp_path):

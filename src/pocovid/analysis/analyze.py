@@ -7,8 +7,9 @@
 The model runs once over the recording (`pocovid.inference.stream_predict`: every member's
 probabilities, the CAM of every class and the pooled features in one streamed pass), then:
 clip probabilities (mean of the frames'), uncertainty (ensemble), out-of-distribution guard,
-frames-disagree check, key moments -> key frames re-decoded at full resolution with their
-heatmaps -> timeline plot, report.html, result.json (and the overlay video: a second decode).
+frames-disagree check, key moments of every class the frames support -> key frames re-decoded at
+full resolution with their heatmaps (the scan region only, unless `full_screen`) -> timeline plot,
+report.html, result.json (and the overlay video: a second decode).
 The result is an `AnalysisResult` (analysis/result.py; docs/analyze.md).
 """
 
@@ -25,9 +26,10 @@ import numpy as np
 import torch
 
 from pocovid import __version__
-from pocovid.analysis.explain import gradcam_maps, heat_scale, mass_inside, overlay_frame
-from pocovid.analysis.key_moments import disagreement, evidence_of, min_gap_s, select_key_moments
-from pocovid.analysis.ood import OODParams, decide, frame_cues, small_mask
+from pocovid.analysis.display import clinical_name, percent, uncertainty_sentence
+from pocovid.analysis.explain import gradcam_maps, heat_scale, mass_inside, overlay_frame, scan_view
+from pocovid.analysis.key_moments import class_key_moments, disagreement, min_gap_s
+from pocovid.analysis.ood import OUTSIDE_WORDS, OODParams, decide, frame_cues, small_mask
 from pocovid.analysis.report import NOTICE, key_frame_image, timeline_plot, write_html, write_overlay_video
 from pocovid.analysis.result import (AnalysisResult, FrameResult, KeyFrame, MediaSummary, ModelSummary,
                                      OutOfDistribution, Prediction, Sampling, Segment, Severity, Uncertainty)
@@ -40,7 +42,8 @@ from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
 
 EXPLAINERS = ("cam", "gradcam")
-KEY_MIN_RELATIVE = 0.5  # a key moment's probability of the class is at least this share of the clip's peak
+#: Containers a browser's <video> plays; for the others the overlay video comes with playback.mp4.
+BROWSER_PLAYABLE = ("mp4", "m4v", "mov", "webm")
 
 UNCERTAINTY_TEXT = {
     "member_std": "mean over frames of the ensemble members' standard deviation of the predicted class's "
@@ -63,6 +66,8 @@ class AnalysisConfig:
     batch_size: int = 32
     max_frames: int | None = None  # at most this many frames, evenly spread (None: no limit)
     gradcam_layer: str | None = None  # Grad-CAM target module name (default: each head's last map)
+    full_screen: bool = False  # key frames and videos show the whole screen (default: the scan region only)
+    show_path: bool = False  # the result and report name the file by its whole path (default: its name)
 
     def check(self) -> None:
         if self.explainer not in EXPLAINERS:
@@ -93,7 +98,7 @@ def _probs_dict(classes, p) -> dict:
     return {c: round(float(v), 4) for c, v in zip(classes, p)}
 
 
-ARTIFACTS = ("result.json", "report.html", "timeline.png", "overlay.mp4")
+ARTIFACTS = ("result.json", "report.html", "timeline.png", "overlay.mp4", "playback.mp4")
 
 
 def _remove_stale(out_dir: Path) -> None:
@@ -143,8 +148,8 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     timings = dict(rec.timings)
     result = _conclude(rec, model, model_name, cfg, params)
     report(0.72, "explain")
-    key_maps, scale = _key_frame_maps(rec, model, cfg, result, timings)
-    _write_key_frames(rec, result, key_maps, scale, cfg, out_dir, timings)
+    moments = _key_frame_maps(rec, model, cfg, result, timings)
+    _write_key_frames(rec, result, moments, cfg, out_dir, timings)
     _write_artifacts(rec, model, cfg, result, out_dir, timings, report)
     timings["total_s"] = time.perf_counter() - t_start
     result.timings = {k: round(v, 3) for k, v in timings.items()}
@@ -168,15 +173,14 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     ood = decide(rec.inspected, d2, density, rec.region, params)
     reasons = []
     if ood["out_of_distribution"]:
-        reasons.append("the input does not look like lung ultrasound of the kind the model was trained on: "
-                       + "; ".join(ood["reasons"]))
+        reasons.append(f"{OUTSIDE_WORDS}: " + "; ".join(ood["reasons"]))
     if score >= thr["threshold"]:
-        reasons.append(f"the model is uncertain: {thr['method']} {score:.3f} >= review threshold "
-                       f"{thr['threshold']:.3f}")
+        reasons.append("the model is uncertain: its uncertainty is at or above the level at which review is "
+                       "recommended")
     if dis["frames_disagree"]:
         segs = [s for s in dis["segments"] if s["sizeable"]]
         reasons.append("frames disagree: " + "; ".join(
-            f"{s['label']} from {s['start_s']:.2f} s to {s['end_s']:.2f} s" for s in segs))
+            f"{clinical_name(s['label'])} from {s['start_s']:.2f} s to {s['end_s']:.2f} s" for s in segs))
     if cut := _cut_short(rec):
         reasons.append(cut)
     info = rec.info
@@ -184,7 +188,8 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     fu = frame_uncertainty(members, pred)
     input_cfg = model.input_config
     return AnalysisResult(
-        file=path_text(rec.path), model=model_name, model_info=ModelSummary(**model_summary(model)),
+        file=path_text(rec.path if cfg.show_path else Path(rec.path).name), model=model_name,
+        model_info=ModelSummary(**model_summary(model)),
         pocovid_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notice=NOTICE,
         prediction=Prediction(label=classes[pred], probabilities=_probs_dict(classes, clip_p),
@@ -197,6 +202,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
         uncertainty=Uncertainty(score=round(float(score), 6), method=thr["method"], threshold=thr["threshold"],
                                 threshold_source=thr["source"], n_members=int(members.shape[1]),
                                 description=UNCERTAINTY_TEXT[thr["method"]],
+                                summary=uncertainty_sentence(float(score), thr["threshold"]),
                                 components={m: round(clip_uncertainty(members, m, pred), 6)
                                             for m in ("entropy", "bald", "member_std")}),
         review_recommended=bool(reasons), review_reasons=reasons,
@@ -217,7 +223,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
                             probabilities=_probs_dict(classes, frame_p[i]), member_std=round(float(fu[i]), 4),
                             density_d2=None if d2 is None else round(float(d2[i]), 2))
                 for i in range(n)],
-        key_frames=[])
+        key_frames=[], full_screen=bool(cfg.full_screen))
 
 
 def clip_targets(outputs, model) -> dict:
@@ -250,99 +256,125 @@ def _cut_short(rec: RecordingOutputs) -> str | None:
 
 
 def _key_frame_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult,
-                    timings: dict) -> tuple[dict[int, np.ndarray], float]:
-    """Key moments of the predicted class (peaks of its evidence, apart in time) and their maps."""
+                    timings: dict) -> list[tuple[int, int, np.ndarray, float]]:
+    """Key moments of every class the frames support (`class_key_moments`) with the heatmap of
+    their own class: [(frame, class, map, the class's heat scale)]."""
     t0 = time.perf_counter()
     pred = list(model.classes).index(result.prediction.label)
-    frame_p = rec.probs
-    evidence = frame_p[:, pred]
-    # ranked by log-odds (no ties at p = 1.00); only frames that show at least half the clip's
-    # strongest evidence qualify: a frame where the class is absent is no "key moment" for it
-    eligible = evidence >= KEY_MIN_RELATIVE * evidence.max()
-    keys = select_key_moments(rec.time_s, evidence_of(rec.outputs.log_probs, pred), cfg.key_frames,
-                              min_gap=result.key_frame_min_gap_s, eligible=eligible)
-    if cfg.explainer == "cam":
-        maps = rec.outputs.cams[:, pred]
-        scale = heat_scale(maps)
-        key_maps = {i: maps[i] for i in keys}
-    else:
-        sel = np.array(sorted(keys), int)
-        key_maps, scale = {}, 1.0
-        if len(sel):
-            g = gradcam_maps(model, model.input_tensor(rec.pixels[sel]), pred, cfg.gradcam_layer)
-            key_maps = {int(i): g[j] for j, i in enumerate(sel)}
-            scale = heat_scale(g, 100.0)
+    moments = class_key_moments(rec.time_s, rec.probs, rec.outputs.log_probs, pred, cfg.key_frames,
+                                min_gap=result.key_frame_min_gap_s)
+    maps: dict[int, np.ndarray] = {}
+    scales: dict[int, float] = {}
+    for c in dict.fromkeys(c for _, c in moments):
+        sel = np.array(sorted(i for i, k in moments if k == c), int)
+        if cfg.explainer == "cam":
+            scales[c] = heat_scale(rec.outputs.cams[:, c])
+            maps |= {int(i): rec.outputs.cams[i, c] for i in sel}
+        else:
+            g = gradcam_maps(model, model.input_tensor(rec.pixels[sel]), c, cfg.gradcam_layer)
+            scales[c] = heat_scale(g, 100.0)
+            maps |= {int(i): g[j] for j, i in enumerate(sel)}
     timings["explain_s"] = timings.get("explain_s", 0.0) + time.perf_counter() - t0
-    return dict((i, key_maps[i]) for i in keys), scale
+    return [(i, c, maps[i], scales[c]) for i, c in moments]
 
 
-def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, key_maps: dict[int, np.ndarray], scale: float,
-                      cfg: AnalysisConfig, out_dir: Path, timings: dict) -> None:
-    """Each key moment's full-resolution frame beside the same frame with its heatmap (PNG)."""
-    if not key_maps:
+def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, moments: list, cfg: AnalysisConfig,
+                      out_dir: Path, timings: dict) -> None:
+    """Each key moment's full-resolution frame beside the same frame with the heatmap of its class
+    (PNG): the scan region only, unless `cfg.full_screen`."""
+    if not moments:
         return
     t0 = time.perf_counter()
-    want = {int(rec.index[i]): i for i in key_maps}
+    want = {int(rec.index[i]): i for i, *_ in moments}
     originals = {}
     with open_media(rec.path) as r:
         for f in r.frames(sorted(want)):
             originals[want[f.index]] = f.image
     timings["key_frames_decode_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    label = result.prediction.label
-    evidence = rec.probs[:, list(result.prediction.probabilities).index(label)]
-    for rank, (i, cam) in enumerate(key_maps.items(), 1):
+    classes = list(result.prediction.probabilities)
+    method = "CAM" if cfg.explainer == "cam" else "Grad-CAM"
+    for rank, (i, c, cam, scale) in enumerate(moments, 1):
         img = originals.get(i)
         if img is None:
             continue
-        probs = result.frames[i].probabilities
+        label, probs = classes[c], result.frames[i].probabilities
         name = f"key_frame_{rank}.png"
-        lines = [f"key moment {rank}: t = {rec.time_s[i]:.2f} s (frame {int(rec.index[i])})   evidence for {label}: "
-                 f"{evidence[i]:.2f}",
-                 "frame: " + ", ".join(f"{c} {p:.2f}" for c, p in probs.items()) +
-                 f"   right: {'CAM' if cfg.explainer == 'cam' else 'Grad-CAM'} for {label}",
-                 "INPUT OUT OF DISTRIBUTION: no diagnosis; shown only to explain the model"
+        lines = [f"key moment {rank}: {rec.time_s[i]:.2f} s (frame {int(rec.index[i])}), "
+                 f"{clinical_name(label)} {percent(probs[label])}",
+                 "this frame: " + ", ".join(f"{clinical_name(k)} {percent(v)}" for k, v in probs.items()),
+                 f"right: where the model sees {clinical_name(label)} ({method})",
+                 "OUTSIDE WHAT THE MODEL WAS TRAINED ON: no diagnosis; shown only to explain the model"
                  if result.out_of_distribution else "decision support, not a diagnosis"]
-        key_frame_image(out_dir / name, img, overlay_frame(img, cam, rec.region, scale), lines)
+        key_frame_image(out_dir / name, scan_view(img, rec.region, cfg.full_screen),
+                        overlay_frame(img, cam, rec.region, scale, full_screen=cfg.full_screen), lines)
         result.key_frames.append(KeyFrame(rank=rank, index=int(rec.index[i]), time_s=round(float(rec.time_s[i]), 3),
                                           label=label, image=name, probabilities=probs,
-                                          evidence=round(float(evidence[i]), 4),
+                                          evidence=round(float(rec.probs[i, c]), 4),
                                           heat_inside_region=_nan_none(mass_inside(cam, rec.region))))
     timings["key_frames_render_s"] = time.perf_counter() - t0
 
 
+def _overlay_classes(rec: RecordingOutputs, result: AnalysisResult, classes: list[str]) -> np.ndarray:
+    """The class whose heatmap each analysed frame shows in the overlay video: the clip's, or
+    the class of a sizeable run of frames that favour another one."""
+    out = np.full(len(rec), classes.index(result.prediction.label), int)
+    for s in result.prediction.disagreement:
+        if s.sizeable:
+            out[(rec.time_s >= s.start_s - 1e-6) & (rec.time_s <= s.end_s + 1e-6)] = classes.index(s.label)
+    return out
+
+
+def _overlay_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, frame_cls: np.ndarray):
+    """(maps (N, h, w), per-frame heat scale (N,)): each frame's map of its `frame_cls` class,
+    each class scaled over the clip."""
+    maps, scales = None, np.ones(len(rec), np.float32)
+    for c in np.unique(frame_cls):
+        sel = np.flatnonzero(frame_cls == c)
+        if cfg.explainer == "gradcam":
+            m = np.concatenate([gradcam_maps(model, model.input_tensor(rec.pixels[sel[i:i + cfg.batch_size]]), int(c),
+                                             cfg.gradcam_layer) for i in range(0, len(sel), cfg.batch_size)])
+            scale = heat_scale(m)
+        else:
+            m, scale = rec.outputs.cams[sel, c], heat_scale(rec.outputs.cams[:, c])
+        if maps is None:
+            maps = np.zeros((len(rec), *m.shape[1:]), np.float32)
+        maps[sel], scales[sel] = m, scale
+    return maps, scales
+
+
 def _write_artifacts(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult, out_dir: Path,
                      timings: dict, report) -> None:
-    """Timeline plot, overlay video and the HTML report, as the config asks."""
+    """Timeline plot (not for a single frame), overlay video (+ a playable copy of the recording)
+    and the HTML report, as the config asks."""
     classes = list(model.classes)
     pred = classes.index(result.prediction.label)
     frame_p = rec.probs
-    if cfg.report:
+    if cfg.report and len(rec) > 1:  # one frame has no timeline
         report(0.8, "report")
         t0 = time.perf_counter()
         p = result.prediction
-        title = f"{path_text(Path(rec.path).name)}: " + ("input out of distribution - no diagnosis"
+        title = f"{path_text(Path(rec.path).name)}: " + ("outside what the model was trained on - no diagnosis"
                                                          if result.out_of_distribution else
-                                                         f"most likely {p.label} ({p.probabilities[p.label]:.2f})")
+                                                         f"most likely {clinical_name(p.label)} "
+                                                         f"({percent(p.probabilities[p.label])})")
         timeline_plot(out_dir / "timeline.png", rec.time_s, frame_p, classes, pred,
                       [k.time_s for k in result.key_frames], [s.model_dump() for s in result.prediction.disagreement],
-                      rec.member_probs, title)
+                      rec.member_probs, title, key_labels=[k.label for k in result.key_frames])
         result.timeline = "timeline.png"
         timings["timeline_s"] = time.perf_counter() - t0
     if cfg.overlay_video and rec.info.kind == "video" and len(rec):
         report(0.85, "video")
         t0 = time.perf_counter()
-        if cfg.explainer == "gradcam":
-            maps = np.concatenate([gradcam_maps(model, model.input_tensor(rec.pixels[i:i + cfg.batch_size]), pred,
-                                                cfg.gradcam_layer) for i in range(0, len(rec), cfg.batch_size)])
-        else:
-            maps = rec.outputs.cams[:, pred]
-        scale = heat_scale(maps)
+        frame_cls = _overlay_classes(rec, result, classes)
+        maps, scales = _overlay_maps(rec, model, cfg, frame_cls)
         timings["explain_s"] = timings.get("explain_s", 0.0) + time.perf_counter() - t0
         t0 = time.perf_counter()
-        write_overlay_video(rec.path, out_dir / "overlay.mp4", rec.info, rec.region, rec.index, frame_p, maps, scale,
-                            classes)
+        playback = None if rec.info.format in BROWSER_PLAYABLE else out_dir / "playback.mp4"
+        write_overlay_video(rec.path, out_dir / "overlay.mp4", rec.info, rec.region, rec.index, frame_p, maps, scales,
+                            classes, frame_cls, full_screen=cfg.full_screen, playback_path=playback)
         result.overlay_video = "overlay.mp4"
+        result.playback_video = playback.name if playback is not None else None
         timings["video_s"] = time.perf_counter() - t0
     if cfg.report:
         t0 = time.perf_counter()

@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from pocovid.analysis.display import heat_lut
 from pocovid.region import ScanRegion
 
 
@@ -114,16 +115,6 @@ def mass_inside(cam: np.ndarray, region: ScanRegion) -> float:
     return float(m[region.crop_mask].sum() / total)
 
 
-_LUT = None
-
-
-def _colormap() -> np.ndarray:
-    global _LUT
-    if _LUT is None:
-        _LUT = cv2.applyColorMap(np.arange(256, dtype=np.uint8)[:, None], cv2.COLORMAP_JET)[:, 0, ::-1].copy()
-    return _LUT  # (256, 3) RGB
-
-
 def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, floor: float = 0.15) -> np.ndarray:
     """RGB `image` with `heat` ((H, W) in [0, 1]) overlaid in colour; pixels below `floor` stay as
     they were, the colour's opacity grows with the heat up to `alpha`. Returns a new array."""
@@ -131,29 +122,42 @@ def blend(image: np.ndarray, heat: np.ndarray, alpha: float = 0.5, floor: float 
     if image.size == 0 or heat.size == 0:  # nothing to blend (OpenCV would divide by zero)
         return np.array(image, copy=True)
     h8 = cv2.convertScaleAbs(heat, alpha=255.0)  # saturating: [0, 1] -> 0..255
-    colour = cv2.applyColorMap(h8, _colormap()[:, None, :])  # the RGB look-up table: RGB out
+    colour = cv2.applyColorMap(h8, heat_lut()[:, None, :])  # the RGB look-up table (viridis): RGB out
     # numpy, not cv2.min/max: those take a 1x1 array for a scalar and break blendLinear on 1x1 images
     a = np.minimum(np.maximum((heat - floor) * (alpha / max(1 - floor, 1e-6)), 0.0), alpha).astype(np.float32)
     return cv2.blendLinear(np.ascontiguousarray(image), colour, 1.0 - a, a)
 
 
+def scan_view(image: np.ndarray, region: ScanRegion, full_screen: bool = False) -> np.ndarray:
+    """What key frames and the overlay video show of a frame: the scan region only (cut to its box,
+    black outside its mask), so that names and dates burnt into the screen around it are not
+    copied into the outputs; the whole frame with `full_screen`."""
+    return np.array(image, copy=True) if full_screen or region.is_full else region.crop(image)
+
+
 def overlay_frame(image: np.ndarray, cam: np.ndarray | None, region: ScanRegion, scale: float,
-                  alpha: float = 0.5, outline: bool = True) -> np.ndarray:
-    """The original RGB frame with the map over its scan region (and the region's outline)."""
-    out = image.copy()
+                  alpha: float = 0.5, outline: bool = True, full_screen: bool = False) -> np.ndarray:
+    """The RGB frame with the map over its scan region (and the region's outline): the scan region
+    only (`scan_view`), or the whole frame with `full_screen`."""
+    x0, y0, x1, y1 = region.box
+    out = scan_view(image, region, full_screen)
+    ox, oy = (x0, y0) if full_screen or region.is_full else (0, 0)  # where the box lies in `out`
     if cam is not None:
-        x0, y0, x1, y1 = region.box
-        out[y0:y1, x0:x1] = blend(out[y0:y1, x0:x1], heat_in_box(cam, region, scale), alpha)
+        bh, bw = y1 - y0, x1 - x0
+        out[oy:oy + bh, ox:ox + bw] = blend(out[oy:oy + bh, ox:ox + bw], heat_in_box(cam, region, scale), alpha)
     if outline and not region.is_full:
-        draw_region_outline(out, region)
+        draw_region_outline(out, region, offset=(ox - x0, oy - y0))
     return out
 
 
-def draw_region_outline(image: np.ndarray, region: ScanRegion, colour=(255, 255, 0)) -> None:
+def draw_region_outline(image: np.ndarray, region: ScanRegion, colour=(255, 255, 255),
+                        offset: tuple[int, int] = (0, 0)) -> None:
+    """The region's outline on `image`, shifted by `offset` (x, y) (e.g. -box corner for a cropped view)."""
     th = max(1, round(max(image.shape[:2]) / 500))
     if region.polygon is not None:
-        pts = np.round(np.asarray(region.polygon) - 0.5).astype(np.int32).reshape(-1, 1, 2)
+        pts = np.round(np.asarray(region.polygon) - 0.5 + np.asarray(offset)).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(image, [pts], True, colour, th, cv2.LINE_AA)
     else:
-        cs, _ = cv2.findContours(region.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        cs, _ = cv2.findContours(region.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                 offset=tuple(int(v) for v in offset))
         cv2.drawContours(image, cs, -1, colour, th, cv2.LINE_AA)

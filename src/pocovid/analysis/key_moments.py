@@ -1,5 +1,5 @@
-"""Where in a clip the evidence lies: key moments (peaks of the predicted class, apart in time)
-and runs of frames that favour another class ("frames disagree")."""
+"""Where in a clip the evidence lies: key moments (peaks of each class the frames support, apart
+in time) and runs of frames that favour another class ("frames disagree")."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ MIN_GAP_S = 0.5
 DISAGREE_MIN_SHARE = 0.10  # a run of frames favouring another class counts from this share of the clip
 DISAGREE_MIN_FRAMES = 2  # ... and this many frames
 SMOOTH_S = 0.25  # frame probabilities are averaged over +-this many seconds before runs are found
+KEY_MIN_RELATIVE = 0.5  # a key moment's probability of its class is at least this share of the class's peak
 
 
 def min_gap_s(duration_s: float, k: int) -> float:
@@ -52,6 +53,69 @@ def evidence_of(members_logp: np.ndarray, predicted: int) -> np.ndarray:
     others = np.delete(lp, predicted, axis=2)
     log_q = np.logaddexp.reduce(others.reshape(len(lp), -1), axis=1) - np.log(m)
     return log_p - log_q
+
+
+def supported_classes(times: np.ndarray, probs: np.ndarray, predicted: int, min_share: float = DISAGREE_MIN_SHARE,
+                      min_frames: int = DISAGREE_MIN_FRAMES) -> dict[int, np.ndarray]:
+    """The classes the frames support besides `predicted`, strongest first: {class: frames that
+    favour it (bool (N,))}. A class is supported when it wins a run of consecutive (lightly
+    smoothed) frames, or frames in all, of at least `min_share` of the clip and `min_frames`."""
+    times, probs = np.asarray(times, np.float64), np.asarray(probs, np.float64)
+    n = len(times)
+    if n == 0:
+        return {}
+    top, win = smooth_probabilities(times, probs).argmax(1), probs.argmax(1)
+    need = max(int(min_frames), int(np.ceil(min_share * n - 1e-9)))
+    out = {}
+    for c in range(probs.shape[1]):
+        if c == int(predicted):
+            continue
+        favours = (top == c) | (win == c)
+        longest, run = 0, 0
+        for t in top == c:
+            run = run + 1 if t else 0
+            longest = max(longest, run)
+        if longest >= need or int((win == c).sum()) >= need:
+            out[c] = favours
+    return dict(sorted(out.items(), key=lambda kv: -int(kv[1].sum())))
+
+
+def class_key_moments(times: np.ndarray, probs: np.ndarray, members_logp: np.ndarray, predicted: int, k: int = 3,
+                      min_gap: float | None = None, min_share: float = DISAGREE_MIN_SHARE,
+                      min_frames: int = DISAGREE_MIN_FRAMES) -> list[tuple[int, int]]:
+    """Key moments of every class the frames support: [(frame, class)], the predicted class's first
+    (strongest first), then one for each other supported class (`supported_classes`, strongest
+    first), each with the frames that show it most clearly.
+
+    `k` moments in all: one for each supported class (the strongest `k` - 1 of them), the rest for
+    the predicted class; a clip whose middle third shows pneumonia gets a pneumonia moment whatever
+    the clip's class (from `k` = 2; the default 3 covers every class of a three-class model). Moments lie at least
+    `min_gap` s apart (`select_key_moments`; default `min_gap_s`), except where a class's frames
+    lie only closer to another class's moments (its moment is then closer); a frame serves one moment. Evidence is the
+    log-odds of the class (`evidence_of`); only frames whose probability of the class is at least
+    `KEY_MIN_RELATIVE` of its peak there qualify."""
+    times, probs = np.asarray(times, np.float64), np.asarray(probs, np.float64)
+    if len(times) == 0 or k <= 0:
+        return []
+    others = list(supported_classes(times, probs, predicted, min_share, min_frames).items())[:int(k) - 1]
+    plan = [(int(predicted), int(k) - len(others), np.ones(len(times), bool))] + [(c, 1, f) for c, f in others]
+    if min_gap is None:
+        min_gap = min_gap_s(float(times[-1] - times[0]), k)
+    out: list[tuple[int, int]] = []
+    for c, n, favours in plan:
+        p = np.where(favours, probs[:, c], 0.0)
+        eligible = favours & (p >= KEY_MIN_RELATIVE * p.max()) & (p > 0)
+        taken = [i for i, _ in out]
+        eligible[taken] = False
+        apart = eligible.copy()  # apart from the other classes' moments too, where the class has frames so
+        for i in taken:
+            apart &= np.abs(times - times[i]) >= min_gap - 1e-9
+        ev = evidence_of(members_logp, c)
+        chosen = select_key_moments(times, ev, n, min_gap=min_gap, eligible=apart)
+        if not chosen:
+            chosen = select_key_moments(times, ev, n, min_gap=min_gap, eligible=eligible)
+        out += [(i, c) for i in chosen]
+    return out
 
 
 def smooth_probabilities(times: np.ndarray, probs: np.ndarray, half_window_s: float = SMOOTH_S) -> np.ndarray:

@@ -135,8 +135,16 @@ def small_mask(region, size: int) -> np.ndarray | None:
     return cv2.resize(region.crop_mask.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
 
 
-# ---------------------------------------------------------------------------------- feature density
 # ----------------------------------------------------------------------------------------- decision
+#: What an input out of distribution is, in plain words (the start of its review reason).
+OUTSIDE_WORDS = "outside what the model was trained on (e.g. a linear probe, another organ, or not lung ultrasound)"
+#: The reasons, in plain words (the figures behind them are in `cues`: density_ratio, region_method).
+DENSITY_WORDS = ("the images look clearly unlike the recordings the model was trained on, as images from another "
+                 "kind of probe (e.g. a linear probe), of another organ, or not from ultrasound do")
+DENSITY_EDGE_WORDS = "the images look somewhat unlike the recordings the model was trained on"
+REGION_WORDS = "no ultrasound scan area (a fan or a rectangle of image) was found in the frames"
+
+
 def decide(cues: list[dict], d2: np.ndarray | None, density: FeatureDensity | None, region, params: OODParams) -> dict:
     """Combine the per-frame image cues, the feature density and the region into one verdict:
     {"out_of_distribution": bool, "reasons": [...], "cues": {...}} (plain JSON data)."""
@@ -144,10 +152,10 @@ def decide(cues: list[dict], d2: np.ndarray | None, density: FeatureDensity | No
     share = {k: (float(np.mean([c[k] for c in cues])) if n else 0.0) for k in ("blank", "noise", "document", "colour")}
     med = lambda k: float(np.median([c[k] for c in cues])) if n else None  # noqa: E731
     strong, weak = [], []
-    texts = {"blank": "frames are blank (no image content)",
-             "noise": "frames look like noise (no spatial structure)",
-             "document": "mostly bright background (a document, screenshot or photo), not ultrasound",
-             "colour": "a colour image (ultrasound is grey)"}
+    texts = {"blank": "the frames are blank (no image in them)",
+             "noise": "the frames look like noise, not like an image",
+             "document": "the frames are mostly bright, like a document, a screenshot or a photo, not ultrasound",
+             "colour": "it is a colour image (lung ultrasound is grey)"}
     for k, msg in texts.items():
         if n and share[k] > 0.5:
             strong.append(msg)
@@ -162,17 +170,14 @@ def decide(cues: list[dict], d2: np.ndarray | None, density: FeatureDensity | No
         out |= {"density_d2_median": m, "density_d2_train_q99": density.q.get("q99"), "density_d2_train_q999": q999,
                 "density_ratio": m / q999 if q999 > 0 else None}
         if m > params.density_factor * q999:
-            strong.append(f"image features unlike the recordings the model was trained on (another organ, "
-                          f"probe or kind of image?): Mahalanobis d2 {m:.0f} > {params.density_factor:g} x "
-                          f"training 99.9% {q999:.0f}")
+            strong.append(DENSITY_WORDS)
         elif m > wq:
-            weak.append(f"image features at the edge of the training frames (Mahalanobis d2 {m:.0f} > "
-                        f"{params.weak_density_factor:g} x training 99.9% {q999:.0f})")
+            weak.append(DENSITY_EDGE_WORDS)
     else:
         out["density_d2_median"] = None
         out["density_note"] = "the model file carries no feature density: that cue is off"
     if region.method == "fallback":
-        weak.append("no plausible ultrasound scan region found" + (f" ({region.note})" if region.note else ""))
+        weak.append(REGION_WORDS)
     reasons = strong + (weak if len(weak) >= 2 else [])
     return {"out_of_distribution": bool(strong or len(weak) >= 2), "reasons": reasons,
             "weak_cues": weak, "cues": out, "params": asdict(params)}

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 3  # 3: findings, severity (multi-task heads)
+SCHEMA_VERSION = 4  # 4: playback_video, full_screen, uncertainty.summary; file is the base name; key moments per class
+# 3: findings, severity (multi-task heads)
 
 
 class _Model(BaseModel):
@@ -51,6 +52,7 @@ class Uncertainty(_Model):
     n_members: int
     description: str
     components: dict[str, float]
+    summary: str = Field("", description="the uncertainty in one plain sentence, for people (no figures)")
 
 
 class OutOfDistribution(_Model):
@@ -112,10 +114,11 @@ class KeyFrame(_Model):
     rank: int
     index: int
     time_s: float
-    label: str = Field(description="the class this key moment and its heatmap are evidence for")
+    label: str = Field(description="the class this key moment and its heatmap are evidence for: the predicted "
+                                   "class, or another class that a run of frames supports")
     image: str = Field(description="file name in the result's folder")
     probabilities: dict[str, float]
-    evidence: float
+    evidence: float = Field(description="the frame's probability of `label`")
     heat_inside_region: float | None
 
 
@@ -124,7 +127,7 @@ class AnalysisResult(_Model):
 
     schema_version: int = SCHEMA_VERSION
     status: Literal["ok"] = "ok"
-    file: str
+    file: str = Field(description="the recording's file name (the whole path as given only with show_path)")
     model: str
     model_info: ModelSummary
     pocovid_version: str
@@ -151,11 +154,18 @@ class AnalysisResult(_Model):
     timeline: str | None = Field(None, description="file name of the timeline plot")
     report: str | None = Field(None, description="file name of the HTML report")
     overlay_video: str | None = Field(None, description="file name of the overlay video")
+    playback_video: str | None = Field(None, description="file name of a copy of the recording that browsers play "
+                                                         "(H.264 mp4), written with the overlay video when the "
+                                                         "recording's own container is not (AVI, MPEG, GIF, ...)")
+    full_screen: bool = Field(False, description="key frames and videos show the whole screen; false: the scan "
+                                                 "region only (what lies around it, e.g. burnt-in names, is not "
+                                                 "copied)")
     timings: dict[str, float] = Field(default_factory=dict)
 
     def artifacts(self) -> list[str]:
         """File names this result wrote into its folder (result.json included)."""
-        names = ["result.json", self.report, self.timeline, self.overlay_video] + [k.image for k in self.key_frames]
+        names = ["result.json", self.report, self.timeline, self.overlay_video, self.playback_video]
+        names += [k.image for k in self.key_frames]
         return [n for n in names if n]
 
     def to_json(self) -> dict:
