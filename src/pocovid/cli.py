@@ -124,10 +124,15 @@ def info_cmd(files: Annotated[list[str], typer.Argument(help="Recordings (video,
 
 
 @app.command("schema")
-def schema_cmd():
+def schema_cmd(exam: bool = typer.Option(False, "--exam", help="The schema of exam.json (`pocovid exam`) instead.")):
     """Print the JSON Schema of result.json (what `analyze --json` and the service return)."""
     import json
 
+    if exam:
+        from pocovid.analysis.exam_result import exam_schema
+
+        typer.echo(json.dumps(exam_schema(), indent=2))
+        return
     from pocovid.analysis.result import result_schema
 
     typer.echo(json.dumps(result_schema(), indent=2))
@@ -724,6 +729,75 @@ def analyze_cmd(
         typer.echo(f"error: {f}", err=True)
     if batch.failures:
         typer.echo(f"{len(batch.failures)} of {len(files)} file(s) failed", err=True)
+        raise typer.Exit(1)
+
+
+def _exam_defaults() -> dict:
+    from pocovid.analysis.bedside import ExamConfig
+
+    return _fields(ExamConfig())
+
+
+@app.command("exam", cls=_defaults_from(_exam_defaults))
+def exam_cmd(
+    inputs: Annotated[list[str], typer.Argument(
+        help="One patient's recordings, or a folder of them (a COVID-BLUES folder: pick one with --patient).")],
+    zones: str = typer.Option(None, "--zones", help="The zone of each recording, in order, comma-separated "
+                              "(R1..R3, L1..L3; '-': none). Default: from the file names (patient_<ID>_L1.mp4)."),
+    zones_csv: str = typer.Option(None, "--zones-csv", help="A CSV with columns file,zone (files it does not name: "
+                                  "zone from the name)."),
+    patient: str = typer.Option(None, "--patient", help="Only the recordings named patient_<ID>_... of this patient."),
+    model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
+    out: str = typer.Option("exam", "--out", "-o", help="Output folder: exam.json, exam.html, one sub-folder per "
+                            "recording, summary.csv."),
+    json_out: bool = typer.Option(False, "--json", help="Print exam.json to stdout and nothing else."),
+    rate_hz: float = typer.Option(None, "--rate", help="Frames per second analysed, 0: every frame "
+                                  "(default: every frame)."),
+    review_below: float = typer.Option(None, "--review-below", help="Review recommended when the exam's most "
+                                       "likely diagnosis is below this probability (default {review_below})."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
+):
+    """Analyse all of a patient's lung zones at once: per zone findings, severity and key frame, the
+    LUS score, the exam's diagnosis; exam.html (decision support for trained clinicians, not a diagnosis)."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads on shared CPUs
+    from pocovid.analysis import AnalysisConfig
+    from pocovid.analysis.analyze import resolve_model
+    from pocovid.analysis.bedside import ExamConfig, analyze_exam
+    from pocovid.analysis.exam_report import summary_lines
+    from pocovid.analysis.zones import assign_zones, exam_files
+
+    cfg = ExamConfig(analysis=AnalysisConfig(rate_hz=rate_hz or None))
+    if review_below is not None:
+        cfg.review_below = review_below
+    try:
+        cfg.check()
+    except PocovidError as e:
+        fail(f"{'--review-below: ' if 'review_below' in str(e) else '--rate: ' if rate_hz else ''}{e}")
+    files = exam_files(inputs, patient)
+    assign_zones(files, zones, zones_csv)  # bad zones: one line before anything is loaded or written
+    try:
+        m, _ = resolve_model(model)
+    except PocovidError as e:
+        hint = " (pass --model FILE: a model written by `pocovid train --final`)" if model == "default" else ""
+        fail(f"{e}{hint}")
+    if not quiet:
+        typer.echo(f"pocovid {__version__}: decision support for trained clinicians, not a diagnosis", err=True)
+    exam = analyze_exam(files, m, out, cfg, zones=zones, zones_csv=zones_csv,
+                        progress=None if quiet else _file_progress)
+    if json_out:
+        typer.echo(exam.model_dump_json(indent=2))
+    else:
+        for line in summary_lines(exam):
+            typer.echo(line)
+        from pathlib import Path
+
+        typer.echo(f"report: {Path(out) / (exam.report or 'exam.json')}")
+    for f in exam.failures:
+        typer.echo(f"error: {f}", err=True)
+    if exam.failures:
+        typer.echo(f"{len(exam.failures)} of {len(files)} recording(s) failed", err=True)
         raise typer.Exit(1)
 
 
