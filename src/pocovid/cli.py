@@ -685,6 +685,12 @@ def analyze_cmd(
     gradcam_layer: str = typer.Option(None, "--gradcam-layer",
                                       help="Grad-CAM target module, e.g. trunk.4 (default: each head's last map)."),
     crop: bool = typer.Option(None, "--crop/--no-crop", help="Crop to the detected scan region (default {crop})."),
+    full_screen: bool = typer.Option(None, "--full-screen/--scan-region-only",
+                                     help="Key frames and videos show the whole screen, with any names and dates "
+                                     "burnt into it; else the scan region only (default {full_screen})."),
+    show_path: bool = typer.Option(None, "--show-path/--no-show-path",
+                                   help="The result and report name each file by its whole path; else by its "
+                                   "name only (default {show_path})."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
 ):
     """Analyse recordings: clip diagnosis with probabilities and uncertainty, key moments with
@@ -812,8 +818,8 @@ def _analysis_line(r, folder) -> str:
 
     where = f" -> {Path(folder) / r.report}" if r.report and folder else ""
     if r.out_of_distribution:  # no label, no probabilities: they are not a diagnosis here
-        return (f"{r.file}: NOT LUNG ULTRASOUND of the kind the model knows? no diagnosis ("
-                + "; ".join(r.ood.reasons) + ")" + where)
+        return (f"{r.file}: OUTSIDE WHAT THE MODEL WAS TRAINED ON (e.g. a linear probe, another organ, not lung "
+                "ultrasound): no diagnosis (" + "; ".join(r.ood.reasons) + ")" + where)
     p, u = r.prediction, r.uncertainty
     probs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
     flags = " REVIEW RECOMMENDED (" + "; ".join(r.review_reasons) + ")" if r.review_recommended else ""
