@@ -16,7 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from pocovid.analysis.bedside import ExamConfig, _zone, analyze_exam, exam_method_of, lus_of, verdict_of
-from pocovid.analysis.exam_report import SEVERITY_COLOURS
+from pocovid.analysis.display import SEVERITY_COLOURS
 from pocovid.analysis.exam_result import ExamClip, ExamResult, exam_schema
 from pocovid.analysis.result import Severity
 from pocovid.analysis.zones import BLUE_ZONES, assign_zones, exam_files, zone_from_name

@@ -34,6 +34,11 @@ FINDING_NAMES = {"b_lines": "B-lines", "a_lines": "A-lines", "consolidation": "c
                  "air_bronchogram": "air bronchogram"}
 #: Lung severity (Soldati score 0-3) in words.
 SEVERITY_WORDS = ("normal aeration", "mild", "moderate", "severe")
+#: Severity 0-3 as a colour (the exam's lung diagram and zone table): ColorBrewer YlOrBr, 4 classes, a
+#: sequential ramp from light (0) to dark (3), readable with colour-vision deficiency and in grey; and the
+#: text colour that reads on each.
+SEVERITY_COLOURS = ("#FFFFD4", "#FED98E", "#FE9929", "#CC4C02")
+SEVERITY_INK = ("#222222", "#222222", "#222222", "#FFFFFF")
 
 
 def class_colours(classes) -> dict[str, str]:
@@ -115,4 +120,5 @@ def display_spec(classes=None) -> dict:
     return {"class_names": {c: clinical_name(c) for c in classes} | CLASS_NAMES,
             "class_colours": class_colours(classes), "withheld_colour": WITHHELD_GREY,
             "finding_names": dict(FINDING_NAMES), "severity_words": list(SEVERITY_WORDS),
+            "severity_colours": list(SEVERITY_COLOURS), "severity_ink": list(SEVERITY_INK),
             "heatmap": {"name": HEATMAP, "stops": heat_stops()}}

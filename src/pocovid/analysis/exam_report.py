@@ -2,8 +2,8 @@
 the LUS score, the zone table with key frames, the verdict, links to each clip's report.
 
 The diagram is inline SVG, a front view as a clinician faces the patient (the patient's right on the
-viewer's left), each BLUE point coloured on a sequential single-hue ramp (ColorBrewer YlOrBr: light =
-0, dark = 3; readable with colour-vision deficiency, no red/green). Images and clip reports are
+viewer's left), each BLUE point coloured by `display.SEVERITY_COLOURS` (a sequential ramp, light = 0,
+dark = 3; readable with colour-vision deficiency, no red/green). Images and clip reports are
 linked relative to the exam folder (they are the clips' own files); the page has no script and no
 external resource, and names files by their base names only.
 """
@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pocovid.analysis.display import (SEVERITY_COLOURS, SEVERITY_INK, SEVERITY_WORDS, WITHHELD_GREY, clinical_name,
+                                      finding_name, percent, severity_text)
 from pocovid.analysis.exam_result import ExamResult
-from pocovid.analysis.report import _environment, clinical_name, finding_name, percent
+from pocovid.analysis.report import _environment
 from pocovid.files import write_text
 
-#: Severity 0..3 fill and text colour (ColorBrewer YlOrBr, 4 classes).
-SEVERITY_COLOURS = ("#ffffd4", "#fed98e", "#fe9929", "#cc4c02")
-SEVERITY_TEXT = ("#222222", "#222222", "#222222", "#ffffff")
-NOT_SCORED_COLOUR = "#bdbdbd"
+NOT_SCORED_COLOUR = WITHHELD_GREY
 WIDTH = 400
 
 # Zone centres on the patient's right lung (drawn on the viewer's left); the left lung mirrors them.
@@ -39,7 +38,7 @@ def zone_shapes(exam: ExamResult) -> list[dict]:
         if z.zone.startswith("L"):
             x = WIDTH - x
         if z.status == "scored" and z.severity is not None:
-            fill, ink, value = SEVERITY_COLOURS[z.severity], SEVERITY_TEXT[z.severity], str(z.severity)
+            fill, ink, value = SEVERITY_COLOURS[z.severity], SEVERITY_INK[z.severity], str(z.severity)
             tip = f"{z.zone}: severity {z.severity}"
         elif z.status == "missing":
             fill, ink, value, tip = "#ffffff", "#555555", "–", f"{z.zone}: not scanned"
@@ -63,7 +62,7 @@ def write_exam_html(path: str | os.PathLike, exam: ExamResult) -> Path:
     page = _environment().get_template("exam.html.j2").render(
         exam=exam, drivers=driver_text(exam.verdict.drivers) if exam.verdict else "", shapes=zone_shapes(exam),
         lung_path=LUNG_PATH, width=WIDTH, clips_by_zone=clips_by_zone,
-        severity_colours=list(zip(SEVERITY_COLOURS, SEVERITY_TEXT)), not_scored=NOT_SCORED_COLOUR,
+        severity_colours=list(zip(SEVERITY_COLOURS, SEVERITY_INK, SEVERITY_WORDS)), not_scored=NOT_SCORED_COLOUR,
         unassigned=[c for c in exam.clips if c.zone is None])
     return write_text(path, page)
 
@@ -76,7 +75,7 @@ def summary_lines(exam: ExamResult) -> list[str]:
         if z.status == "missing":
             lines.append(f"  {z.zone}  not scanned")
             continue
-        sev = "severity ?" if z.severity is None else f"severity {z.severity}"
+        sev = "severity ?" if z.severity is None else severity_text(z.severity)
         seen = ", ".join(f"{finding_name(n)} {percent(p)}" for n, p in sorted((z.findings or {}).items(),
                                                                                  key=lambda kv: -kv[1]) if p >= 0.5)
         what = "no usable recording" if z.status == "not_scored" else f"{sev}  {seen or 'no finding >= 50%'}"
