@@ -667,11 +667,23 @@ def _analysis_defaults() -> dict:
 @app.command("analyze", cls=_defaults_from(_analysis_defaults))
 def analyze_cmd(
     ctx: typer.Context,
-    files: Annotated[list[str], typer.Argument(
-        help="Recordings: video, image or DICOM (cropped to the scan region).")],
+    files: Annotated[list[str] | None, typer.Argument(
+        help="Recordings (video, image or DICOM; cropped to the scan region) or folders of them (every "
+             "recording inside, recursively, sorted; hidden files left out).")] = None,
+    list_file: str = typer.Option(None, "--list", help="A CSV file with a 'path' column: these recordings too "
+                                  "(relative paths are taken from the CSV's folder)."),
     model: str = typer.Option("default", "--model", help="Model file, or 'default' for the bundled model."),
     out: str = typer.Option("analysis", "--out", "-o",
                             help="Output folder: one sub-folder per file (DIR/<file stem>) and DIR/summary.csv."),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Skip recordings whose finished result is "
+                                "in the output folder (same model, settings and result schema; the recording "
+                                "unchanged); redo broken or outdated ones. Default: analyse everything again."),
+    engine: str = typer.Option("local", "--engine", help="local (one recording after another, in this process) "
+                               "or ray (one Ray task per recording: pip install 'pocovid[ray]')."),
+    address: str = typer.Option(None, "--address", help="--engine ray: the Ray cluster to use (e.g. auto, "
+                                "ray://HOST:10001); default: start Ray on this machine."),
+    workers: int = typer.Option(None, "--workers", help="--engine ray: recordings analysed at once "
+                                "(default: this machine's CPU cores, or the cluster's)."),
     json_out: bool = typer.Option(False, "--json", help="Print a JSON list to stdout and nothing else: each "
                                                        "file's result.json or its failure, in order."),
     rate_hz: float = typer.Option(None, "--rate", help="Frames per second analysed, 0: every frame "
@@ -718,9 +730,29 @@ def analyze_cmd(
     except PocovidError as e:
         hint = " (pass --model FILE: a model written by `pocovid train --final`)" if model == "default" else ""
         fail(f"{e}{hint}")
+    if engine not in ("local", "ray"):
+        fail(f"--engine: use local or ray, not {engine!r}")
+    if (address or workers is not None) and engine != "ray":
+        fail("--address and --workers are for --engine ray")
+    if workers is not None and workers < 1:
+        fail(f"--workers: must be >= 1, got {workers}")
+    from pocovid.analysis.inputs import collect_recordings
+
+    if not files and not list_file:
+        fail("give recordings, folders of recordings, or --list FILE.csv")
+    inputs = collect_recordings(files or [], list_file, exclude=[out])
+    if not quiet and inputs.skipped:
+        typer.echo(f"{len(inputs.skipped)} file(s) in the folders are not recordings, left out:", err=True)
+        for line in inputs.skipped[:10]:
+            typer.echo(f"  {line}", err=True)
+        if len(inputs.skipped) > 10:
+            typer.echo(f"  ... and {len(inputs.skipped) - 10} more", err=True)
+    if not inputs.paths:
+        fail(f"{', '.join(files or [list_file])}: no recordings found")
     if not quiet:
         typer.echo(f"pocovid {__version__}: decision support for trained clinicians, not a diagnosis", err=True)
-    batch = analyze_files(files, m, out, cfg, progress=None if quiet else _file_progress)
+    batch = analyze_files(inputs.paths, m, out, cfg, resume=resume, engine=engine, address=address,
+                          workers=workers, events=None if quiet else _BatchEvents())
     if json_out:  # every file's result or failure, in input order
         typer.echo(json.dumps(batch.to_json(), indent=2))
     else:
@@ -733,9 +765,38 @@ def analyze_cmd(
         typer.echo(f"summary: {batch.summary or Path(out) / 'summary.csv'}")
     for f in batch.failures:
         typer.echo(f"error: {f}", err=True)
+    if batch.skipped:
+        typer.echo(f"{len(batch.skipped)} of {len(batch.entries)} recording(s) skipped: finished results kept "
+                   "(--resume)", err=True)
     if batch.failures:
-        typer.echo(f"{len(batch.failures)} of {len(files)} file(s) failed", err=True)
+        typer.echo(f"{len(batch.failures)} of {len(batch.entries)} file(s) failed", err=True)
         raise typer.Exit(1)
+
+
+class _BatchEvents:
+    """Progress of `analyze` on stderr: each recording as it starts, its share done in steps of
+    10% (frame batches included), skipped and finished ones."""
+
+    def __init__(self):
+        self.shown: dict[int, int] = {}
+        self.finished = 0
+
+    def __call__(self, ev) -> None:
+        head = f"[{ev.i + 1}/{ev.n}] {ev.file}"
+        if ev.stage == "start":
+            self.shown[ev.i] = 0
+            typer.echo(head, err=True)
+        elif ev.stage == "skipped":
+            self.finished += 1
+            typer.echo(f"{head}: skipped, finished result in {ev.note}", err=True)
+        elif ev.stage == "redo":
+            typer.echo(f"{head}: earlier result outdated ({ev.note}), analysed again", err=True)
+        elif ev.stage in ("done", "failed"):
+            self.finished += 1
+            typer.echo(f"{head}: {ev.stage} ({self.finished} of {ev.n} finished)", err=True)
+        elif int(10 * ev.fraction) > self.shown.get(ev.i, 0):
+            self.shown[ev.i] = int(10 * ev.fraction)
+            typer.echo(f"{head}: {int(100 * ev.fraction)}% ({ev.stage})", err=True)
 
 
 def _exam_defaults() -> dict:
