@@ -117,8 +117,9 @@ def test_zone_takes_the_worst_clip_and_the_highest_findings():
 def test_lus_score_sums_zones_out_of_18_and_names_missing_ones():
     clips = [_clip("r1.mp4", "R1", 1), _clip("r2.mp4", "R2", 3), _clip("r2b.mp4", "R2", 0), _clip("l1.mp4", "L1", 2),
              _clip("l2.mp4", "L2", 0, withheld=True), _clip("x.mp4", None, 3)]
-    lus = lus_of([_zone(z, clips) for z in BLUE_ZONES])
+    lus = lus_of([_zone(z, clips) for z in BLUE_ZONES], clips=clips)
     assert lus.score == 1 + 3 + 2 and lus.max_possible == 18 and lus.n_zones == 6
+    assert lus.score_expected == pytest.approx(1.5 * 3)  # mean expected severity of each scored zone's clips
     assert lus.zones_scored == ["R1", "R2", "L1"] and lus.zones_missing == ["R3", "L3"]
     assert lus.zones_not_scored == ["L2"] and not lus.complete
     full = lus_of([_zone(z, [_clip(f"{z}.mp4", z, 3) for z in BLUE_ZONES]) for z in BLUE_ZONES])

@@ -40,7 +40,7 @@ from pocovid.analysis.zones import BLUE_ZONES, ZoneOf, assign_zones, unmatched_c
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
 from pocovid.models import model_summary
-from pocovid.models.exam import EXAM_METHODS, exam_probabilities, exam_uncertainty
+from pocovid.models.exam import EXAM_METHODS, exam_probabilities, exam_uncertainty, lus_score
 
 SEVERITY_MAX = 3  # Soldati levels 0-3
 DRIVER_MIN = 0.01  # a zone drives the diagnosis when it raises its probability by at least 1 percentage point
@@ -97,7 +97,7 @@ def analyze_exam(files, model, out_dir: str | os.PathLike, config: ExamConfig | 
     clips = [_clip(a, e, out_dir) for a, e in zip(assigned, batch.entries)]
     zone_rows = [_zone(z, clips) for z in BLUE_ZONES]
     has_severity = bool(getattr(model, "severity_levels", 0))
-    lus = lus_of(zone_rows, has_severity)
+    lus = lus_of(zone_rows, has_severity, clips)
     verdict, no_verdict = verdict_of(clips, model)
     pids = sorted({a.patient for a in assigned if a.patient})
     exam = ExamResult(
@@ -161,11 +161,17 @@ def _zone(zone: str, clips: list[ExamClip]) -> ZoneResult:
     return row
 
 
-def lus_of(zones: list[ZoneResult], has_severity: bool = True) -> LusScore:
-    """The LUS score of the protocol's zones: the sum of the scored zones' severities, out of 3 x zones."""
+def lus_of(zones: list[ZoneResult], has_severity: bool = True, clips: list[ExamClip] | None = None) -> LusScore:
+    """The LUS score of the protocol's zones: the sum of the scored zones' severities, out of 3 x zones;
+    with `clips`, also the expected score of those zones as evaluation computes it (`lus_score`)."""
     scored = [z for z in zones if z.status == "scored" and z.severity is not None]
+    names = {z.zone for z in scored}
+    rated = [c for c in clips or [] if c.counted and c.zone in names and c.severity is not None]
+    expected = (float(lus_score(np.array([c.severity.probabilities for c in rated]), ["exam"] * len(rated),
+                                [c.zone for c in rated])[1][0]) if rated else None)
     return LusScore(
         score=sum(z.severity for z in scored) if scored else None, max_possible=SEVERITY_MAX * len(zones),
+        score_expected=None if expected is None else round(expected, 2),
         n_zones=len(zones), zones_scored=[z.zone for z in scored],
         zones_missing=[z.zone for z in zones if z.status == "missing"],
         zones_not_scored=[z.zone for z in zones if z.status == "not_scored"],

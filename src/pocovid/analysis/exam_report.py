@@ -90,6 +90,8 @@ def summary_lines(exam: ExamResult) -> list[str]:
         extra.append("not scanned: " + ", ".join(lus.zones_missing))
     if lus.zones_not_scored:
         extra.append("no usable recording: " + ", ".join(lus.zones_not_scored))
+    if lus.score_expected is not None:
+        extra.append(f"expected {lus.score_expected:.1f}")
     lines.append(f"LUS score {score} / {lus.max_possible} ({'; '.join(extra)})")
     v = exam.verdict
     if v is None:

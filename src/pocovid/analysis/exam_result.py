@@ -75,6 +75,9 @@ class LusScore(_Model):
     score: int | None = Field(description="sum of the scored zones' severities; null: no zone scored, or the "
                                           "model has no severity head")
     max_possible: int = Field(description="3 x the protocol's zones (18 for six BLUE points)")
+    score_expected: float | None = Field(None, description="the same zones' expected severities summed "
+                                                           "(pocovid.models.exam.lus_score: several clips in a zone, "
+                                                           "their mean): what evaluation measures")
     n_zones: int = Field(description="zones in the protocol")
     zones_scored: list[str]
     zones_missing: list[str] = Field(description="zones with no recording")
