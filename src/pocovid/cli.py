@@ -773,6 +773,36 @@ def analyze_cmd(
         raise typer.Exit(1)
 
 
+@app.command("demo")
+def demo_cmd(
+    out: str = typer.Option("demo/analysis", "--out", "-o", help="Output folder (one sub-folder per clip)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
+):
+    """Analyse the two real lung-ultrasound clips that ship with pocovid (CC BY 4.0, see
+    assets/demo/ATTRIBUTION.md) with the bundled model. The bundled model saw both clips in
+    training: this shows how pocovid works, not how accurate it is."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no spinning threads on shared CPUs
+    from pocovid.analysis import analyze_files
+    from pocovid.analysis.inputs import demo_recordings
+
+    clips = demo_recordings()
+    typer.echo(f"pocovid {__version__} demo: {len(clips)} real clips (The Ultrasound Journal 2020, "
+               "doi 10.1186/s13089-020-00177-4, CC BY 4.0) analysed with the bundled model.")
+    typer.echo("NOTE: the bundled model saw these clips in training, so its answers here show how pocovid "
+               "works, not how accurate it is (docs/model_card.md has the out-of-fold figures).")
+    batch = analyze_files([c["path"] for c in clips], "default", out, events=None if quiet else _BatchEvents())
+    for c, entry in zip(clips, batch.entries):
+        if entry.ok:
+            typer.echo(f"  the dataset's label: {c['label']} ({c['finding']})")
+            typer.echo(_analysis_line(entry.result, entry.folder))
+    for f in batch.failures:
+        typer.echo(f"error: {f}", err=True)
+    if batch.failures:
+        raise typer.Exit(1)
+
+
 class _BatchEvents:
     """Progress of `analyze` on stderr: each recording as it starts, its share done in steps of
     10% (frame batches included), skipped and finished ones."""
