@@ -302,6 +302,13 @@ def test_cli_exam(exam_dir, mt_model_file, tmp_path):
     assert r.exit_code == 0
     d = json.loads(r.stdout)
     assert [c["zone"] for c in d["clips"]] == ["L1", None] and d["unassigned"] == ["patient_1_R2.mp4"]
+    csv_path = tmp_path / "zones.csv"
+    csv_path.write_text("file,zone\npatient_1_R1.mp4,L3\n/somewhere/private/ghost.mp4,R3\n", encoding="utf-8")
+    r = runner.invoke(app, ["exam", *files, "--model", str(mt_model_file), "--out", str(tmp_path / "c"), "--json",
+                            "--zones-csv", str(csv_path), "--quiet"])
+    d = json.loads(r.stdout)
+    assert r.exit_code == 0 and [(c["zone"], c["zone_source"]) for c in d["clips"]] == [("L3", "csv"), ("R2", "name")]
+    assert any("ghost.mp4" in n for n in d["notes"]) and "private" not in r.stdout
 
 
 @pytest.mark.parametrize("args, message", [

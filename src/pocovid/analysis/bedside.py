@@ -89,8 +89,8 @@ def analyze_exam(files, model, out_dir: str | os.PathLike, config: ExamConfig | 
     if not files:
         raise PocovidError("no recordings given")
     assigned = assign_zones(files, zones, zones_csv)
-    notes = [f"the zones CSV names {n!r}, which is not among the recordings" for n in unmatched_csv_rows(files,
-                                                                                                       zones_csv)]
+    notes = [f"the zones CSV names {path_text(Path(n).name)!r}, which is not among the recordings"
+             for n in unmatched_csv_rows(files, zones_csv)]
     model, model_name = resolve_model(model)
     out_dir = Path(out_dir)
     batch = analyze_files(files, model, out_dir, cfg.analysis, progress=progress)
@@ -123,7 +123,10 @@ def _clip(a: ZoneOf, e: BatchEntry, out_dir: Path) -> ExamClip:
     base = dict(file=name, zone=a.zone, zone_source=a.source)
     r = e.result
     if not isinstance(r, AnalysisResult):
-        reason = r.reason.replace(path_text(a.path), name)  # the error names the file by its base name
+        reason = r.reason  # the error names the file by its base name
+        for folder in {a.path.parent, a.path.parent.resolve()}:
+            if str(folder) not in ("", "."):
+                reason = reason.replace(path_text(folder) + os.sep, "")
         return ExamClip(**base, status="failed", error=reason if reason.startswith(name) else f"{name}: {reason}")
     rel = e.folder.relative_to(out_dir).as_posix() if e.folder else None
     withheld = bool(r.prediction.withheld)
