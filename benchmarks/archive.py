@@ -1,0 +1,112 @@
+"""An archive of recordings through `analyze_files`: the plain loop against the Ray engine.
+
+    python benchmarks/archive.py                   # 100 short phantom clips, bundled model, Ray on 2 workers
+    python benchmarks/archive.py --n 30 --workers 2 --model runs/x/model.pt
+
+Writes N phantom recordings (short clips, mixed labels), analyses them once with the local loop
+(this process, torch's default threads) and once with `engine="ray"` (one task per recording,
+`workers` single-threaded workers), and prints the throughput of each, their ratio, whether the
+result.json files are the same (timing fields and the creation time left out; floats exactly, and
+within 1e-5), and the load average before and after (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from pocovid.analysis import AnalysisConfig, analyze_files
+from pocovid.inference import load
+from pocovid.phantom import write_phantom
+
+LABELS = ("covid", "pneumonia", "regular")
+
+
+def write_archive(folder: Path, n: int, frames: int) -> list[Path]:
+    paths = []
+    for k in range(n):
+        p = folder / f"clip_{k:04d}.mp4"
+        write_phantom(p, label=LABELS[k % 3], n_frames=frames, fps=15, width=320, height=240, seed=k)
+        paths.append(p)
+    return paths
+
+
+def _strip(d: dict) -> dict:
+    d = dict(d)
+    d.pop("timings", None)
+    d.pop("created", None)
+    return d
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and math.isclose(a, b, rel_tol=1e-5,
+                                                                                           abs_tol=1e-9)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_close(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(_close(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def compare(local, distributed) -> tuple[int, int, int]:
+    """(exactly equal, equal within 1e-5, results compared)."""
+    exact = close = n = 0
+    for a, b in zip(local.entries, distributed.entries):
+        if not (a.ok and b.ok):
+            continue
+        n += 1
+        ja, jb = (_strip(json.loads((e.folder / "result.json").read_text())) for e in (a, b))
+        exact += ja == jb
+        close += _close(ja, jb)
+    return exact, close, n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="recordings (default 100)")
+    ap.add_argument("--frames", type=int, default=20, help="frames per clip (default 20: 1.3 s at 15 fps)")
+    ap.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
+    ap.add_argument("--model", default="default", help="model file or 'default' (the bundled model)")
+    args = ap.parse_args()
+    import ray
+
+    load_before = os.getloadavg()
+    model = load(args.model)
+    cfg = AnalysisConfig()
+    with tempfile.TemporaryDirectory(prefix="pocovid-archive-") as tmp:
+        tmp = Path(tmp)
+        paths = write_archive(tmp / "in", args.n, args.frames)
+        t0 = time.perf_counter()
+        local = analyze_files(paths, model, tmp / "local", cfg)
+        t_local = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        t_start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        distributed = analyze_files(paths, model, tmp / "ray", cfg, engine="ray")
+        t_ray = time.perf_counter() - t0
+        ray.shutdown()
+        exact, close, n = compare(local, distributed)
+    load_after = os.getloadavg()
+    ok_l, ok_r = len(local.results), len(distributed.results)
+    print(f"archive: {args.n} phantom clips x {args.frames} frames (320x240, 15 fps), model {args.model}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"local loop : {t_local:7.1f} s  {args.n / t_local:6.2f} recordings/s  ({ok_l} ok, "
+          f"{len(local.failures)} failed)")
+    print(f"ray, {args.workers} workers: {t_ray:7.1f} s  {args.n / t_ray:6.2f} recordings/s  ({ok_r} ok, "
+          f"{len(distributed.failures)} failed; + {t_start:.1f} s to start Ray)")
+    print(f"ratio ray / local: {t_local / t_ray:.2f}x  (with Ray's start-up: {t_local / (t_ray + t_start):.2f}x)")
+    print(f"result.json identical (timings and creation time left out): {exact}/{n} exactly, "
+          f"{close}/{n} within 1e-5")
+    print(f"load average (1, 5, 15 min): before {', '.join(f'{v:.2f}' for v in load_before)}; "
+          f"after {', '.join(f'{v:.2f}' for v in load_after)}")
+
+
+if __name__ == "__main__":
+    main()
