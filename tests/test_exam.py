@@ -168,6 +168,33 @@ def test_verdict_uses_the_model_files_exam_method_without_withheld_clips():
     assert v2.probabilities["covid"] == pytest.approx(counted.mean(0)[0], abs=1e-4)
 
 
+def test_verdict_reads_the_clips_signs_when_the_method_does():
+    from pocovid.models import exam as exam_model
+
+    if "logistic_signs" not in exam_model.EXAM_METHODS:
+        pytest.skip("pocovid.models.exam has no logistic_signs method in this checkout")
+    rng = np.random.default_rng(1)
+    names = ["b_lines", "a_lines"]
+    n = 60
+    probs, f, sev = rng.dirichlet(np.ones(3), n), rng.uniform(0.05, 0.95, (n, 2)), rng.dirichlet(np.ones(4), n)
+    exams = [f"e{i // 5}" for i in range(n)]
+    params = fit_exam_combiner(probs, exams, {f"e{e}": e % 3 for e in range(n // 5)}, CLASSES, findings=f,
+                               severity=sev, finding_names=names)
+    model = SimpleNamespace(classes=CLASSES, findings=names,
+                            meta={"extra": {"exam": {"method": "logistic_signs", "params": params}}})
+    clips = [_clip(f"{z}.mp4", z, probs=probs[i], findings=dict(zip(names, f[i])))
+             for i, z in enumerate(BLUE_ZONES)]
+    for i, c in enumerate(clips):
+        c.severity = Severity(expected=float(sev[i] @ np.arange(4)), probabilities=list(sev[i]), level=0)
+    v, _ = verdict_of(clips, model)
+    _, want = exam_probabilities(probs[:6], ["x"] * 6, "logistic_signs", classes=CLASSES, params=params,
+                                 findings=f[:6], severity=sev[:6])
+    assert v.method == "logistic_signs" and np.allclose([v.probabilities[c] for c in CLASSES], want[0], atol=1e-4)
+    clips[0].findings = None  # a clip without signs: the plain mean, and the verdict says why
+    v, _ = verdict_of(clips, model)
+    assert v.method == "mean" and "needs findings and severity" in v.method_source
+
+
 def test_no_verdict_when_every_clip_is_withheld():
     model, _ = _exam_model()
     v, why = verdict_of([_clip("a.mp4", "R1", withheld=True), _clip("b.mp4", "R2", status="failed")], model)

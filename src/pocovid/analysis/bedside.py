@@ -40,6 +40,7 @@ from pocovid.analysis.zones import BLUE_ZONES, ZoneOf, assign_zones, unmatched_c
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
 from pocovid.models import model_summary
+from pocovid.models import exam as exam_model
 from pocovid.models.exam import EXAM_METHODS, exam_probabilities, exam_uncertainty, lus_score
 
 SEVERITY_MAX = 3  # Soldati levels 0-3
@@ -67,9 +68,10 @@ def exam_method_of(model) -> tuple[str, dict | None, str]:
     ex = ((getattr(model, "meta", None) or {}).get("extra") or {}).get("exam") or {}
     method, params = ex.get("method"), ex.get("params")
     classes = list(model.classes)
-    if method in EXAM_METHODS and method != "logistic":
+    fitted = str(method).startswith("logistic")  # the logistic methods carry fitted parameters
+    if method in EXAM_METHODS and not fitted:
         return method, None, f"model file ({ex.get('selected_by') or 'as trained'})"
-    if method == "logistic" and params and list(params.get("classes", classes)) == classes:
+    if method in EXAM_METHODS and params and list(params.get("classes", classes)) == classes:
         return method, params, f"model file ({ex.get('selected_by') or 'as trained'})"
     why = "names no exam method" if not method else f"has exam method {method!r} without usable parameters"
     return "mean", None, f"default: the model file {why}"
@@ -191,22 +193,29 @@ def verdict_of(clips: list[ExamClip], model) -> tuple[ExamVerdict | None, str | 
                       "no recording could be analysed: no diagnosis")
     classes = list(model.classes)
     method, params, source = exam_method_of(model)
-    probs = np.array([[c.probabilities[k] for k in classes] for c in counted])
+    signs = method in getattr(exam_model, "SIGN_METHODS", ())  # methods that read the clips' findings, severity
+    if signs and any(c.findings is None or c.severity is None for c in counted):
+        method, params, source = "mean", None, f"default: the model file's {method} needs findings and severity"
+        signs = False
+    x, widths = _exam_inputs(counted, classes, list(getattr(model, "findings", None) or []), signs)
+
+    def combine(rows: np.ndarray) -> np.ndarray:
+        parts = np.split(rows, np.cumsum(widths)[:-1], axis=1)
+        signs = {"findings": parts[1], "severity": parts[2]} if len(parts) == 3 else {}
+        return exam_probabilities(parts[0], ["exam"] * len(rows), method, classes=classes, params=params,
+                                  **signs)[1][0]
+
     groups = [c.zone or f"unassigned: {c.file}" for c in counted]
-
-    def combine(clip_probs: np.ndarray) -> np.ndarray:
-        return exam_probabilities(clip_probs, ["exam"] * len(clip_probs), method, classes=classes, params=params)[1][0]
-
-    p = combine(probs)
+    p = combine(x)
     top = int(np.argmax(p))
     effects = {}
     for g in dict.fromkeys(groups):
-        mine = np.array([x == g for x in groups])
+        mine = np.array([grp == g for grp in groups])
         if mine.all():  # one zone only: against no evidence (uniform)
             effects[g] = float(p[top] - 1.0 / len(classes))
             continue
-        like_rest = probs.copy()  # this zone's clips as if they looked like the patient's other clips
-        like_rest[mine] = probs[~mine].mean(0)
+        like_rest = x.copy()  # this zone's clips as if they looked like the patient's other clips
+        like_rest[mine] = x[~mine].mean(0)
         effects[g] = float(p[top] - combine(like_rest)[top])
     drivers = [Driver(zone=g, effect=round(v, 4)) for g, v in sorted(effects.items(), key=lambda kv: -kv[1])
                if v >= DRIVER_MIN]
@@ -214,6 +223,19 @@ def verdict_of(clips: list[ExamClip], model) -> tuple[ExamVerdict | None, str | 
     return ExamVerdict(label=classes[top], probabilities={k: round(float(v), 4) for k, v in zip(classes, p)},
                        method=method, method_source=source, n_clips=len(counted), uncertainty=round(ent, 4),
                        drivers=drivers), None
+
+
+def _exam_inputs(counted: list[ExamClip], classes: list[str], findings: list[str], signs: bool
+                 ) -> tuple[np.ndarray, list[int]]:
+    """What the exam method reads per clip, side by side: the class probabilities, and with `signs`
+    (the methods of `models.exam.SIGN_METHODS`) the finding and severity-level probabilities; and the
+    width of each part."""
+    probs = np.array([[c.probabilities[k] for k in classes] for c in counted])
+    if not signs:
+        return probs, [probs.shape[1]]
+    f = np.array([[c.findings[n] for n in findings] for c in counted])
+    s = np.array([c.severity.probabilities for c in counted])
+    return np.concatenate([probs, f, s], 1), [probs.shape[1], f.shape[1], s.shape[1]]
 
 
 def review_reasons(exam: ExamResult, review_below: float) -> list[str]:
