@@ -804,17 +804,23 @@ def demo_cmd(
 
 
 class _BatchEvents:
-    """Progress of `analyze` on stderr: each recording as it starts, its share done in steps of
-    10% (frame batches included), skipped and finished ones."""
+    """Progress of `analyze` on stderr: each recording as it starts, its share done (per frame
+    batch: a line at each further 10%, or after 10 s without one), skipped and finished ones."""
+
+    QUIET_S = 10.0
 
     def __init__(self):
-        self.shown: dict[int, int] = {}
+        self.shown: dict[int, tuple[int, float]] = {}  # recording -> (tenths shown, when)
         self.finished = 0
 
     def __call__(self, ev) -> None:
+        import time
+
         head = f"[{ev.i + 1}/{ev.n}] {ev.file}"
+        now = time.monotonic()
+        tenths, last = self.shown.get(ev.i, (0, now))
         if ev.stage == "start":
-            self.shown[ev.i] = 0
+            self.shown[ev.i] = (0, now)
             typer.echo(head, err=True)
         elif ev.stage == "skipped":
             self.finished += 1
@@ -824,8 +830,8 @@ class _BatchEvents:
         elif ev.stage in ("done", "failed"):
             self.finished += 1
             typer.echo(f"{head}: {ev.stage} ({self.finished} of {ev.n} finished)", err=True)
-        elif int(10 * ev.fraction) > self.shown.get(ev.i, 0):
-            self.shown[ev.i] = int(10 * ev.fraction)
+        elif int(10 * ev.fraction) > tenths or now - last >= self.QUIET_S:
+            self.shown[ev.i] = (max(tenths, int(10 * ev.fraction)), now)
             typer.echo(f"{head}: {int(100 * ev.fraction)}% ({ev.stage})", err=True)
 
 
