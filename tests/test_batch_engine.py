@@ -174,10 +174,11 @@ def ray_cluster():
 
 
 def _same(a, b, path=""):
-    """Equal JSON, floats to 1e-5 relative (unrounded float32 cues differ in the last bits between
-    a traced and an eager trunk and between thread counts)."""
+    """Equal JSON; floats to 1e-5 relative or 2e-4 absolute: float32 sums differ in their last bits
+    between a traced and an eager trunk (a worker that has not traced yet runs a single image
+    eagerly) and between thread counts, which may move a value rounded to 4 decimals by one step."""
     if isinstance(a, float) or isinstance(b, float):
-        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-9), (path, a, b)
+        assert math.isclose(a, b, rel_tol=1e-5, abs_tol=2e-4), (path, a, b)
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:

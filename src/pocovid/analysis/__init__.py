@@ -3,12 +3,15 @@ out-of-distribution guard, key moments with heatmaps, a timeline, an HTML report
 
     from pocovid.analysis import AnalysisConfig, analyze_recording, analyze_files
     result = analyze_recording("scan.mp4", "default", "out/scan")          # AnalysisResult
-    results, failures = analyze_files(["a.mp4", "b.dcm"], model, "out")    # + out/summary.csv
+    batch = analyze_files(["a.mp4", "b.dcm"], model, "out")               # BatchResult + out/summary.csv
+    batch = analyze_files(paths, model, "out", resume=True, engine="ray")  # finished ones skipped; Ray
 
 Modules: `explain` (CAM, Grad-CAM, heatmaps on the original frame), `uncertainty` (ensemble
 disagreement, thresholds from out-of-fold predictions), `ood` (is this lung ultrasound?),
 `key_moments` (peaks apart in time, frames that disagree), `report` (timeline, key-frame PNGs,
-report.html, overlay video), `analyze` (the pipeline), `batch` (many files, summary.csv). Test and
+report.html, overlay video), `analyze` (the pipeline), `batch` (many files, summary.csv, resuming),
+`inputs` (folders and CSV lists of recordings, the demo clips), `ray_engine` (one Ray task per
+recording). Test and
 benchmark helpers (non-lung inputs, a quick phantom-trained model) live in `pocovid.testing`.
 Schema: docs/analyze.md.
 """
