@@ -181,6 +181,37 @@ def test_exam_methods():
         exam_probabilities(p, ids, "vote")
 
 
+def test_logistic_signs_reads_findings_and_severity():
+    """When the diagnosis head cannot tell exams apart but the severity can, only the signs method
+    separates them; it refuses to run without the signs."""
+    rng = np.random.default_rng(1)
+    classes = ["covid", "pneumonia", "regular"]
+    labels, clips, fnd, sev, exams = {}, [], [], [], []
+    for e in range(40):
+        k = 0 if e % 2 else 2
+        labels[f"e{e}"] = k
+        for _ in range(4):
+            clips.append(rng.dirichlet(np.ones(3)))  # uninformative diagnosis
+            b = rng.uniform(0.6, 0.95) if k == 0 else rng.uniform(0.05, 0.4)
+            fnd.append([b, 1 - b])
+            level = rng.integers(1, 4) if k == 0 else 0
+            sev.append(np.eye(4)[level] * 0.8 + 0.05)
+            exams.append(f"e{e}")
+    clips, fnd, sev, exams = map(np.array, (clips, fnd, sev, exams))
+    params = fit_exam_combiner(clips, exams, labels, classes, findings=fnd, severity=sev,
+                               finding_names=["b_lines", "a_lines"])
+    json.dumps(params)
+    assert params["method"] == "logistic_signs" and "max_expected_severity" in params["features"]
+    ids, p = exam_probabilities(clips, exams, "logistic_signs", classes=classes, params=params,
+                                findings=fnd, severity=sev)
+    assert np.mean(p.argmax(1) == np.array([labels[e] for e in ids])) > 0.9
+    plain = fit_exam_combiner(clips, exams, labels, classes)
+    _, q = exam_probabilities(clips, exams, "logistic", classes=classes, params=plain)
+    assert np.mean(q.argmax(1) == np.array([labels[e] for e in ids])) < 0.8
+    with pytest.raises(ValueError, match="needs the clips' findings and severity"):
+        exam_probabilities(clips, exams, "logistic_signs", classes=classes, params=params)
+
+
 def test_lus_score_sums_zone_severities():
     sev = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0], [0, 0.5, 0.5, 0]])
     ids, score = lus_score(sev, ["p1", "p1", "p1", "p2", "p2"], ["L1", "L2", "L2", "R1", "R2"])
@@ -234,8 +265,8 @@ def test_two_dataset_run_writes_out_of_fold_targets(trained):
     m = json.loads((run / "cv" / "metrics.json").read_text())
     assert set(m["findings"]) == set(names) and "kappa" in m["severity"]
     assert set(m["findings_by_dataset"]) == {"pocus", "covid-blues"}
-    assert m["exams"]["method"] in ("mean", "max", "noisy_or", "logistic")
-    assert set(m["exam_methods"]) == {"mean", "max", "noisy_or", "logistic"}
+    assert m["exams"]["method"] in ("mean", "max", "noisy_or", "logistic", "logistic_signs")
+    assert set(m["exam_methods"]) == {"mean", "max", "noisy_or", "logistic", "logistic_signs"}
     rows = list(csv.DictReader(open(run / "cv" / "patients.csv", newline="")))
     assert rows and {"exam", "label", "predicted", "p_covid", "lus_score", "dataset"} <= set(rows[0])
     # predictions.csv scores only the trained classes
@@ -252,13 +283,15 @@ def test_trained_model_shows_findings_and_severity_in_analyze(trained, tmp_path)
     run, _ = trained
     model = load_model(run / "model.pt")
     assert model.findings and model.severity_levels == 4
-    assert model.meta["extra"]["exam"]["method"] in ("mean", "max", "noisy_or", "logistic")
+    assert model.meta["extra"]["exam"]["method"] in ("mean", "max", "noisy_or", "logistic", "logistic_signs")
     write_phantom(tmp_path / "c.mp4", label="covid", n_frames=6, width=96, height=96, seed=2)
     res = analyze_recording(tmp_path / "c.mp4", model, tmp_path / "out")
     assert set(res.findings) == set(model.findings) and all(0 <= v <= 1 for v in res.findings.values())
     assert len(res.severity.probabilities) == 4 and 0 <= res.severity.expected <= 3
     assert res.severity.level == int(np.argmax(res.severity.probabilities))
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert saved["schema_version"] == 3 and saved["findings"] == res.findings
+    from pocovid.analysis.result import SCHEMA_VERSION
+
+    assert saved["schema_version"] == SCHEMA_VERSION >= 3 and saved["findings"] == res.findings
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Findings and severity" in html and "B-lines" in html and "Lung severity" in html

@@ -14,6 +14,13 @@ Methods (`EXAM_METHODS`), each giving (n_exams, C) probabilities that sum to 1:
 - `logistic`: a multinomial logistic regression on per-class summaries of the clips (mean and max
   log-odds of each class, and the clip count's log) fitted on OUT-OF-FOLD clip outputs
   (`fit_exam_combiner`); its parameters are plain data, stored in the model file.
+- `logistic_signs`: the same, reading also the signs the clips show: mean and max log-odds of each
+  finding and the mean and max expected severity (a multi-task model's other heads). Clinicians
+  diagnose an exam from its signs; on COVID-BLUES a patient's summed severity separates COVID-19
+  better than the diagnosis head does (docs/model_card.md).
+
+Both logistic methods choose their L2 strength by cross-validation over the exams they are fitted on
+(`LogisticRegressionCV`, log loss), so nothing is tuned on the exams they are later scored on.
 """
 
 from __future__ import annotations
@@ -22,7 +29,9 @@ from typing import Sequence
 
 import numpy as np
 
-EXAM_METHODS = ("mean", "max", "noisy_or", "logistic")
+EXAM_METHODS = ("mean", "max", "noisy_or", "logistic", "logistic_signs")
+#: methods that read the findings and severity heads too
+SIGN_METHODS = ("logistic_signs",)
 NORMAL_CLASS = "regular"
 _EPS = 1e-6
 
@@ -46,26 +55,51 @@ def _normal_index(classes: Sequence[str] | None, n_classes: int) -> int | None:
     return classes.index(NORMAL_CLASS) if NORMAL_CLASS in classes else None
 
 
-def exam_features(clip_probs: np.ndarray, exam_ids) -> tuple[np.ndarray, np.ndarray]:
-    """(exam ids, (n_exams, 2C + 1) features): mean and max log-odds of each class over the exam's
-    clips and log(1 + clip count): what the logistic combination reads."""
-    p = np.clip(np.asarray(clip_probs, np.float64), _EPS, 1 - _EPS)
+def _mean_max(values: np.ndarray, g: np.ndarray, n_exams: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per exam, the mean and the max of each column of `values` (n_clips, K) over its clips."""
+    n = np.bincount(g, minlength=n_exams).astype(np.float64)
+    mean = np.stack([np.bincount(g, values[:, c], n_exams) / n for c in range(values.shape[1])], 1)
+    mx = np.full((n_exams, values.shape[1]), -np.inf)
+    np.maximum.at(mx, g, values)
+    return mean.reshape(n_exams, -1), mx
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def exam_features(clip_probs: np.ndarray, exam_ids, findings: np.ndarray | None = None,
+                  severity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(exam ids, features per exam): mean and max log-odds of each class over the exam's clips and
+    log(1 + clip count) (2C + 1: what `logistic` reads); with the clips' finding probabilities
+    (n_clips, F) and severity level probabilities (n_clips, S), also the mean and max log-odds of each
+    finding and the mean and max expected severity (what `logistic_signs` reads)."""
     ids, g = _groups(exam_ids)
-    logit = np.log(p) - np.log1p(-p)
     n = np.bincount(g, minlength=len(ids)).astype(np.float64)
-    mean = np.stack([np.bincount(g, logit[:, c], len(ids)) / n for c in range(p.shape[1])], 1)
-    mx = np.full((len(ids), p.shape[1]), -np.inf)
-    np.maximum.at(mx, g, logit)
-    return ids, np.concatenate([mean, mx, np.log1p(n)[:, None]], 1)
+    mean, mx = _mean_max(_logit(clip_probs), g, len(ids))
+    cols = [mean, mx, np.log1p(n)[:, None]]
+    if findings is not None and np.shape(findings)[-1]:
+        cols += list(_mean_max(_logit(findings), g, len(ids)))
+    if severity is not None and np.shape(severity)[-1]:
+        cols += list(_mean_max(expected_severity(severity)[:, None], g, len(ids)))
+    return ids, np.concatenate(cols, 1)
+
+
+def _check_signs(method: str, findings, severity) -> None:
+    if method in SIGN_METHODS and (findings is None or severity is None):
+        raise ValueError(f"the {method} exam method needs the clips' findings and severity probabilities")
 
 
 def exam_probabilities(clip_probs: np.ndarray, exam_ids, method: str = "mean", *,
-                       classes: Sequence[str] | None = None, params: dict | None = None
+                       classes: Sequence[str] | None = None, params: dict | None = None,
+                       findings: np.ndarray | None = None, severity: np.ndarray | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
     """(exam ids in first-seen order, (n_exams, C) probabilities) from the clips' class
     probabilities (n_clips, C) and each clip's exam. `classes` names the columns (`max` and
     `noisy_or` need it to find the normal class 'regular'; without one every class is a disease);
-    `params`: what `fit_exam_combiner` returned (method `logistic`)."""
+    `params`: what `fit_exam_combiner` returned (methods `logistic*`); `findings` / `severity`: the
+    clips' finding and severity probabilities (`logistic_signs` reads them)."""
     p = np.asarray(clip_probs, np.float64)
     if p.ndim != 2 or len(p) != len(np.asarray(exam_ids)):
         raise ValueError(f"clip_probs must be (n_clips, C) with one exam id per clip, got {p.shape}")
@@ -73,10 +107,11 @@ def exam_probabilities(clip_probs: np.ndarray, exam_ids, method: str = "mean", *
         raise ValueError(f"unknown exam method {method!r} (known: {', '.join(EXAM_METHODS)})")
     ids, g = _groups(exam_ids)
     n_ex, n_c = len(ids), p.shape[1]
-    if method == "logistic":
+    if method.startswith("logistic"):
         if not params:
-            raise ValueError("the logistic exam method needs params (fit_exam_combiner)")
-        _, x = exam_features(p, exam_ids)
+            raise ValueError(f"the {method} exam method needs params (fit_exam_combiner)")
+        _check_signs(method, findings, severity)
+        _, x = exam_features(p, exam_ids, *((findings, severity) if method in SIGN_METHODS else ()))
         z = (x - np.asarray(params["mean"])) / np.asarray(params["scale"])
         z = z @ np.asarray(params["coef"]).T + np.asarray(params["intercept"])
         z = np.exp(z - z.max(1, keepdims=True))
@@ -100,14 +135,18 @@ def exam_probabilities(clip_probs: np.ndarray, exam_ids, method: str = "mean", *
 
 
 def fit_exam_combiner(clip_probs: np.ndarray, exam_ids, exam_labels: dict, classes: Sequence[str],
-                      C: float = 1.0) -> dict:
-    """Parameters of the `logistic` exam method: a multinomial logistic regression (L2, strength
-    1/C) from `exam_features` to the exam's label (`exam_labels`: exam -> class index; exams
-    without a label are left out). Fit it on OUT-OF-FOLD clip outputs, never on clips the model
-    trained on. Plain data (lists): it goes into the model file."""
+                      C: float | None = None, *, findings: np.ndarray | None = None,
+                      severity: np.ndarray | None = None, finding_names: Sequence[str] = ()) -> dict:
+    """Parameters of the `logistic` exam method (or `logistic_signs` when the clips' `findings` and
+    `severity` probabilities are given): a multinomial logistic regression (L2, strength 1/C) from
+    `exam_features` to the exam's label (`exam_labels`: exam -> class index; exams without a label
+    are left out). C: chosen from CS by cross-validation over these exams (log loss) unless given.
+    Fit it on OUT-OF-FOLD clip outputs, never on clips the model trained on. Plain data (lists): it
+    goes into the model file."""
     from sklearn.linear_model import LogisticRegression
 
-    ids, x = exam_features(clip_probs, exam_ids)
+    signs = findings is not None and severity is not None
+    ids, x = exam_features(clip_probs, exam_ids, *((findings, severity) if signs else ()))
     keep = np.array([e in exam_labels and exam_labels[e] is not None and exam_labels[e] >= 0 for e in ids])
     if not keep.any():
         raise ValueError("no exam with a label to fit the exam combination on")
@@ -120,15 +159,44 @@ def fit_exam_combiner(clip_probs: np.ndarray, exam_ids, exam_labels: dict, class
     if len(present) == 1:  # one class only: it gets everything
         intercept[present[0]] = 0.0
     else:
-        lr = LogisticRegression(C=C, max_iter=2000).fit((x - mean) / scale, y)
+        z = (x - mean) / scale
+        C = _choose_c(z, y) if C is None else C
+        lr = LogisticRegression(C=C, max_iter=2000).fit(z, y)
         if len(present) == 2:  # sklearn gives one row for two classes
             coef[present[1]], intercept[present[1]] = lr.coef_[0], lr.intercept_[0]
             intercept[present[0]] = 0.0
         else:
             coef[present], intercept[present] = lr.coef_, lr.intercept_
-    return {"classes": list(classes), "mean": mean.tolist(), "scale": scale.tolist(), "coef": coef.tolist(),
-            "intercept": intercept.tolist(), "C": float(C), "n_exams": int(keep.sum()),
-            "features": [f"mean_logit_{c}" for c in classes] + [f"max_logit_{c}" for c in classes] + ["log1p_n_clips"]}
+    names = [f"mean_logit_{c}" for c in classes] + [f"max_logit_{c}" for c in classes] + ["log1p_n_clips"]
+    if signs:
+        fn = list(finding_names) or [f"finding{j}" for j in range(np.shape(findings)[-1])]
+        names += ([f"mean_logit_{f}" for f in fn] + [f"max_logit_{f}" for f in fn]
+                  + ["mean_expected_severity", "max_expected_severity"])
+    return {"method": "logistic_signs" if signs else "logistic", "classes": list(classes), "mean": mean.tolist(),
+            "scale": scale.tolist(), "coef": coef.tolist(), "intercept": intercept.tolist(),
+            "C": None if C is None else float(C), "n_exams": int(keep.sum()), "features": names}
+
+
+#: L2 strengths the logistic exam methods choose from
+CS = (0.03, 0.1, 0.3, 1.0)
+
+
+def _choose_c(z: np.ndarray, y: np.ndarray) -> float:
+    """The C of CS with the lowest cross-validated log loss over these exams (stratified 3-fold;
+    C = 1 when a class has fewer than 3 exams)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    if np.bincount(y)[np.unique(y)].min() < 3:
+        return 1.0
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        losses = [cross_val_score(LogisticRegression(C=c, max_iter=2000), z, y, cv=cv, scoring="neg_log_loss").mean()
+                  for c in CS]
+    return float(CS[int(np.argmax(losses))])
 
 
 def expected_severity(severity_probs: np.ndarray) -> np.ndarray:

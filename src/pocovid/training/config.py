@@ -73,7 +73,8 @@ class TrainConfig:
     severity_weight: float = 1.0  # loss weight of the ordinal severity loss
     weak_labels: str = "abnormal_only"  # patient-level labels -> diagnosis targets: abnormal_only, all, none
     outside_classes: str = "targets"  # recordings of other classes: targets (findings/severity only), drop
-    exam_method: str = "auto"  # clips -> exam: auto (best out-of-fold log loss), mean, max, noisy_or, logistic
+    # clips -> exam: auto (best out-of-fold log loss), mean, max, noisy_or, logistic, logistic_signs
+    exam_method: str = "auto"
     seed: int = 0
 
     def to_dict(self) -> dict:

@@ -50,6 +50,18 @@ class RunResult:
     timings: dict
 
 
+def _peak_memory_gb() -> float | None:
+    """This process's peak resident memory so far (GB; None where the platform does not say)."""
+    try:
+        import resource
+        import sys
+
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return round(rss / (1 << 30 if sys.platform == "darwin" else 1 << 20), 3)  # bytes on macOS, KiB on Linux
+    except (ImportError, OSError):
+        return None
+
+
 def build_model(cfg: TrainConfig, pretrained: bool = True, weights: str | None = None,
                 findings: list[str] | None = None, severity_levels: int | None = None):
     """The model `cfg` describes; `findings` / `severity_levels`: the heads the data can teach
@@ -273,6 +285,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                           "feature_density": feature_density(feats), "targets": heads_note,
                           "exam": exam or _exam_without_cv(cfg)})
     timings["total_s"] = time.perf_counter() - t0
+    timings["peak_memory_gb"] = _peak_memory_gb()
     write_json(out_dir / "run.json", {"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
                                       "n_clips": len(frames.clips), "n_frames": n_frames_all,
                                       "failures": frames.failures, "targets": heads_note,
@@ -365,11 +378,58 @@ def exam_labels_of(targets: ClipTargets, classes: list[str]) -> dict:
     return out
 
 
+def choose_exam_method(clip_p: np.ndarray, clip_f: np.ndarray, clip_s: np.ndarray, exam_ids: np.ndarray,
+                       fold: np.ndarray, labels: dict, classes: list[str], finding_names: list[str],
+                       exam_method: str = "auto") -> tuple[dict, dict[str, dict]]:
+    """Each exam method scored out of fold on the clips' out-of-fold outputs (class, finding and
+    severity probabilities per clip; a logistic combination is fitted on the OTHER folds' exams), the
+    one with the lowest exam log loss chosen (`exam_method` 'auto') and refitted on every exam.
+    Returns (the model file's `extra["exam"]`, method -> {exam: probabilities})."""
+    from pocovid.models.exam import EXAM_METHODS, SIGN_METHODS, exam_probabilities, fit_exam_combiner
+
+    has_signs = clip_f.shape[1] > 0 and clip_s.shape[1] > 0
+    methods = [m for m in EXAM_METHODS if exam_method in ("auto", m) and (has_signs or m not in SIGN_METHODS)]
+    scored = np.array([e in labels for e in exam_ids])
+
+    def fit(m, sel):
+        signs = (dict(findings=clip_f[sel], severity=clip_s[sel], finding_names=finding_names)
+                 if m in SIGN_METHODS else {})
+        return fit_exam_combiner(clip_p[sel], exam_ids[sel], labels, classes, **signs)
+
+    exam_p: dict[str, dict] = {}
+    for m in methods:
+        got = {}
+        for k in np.unique(fold):
+            sel = scored & (fold == k)
+            if not sel.any():
+                continue
+            params = None
+            if m.startswith("logistic"):
+                try:
+                    params = fit(m, scored & (fold != k))
+                except ValueError:
+                    continue
+            signs = dict(findings=clip_f[sel], severity=clip_s[sel]) if m in SIGN_METHODS else {}
+            ids, p = exam_probabilities(clip_p[sel], exam_ids[sel], m, classes=classes, params=params, **signs)
+            got.update(zip(ids.tolist(), p))
+        if got:
+            exam_p[m] = got
+    losses = {m: float(np.mean([-np.log(max(p[labels[e]], 1e-12)) for e, p in got.items()]))
+              for m, got in exam_p.items()}
+    chosen = min(losses, key=losses.get) if losses else "mean"
+    exam = {"method": chosen, "selected_by": ("lowest out-of-fold exam log loss" if exam_method == "auto"
+                                              else "TrainConfig.exam_method"),
+            "oof_log_loss": losses, "n_exams": len(exam_p.get(chosen, {}))}
+    if chosen.startswith("logistic"):
+        exam["params"] = fit(chosen, scored)
+    return exam, exam_p
+
+
 def _exam_and_targets(out_dir: Path, frames: FrameSet, targets: ClipTargets, oof_out: dict, heads: dict,
                       n_folds: int, cfg: TrainConfig, metrics: dict) -> dict:
     """Out-of-fold findings / severity (`cv/oof_targets.npz`), the exam-level method chosen on
     out-of-fold clip outputs, and their figures in `metrics` (evaluation.targets, when present)."""
-    from pocovid.models.exam import EXAM_METHODS, exam_probabilities, fit_exam_combiner, lus_score
+    from pocovid.models.exam import lus_score
 
     classes = list(cfg.classes)
     n_clips = len(frames.clips)
@@ -378,35 +438,9 @@ def _exam_and_targets(out_dir: Path, frames: FrameSet, targets: ClipTargets, oof
     clip_s = _clip_means(oof_out["severity"], frames.clip_of, n_clips)
     fold = np.array([c["fold"] for c in frames.clips])
     labels = exam_labels_of(targets, classes)
-    # exam methods, each out of fold (the logistic combination fitted on the other folds' exams)
-    methods = [m for m in EXAM_METHODS if cfg.exam_method in ("auto", m)]
-    scored = np.array([e in labels for e in targets.exam])
-    exam_p: dict[str, dict] = {}
-    for m in methods:
-        got = {}
-        for k in range(n_folds):
-            sel = scored & (fold == k)
-            if not sel.any():
-                continue
-            params = None
-            if m == "logistic":
-                tr = scored & (fold != k)
-                try:
-                    params = fit_exam_combiner(clip_p[tr], targets.exam[tr], labels, classes)
-                except ValueError:
-                    continue
-            ids, p = exam_probabilities(clip_p[sel], targets.exam[sel], m, classes=classes, params=params)
-            got.update(zip(ids.tolist(), p))
-        if got:
-            exam_p[m] = got
-    losses = {m: float(np.mean([-np.log(max(p[labels[e]], 1e-12)) for e, p in got.items()]))
-              for m, got in exam_p.items()}
-    chosen = min(losses, key=losses.get) if losses else "mean"
-    exam = {"method": chosen, "selected_by": ("lowest out-of-fold exam log loss" if cfg.exam_method == "auto"
-                                              else "TrainConfig.exam_method"),
-            "oof_log_loss": losses, "n_exams": len(exam_p.get(chosen, {}))}
-    if chosen == "logistic":
-        exam["params"] = fit_exam_combiner(clip_p[scored], targets.exam[scored], labels, classes)
+    exam, exam_p = choose_exam_method(clip_p, clip_f, clip_s, targets.exam, fold, labels, classes,
+                                      list(heads["findings"]), cfg.exam_method)
+    chosen = exam["method"]
     lus_ids, lus = (lus_score(clip_s, targets.exam, targets.zone) if clip_s.shape[1]
                     else (np.unique(targets.exam), np.full(len(np.unique(targets.exam)), np.nan)))
     np.savez_compressed(
