@@ -415,7 +415,8 @@ def train_cmd(
     if res.model_path:
         typer.echo(f"model written: {res.model_path}")
     t = res.timings
-    typer.echo("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items()))
+    typer.echo("time: " + ", ".join(f"{k[:-2]} {v:.0f} s" for k, v in t.items() if k.endswith("_s"))
+               + (f"; peak memory {t['peak_memory_gb']:.2f} GB" if t.get("peak_memory_gb") else ""))
 
 
 def _evaluate_defaults() -> dict:
