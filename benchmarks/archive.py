@@ -54,9 +54,19 @@ def _close(a, b) -> bool:
     return a == b
 
 
-def compare(local, distributed) -> tuple[int, int, int]:
-    """(exactly equal, equal within 1e-5, results compared)."""
+def differences(a, b, path="") -> list[str]:
+    """Where two JSON values differ (beyond 1e-5 for floats), as 'path: a != b'."""
+    if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+        return [d for k in a for d in differences(a[k], b[k], f"{path}.{k}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in differences(x, y, f"{path}[{i}]")]
+    return [] if _close(a, b) else [f"{path}: {a!r} != {b!r}"]
+
+
+def compare(local, distributed) -> tuple[int, int, int, list[str]]:
+    """(exactly equal, equal within 1e-5, results compared, the differences beyond 1e-5)."""
     exact = close = n = 0
+    diffs = []
     for a, b in zip(local.entries, distributed.entries):
         if not (a.ok and b.ok):
             continue
@@ -64,7 +74,8 @@ def compare(local, distributed) -> tuple[int, int, int]:
         ja, jb = (_strip(json.loads((e.folder / "result.json").read_text())) for e in (a, b))
         exact += ja == jb
         close += _close(ja, jb)
-    return exact, close, n
+        diffs += [f"{Path(a.file).name}{d}" for d in differences(ja, jb)]
+    return exact, close, n, diffs
 
 
 def main() -> None:
@@ -92,7 +103,7 @@ def main() -> None:
         distributed = analyze_files(paths, model, tmp / "ray", cfg, engine="ray")
         t_ray = time.perf_counter() - t0
         ray.shutdown()
-        exact, close, n = compare(local, distributed)
+        exact, close, n, diffs = compare(local, distributed)
     load_after = os.getloadavg()
     ok_l, ok_r = len(local.results), len(distributed.results)
     print(f"archive: {args.n} phantom clips x {args.frames} frames (320x240, 15 fps), model {args.model}, "
@@ -103,7 +114,7 @@ def main() -> None:
           f"{len(distributed.failures)} failed; + {t_start:.1f} s to start Ray)")
     print(f"ratio ray / local: {t_local / t_ray:.2f}x  (with Ray's start-up: {t_local / (t_ray + t_start):.2f}x)")
     print(f"result.json identical (timings and creation time left out): {exact}/{n} exactly, "
-          f"{close}/{n} within 1e-5")
+          f"{close}/{n} within 1e-5" + (f"; beyond: {'; '.join(diffs[:5])}" if diffs else ""))
     print(f"load average (1, 5, 15 min): before {', '.join(f'{v:.2f}' for v in load_before)}; "
           f"after {', '.join(f'{v:.2f}' for v in load_after)}")
 

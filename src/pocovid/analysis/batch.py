@@ -68,8 +68,9 @@ class BatchResult:
 
 class BatchProgress(NamedTuple):
     """What a batch reports as it goes: recording `i` of `n` (0-based) is at `stage` ("start", then
-    `analyze_recording`'s stages with `fraction` of that recording done, "done", "failed" or
-    "skipped"); `note` says why (a failure's reason, a skipped folder)."""
+    `analyze_recording`'s stages with `fraction` of that recording done, "done", "failed"; or
+    "skipped" / "redo" when resuming); `note` says more (a failure's reason, the folder of a skipped
+    result, why an earlier result is redone)."""
 
     i: int
     n: int
