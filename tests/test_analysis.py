@@ -442,6 +442,7 @@ def test_report_withholds_the_verdict_out_of_distribution(analysed, tmp_path):
     folded = text[text.index("<details><summary>Model output"):]
     folded = folded[:folded.index("</details>")]
     assert WITHHELD_GREY in folded and shown in folded
+    assert "where the model looked; no evidence for any class" in text  # key moments name no class
 
 
 def test_a_verdict_with_review_looks_less_certain(analysed, tmp_path):

@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 CHROMIUM = os.environ.get("POCOVID_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--disable-dev-shm-usage"]
-CLASS_NAMES = ("COVID-19", "Bacterial pneumonia", "Healthy (regular)")
+CLASS_NAMES = ("COVID-19", "Bacterial pneumonia", "Healthy")  # the clinicians' words (pocovid.analysis.display)
 TOKEN = "browser-test-token-0123456789"
 
 if not (Path(CHROMIUM).is_file() and os.access(CHROMIUM, os.X_OK)):
@@ -73,6 +73,17 @@ def _canvas_ink(page, selector):
     }""")
 
 
+def _rgb(css: str) -> tuple[int, int, int]:
+    """'rgb(1, 2, 3)' -> (1, 2, 3)."""
+    import re
+
+    return tuple(int(v) for v in re.findall(r"\d+", css)[:3])
+
+
+def _hex_rgb(h: str) -> tuple[int, int, int]:
+    return tuple(int(h[i:i + 2], 16) for i in (1, 3, 5))
+
+
 def test_upload_result_timeline_key_moments_overlay(server, browser, tmp_path):
     from pocovid.phantom import write_phantom
 
@@ -96,6 +107,26 @@ def test_upload_result_timeline_key_moments_overlay(server, browser, tmp_path):
     else:
         pytest.fail("the file input cannot be reached with the keyboard")
     assert page.locator("#status").get_attribute("aria-live") == "polite"
+    # Enter opens the file chooser, as Space does. (A listener that stays on: Playwright then
+    # intercepts choosers from the start; expect_file_chooser may start too late for a fast one.)
+    choosers = []
+
+    def on_chooser(chooser):
+        choosers.append(chooser)
+
+    page.on("filechooser", on_chooser)
+    for key in ("Enter", " "):
+        page.focus("#file-input")
+        n = len(choosers)
+        page.keyboard.press(key)
+        for _ in range(100):
+            if len(choosers) > n:
+                break
+            page.wait_for_timeout(50)
+        assert len(choosers) > n, f"{key!r} does not open the file chooser"
+        assert choosers[-1].element.get_attribute("id") == "file-input"
+        choosers[-1].set_files([])  # closes it (one left open blocks the next); no file: nothing starts
+    page.remove_listener("filechooser", on_chooser)
 
     page.set_input_files("#file-input", str(clip))
     page.wait_for_selector("#result:not([hidden])", timeout=120_000)
@@ -104,6 +135,16 @@ def test_upload_result_timeline_key_moments_overlay(server, browser, tmp_path):
     assert diag == "COVID-19"  # the phantom's B-lines, seen by a model trained on phantom clips
     assert "Probability" in page.locator("#diagnosis-p").inner_text()
     assert page.locator("#probs li").count() == 3
+    # the class colours are the report's (one palette, from GET /api/display), not the page's own
+    colours = httpx.get(server + "/api/display").json()["class_colours"]
+    assert _rgb(page.eval_on_selector("#probs li .bar span", "e => getComputedStyle(e).backgroundColor")) in {
+        _hex_rgb(c) for c in colours.values()}
+    want = _hex_rgb(colours["covid"])
+    shown = [_rgb(page.eval_on_selector(f"#legend li:nth-child({i + 1}) i", "e => getComputedStyle(e).backgroundColor"))
+             for i in range(3)]
+    assert want in shown, (want, shown)
+    review = page.locator(".diagnosis-card").get_attribute("class").split()
+    assert page.locator("#badge").is_visible() == ("review" in review)
     assert page.locator("#flags li").count() >= 1
     assert "not a diagnosis" in page.locator(".diagnosis-card").inner_text()
     # the timeline is drawn from result.frames
@@ -224,6 +265,68 @@ def test_drag_and_drop_upload(server, browser, tmp_path):
     assert "over" in page.get_attribute("#dropzone", "class")
     page.dispatch_event("#dropzone", "drop", {"dataTransfer": dt})
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
-    assert page.locator("#diagnosis").inner_text().strip() in (*CLASS_NAMES, "No diagnosis")
+    assert page.locator("#diagnosis").inner_text().strip() in (*CLASS_NAMES, "Outside what the model was trained on")
     assert page.locator("#still").is_visible()  # an image: the key frame with its heatmap
+    assert not page.locator("#timeline-section").is_visible()  # one frame: no timeline
+    page.close()
+
+
+def test_outside_the_training_data_no_verdict_is_drawn(server, browser, tmp_path):
+    """A still that is no lung ultrasound: the page says what is true (outside what the model was
+    trained on) with the reason in plain words; no class in bold or colour, no full bar: the
+    probabilities are grey and folded away. One frame: no timeline."""
+    from pocovid import testing
+    from pocovid.phantom import write_image
+
+    img = tmp_path / "photo.png"
+    write_image(img, testing.natural_images()["astronaut"])
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(server + "/")
+    page.set_input_files("#file-input", str(img))
+    page.wait_for_selector("#result:not([hidden])", timeout=60_000)
+    card = page.locator(".diagnosis-card")
+    assert "withheld" in card.get_attribute("class").split()
+    assert page.locator("#eyebrow").text_content().strip() == "No diagnosis"
+    assert "Outside what the model was trained on" in page.locator("#diagnosis").inner_text()
+    text = card.inner_text()
+    assert "Mahalanobis" not in text and "uncertain" not in text and "Not lung" not in text, text
+    assert page.locator("#flags li.flag.bad li").count() >= 1  # the reasons, one each
+    assert page.locator("#probs li").count() == 0 and page.locator(".diagnosis-card li.top").count() == 0
+    fold = page.locator("#probs-fold")
+    assert fold.is_visible() and fold.get_attribute("open") is None  # folded
+    assert not page.locator("#probs-grey").is_visible()
+    grey = _hex_rgb(httpx.get(server + "/api/display").json()["withheld_colour"])
+    bars = page.eval_on_selector_all("#probs-grey .bar span", "es => es.map(e => getComputedStyle(e).backgroundColor)")
+    assert bars and {_rgb(b) for b in bars} == {grey}
+    weight = page.eval_on_selector("#diagnosis", "e => getComputedStyle(e).color")
+    assert _rgb(weight) not in {_hex_rgb(c) for c in httpx.get(server + "/api/display").json()["class_colours"].values()}
+    assert not page.locator("#timeline-section").is_visible()  # one frame
+    assert "no evidence" in page.locator("#keyframes").inner_text()  # no class with a percentage there either
+    page.wait_for_selector("#history-body .pill.done")
+    assert "outside what the model was trained on" in page.locator("#history-body").inner_text()
+    assert errors == [], errors
+    _shot(page, tmp_path, "withheld.png")
+    page.close()
+
+
+def test_an_avi_plays_from_its_copy(server, browser, tmp_path):
+    """An AVI is no <video> source: the 'original' view plays the analysis' H.264 copy."""
+    from pocovid.phantom import write_phantom
+
+    clip = tmp_path / "scan.avi"
+    write_phantom(clip, label="covid", n_frames=20, width=256, height=224, fps=10.0, seed=1, overlays=True,
+                  probe="convex")
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    page.goto(server + "/")
+    page.set_input_files("#file-input", str(clip))
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    page.click("#show-original")
+    video = page.locator("#video")
+    assert "/files/playback.mp4" in video.get_attribute("src")
+    page.wait_for_function("() => document.getElementById('video').readyState >= 1 || !!document.getElementById('video').error",
+                           timeout=20_000)
+    assert page.evaluate("() => !document.getElementById('video').error")
+    assert page.locator("#timeline-section").is_visible() and page.locator("#heat-key").is_visible()
     page.close()

@@ -347,6 +347,37 @@ def test_the_result_is_declared_schema_endpoint_and_openapi(tmp_path, media):
         assert on_disk == res
 
 
+def test_the_page_gets_the_reports_words_and_colours(client):
+    """One palette (Okabe-Ito), one heat map, one set of words: GET /api/display gives the page what
+    the report and the images use (pocovid.analysis.display)."""
+    from pocovid.analysis.display import OKABE_ITO, class_colours, clinical_name, display_spec
+
+    r = client.get("/api/display")
+    assert r.status_code == 200
+    d = r.json()
+    assert d == display_spec(FakeModel.classes)
+    assert d["class_colours"] == class_colours(FakeModel.classes)
+    assert set(d["class_colours"].values()) <= set(OKABE_ITO.values())
+    assert d["class_names"]["regular"] == clinical_name("regular") == "healthy"
+    assert d["heatmap"]["name"] == "viridis" and len(d["heatmap"]["stops"]) > 2
+    assert d["severity_words"][2] == "moderate"
+
+
+def test_a_stored_result_of_version_3_still_reads_back(client, media):
+    """A result written before schema 4 (no playback_video, full_screen, uncertainty.summary)
+    validates back with defaults, so older analyses keep their result and diagnosis."""
+    id_ = upload(client, media["still.png"]).json()["id"]
+    assert wait_for(client, id_)["status"] == "done"
+    old = make_result("x.png").to_json() | {"schema_version": 3}
+    for k in ("playback_video", "full_screen"):
+        del old[k]
+    del old["uncertainty"]["summary"]
+    assert client.app.state.db.update_analysis(id_, result=old)
+    a = client.get(f"/api/analyses/{id_}").json()
+    assert a["result"] is not None and a["result"]["schema_version"] == 3 and a["diagnosis"] == "covid"
+    assert a["links"]["source_video"] is None
+
+
 def test_a_stored_result_of_another_schema_version_is_shown_without_it(client, media):
     """A row written by an older pocovid (its result does not validate): the status says so in
     `error` with `result: null` and no diagnosis, never a 500; its files are still listed."""
@@ -1071,10 +1102,28 @@ class TestRealAnalysis:
             i = wait_for(c, img)
             assert i["status"] == "done" and i["result"]["media"]["kind"] == "image"
             assert i["links"]["overlay_video"] is None
+            assert i["links"]["timeline"] is None and i["result"]["timeline"] is None  # one frame: no timeline
+            assert a["links"]["source_video"] is None  # an mp4 plays as it is
             b = wait_for(c, bad)
             assert b["status"] == "failed" and b["error"] and "\n" not in b["error"]
             m = c.get("/api/model").json()
             assert m["name"] == "phantom.pt" and m["metrics"]["video"]["balanced_accuracy"] == 0.9
+
+    def test_an_avi_gets_a_copy_that_browsers_play(self, tmp_path, model_file):
+        """An AVI (or MPEG, GIF, ...) is no <video> source: the analysis writes playback.mp4 (H.264)
+        beside the overlay, and `links.source_video` serves it."""
+        _training_like_clip(tmp_path / "scan.avi")
+        from pocovid.server.jobs import real_analyze
+
+        app = create_app(ServerConfig(data_dir=tmp_path / "srv", model=str(model_file)), analyze=real_analyze)
+        with Client(app) as c:
+            a = wait_for(c, upload(c, (tmp_path / "scan.avi").read_bytes()).json()["id"])
+            assert a["status"] == "done" and a["format"] == "avi", a
+            assert a["result"]["playback_video"] == "playback.mp4"
+            url = a["links"]["source_video"]
+            assert url and url.endswith("/files/playback.mp4")
+            r = c.get(url)
+            assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and r.content[4:8] == b"ftyp"
 
 
 from pocovid.server.local import free_port as _free_port  # noqa: E402

@@ -300,12 +300,15 @@ def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, moments: li
             continue
         label, probs = classes[c], result.frames[i].probabilities
         name = f"key_frame_{rank}.png"
-        lines = [f"key moment {rank}: {rec.time_s[i]:.2f} s (frame {int(rec.index[i])}), "
-                 f"{clinical_name(label)} {percent(probs[label])}",
-                 "this frame: " + ", ".join(f"{clinical_name(k)} {percent(v)}" for k, v in probs.items()),
-                 f"right: where the model sees {clinical_name(label)} ({method})",
-                 "OUTSIDE WHAT THE MODEL WAS TRAINED ON: no diagnosis; shown only to explain the model"
-                 if result.out_of_distribution else "decision support, not a diagnosis"]
+        when = f"key moment {rank}: {rec.time_s[i]:.2f} s (frame {int(rec.index[i])})"
+        if result.out_of_distribution:  # no class with a percentage: that would read as a verdict
+            lines = [f"{when}: where the model looked ({method})",
+                     "OUTSIDE WHAT THE MODEL WAS TRAINED ON: no diagnosis; this is no evidence for any class"]
+        else:
+            lines = [f"{when}, {clinical_name(label)} {percent(probs[label])}",
+                     "this frame: " + ", ".join(f"{clinical_name(k)} {percent(v)}" for k, v in probs.items()),
+                     f"right: where the model sees {clinical_name(label)} ({method})",
+                     "decision support, not a diagnosis"]
         key_frame_image(out_dir / name, scan_view(img, rec.region, cfg.full_screen),
                         overlay_frame(img, cam, rec.region, scale, full_screen=cfg.full_screen), lines)
         result.key_frames.append(KeyFrame(rank=rank, index=int(rec.index[i]), time_s=round(float(rec.time_s[i]), 3),

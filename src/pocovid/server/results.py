@@ -6,8 +6,8 @@
     artifact_names(result, folder) # the files it declares (and result.json) that exist: the only ones served
     links_for(result, files)       # URLs of the main artifacts, from the declared fields
 
-The artifact fields: top-level `report`, `timeline`, `overlay_video` (a file name in the analysis
-folder, or null) and `key_frames[*].image` (`AnalysisResult.artifacts()`). Nothing else in the
+The artifact fields: top-level `report`, `timeline`, `overlay_video`, `playback_video` (a file name
+in the analysis folder, or null) and `key_frames[*].image` (`AnalysisResult.artifacts()`). Nothing else in the
 result names a file.
 """
 
@@ -71,8 +71,9 @@ def artifact_names(result: AnalysisResult, out_dir: Path) -> list[str]:
 
 
 def links_for(result: AnalysisResult | None, files: dict[str, str]) -> dict:
-    """URLs of the main artifacts: `files` maps the served names to their URLs. The analysis writes
-    no separate source video (the recording itself is at /api/analyses/{id}/source)."""
+    """URLs of the main artifacts: `files` maps the served names to their URLs. `source_video` is
+    the analysis' browser-playable copy of the recording (`playback_video`, written for containers
+    browsers do not play); the recording itself is at /api/analyses/{id}/source."""
     def url(name: str | None) -> str | None:
         return files.get(name) if name else None
 
@@ -80,5 +81,6 @@ def links_for(result: AnalysisResult | None, files: dict[str, str]) -> dict:
              "result_json": files.get(RESULT_JSON), "key_frames": []}
     if result is not None:
         links.update(report=url(result.report), timeline=url(result.timeline), overlay_video=url(result.overlay_video),
+                     source_video=url(result.playback_video),
                      key_frames=[files[k.image] for k in result.key_frames if k.image in files])
     return links

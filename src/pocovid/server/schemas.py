@@ -27,7 +27,9 @@ class AnalysisLinks(BaseModel):
     report: Optional[str] = None
     timeline: Optional[str] = None
     overlay_video: Optional[str] = None
-    source_video: Optional[str] = Field(None, description="The clip without overlay, when the analysis wrote one")
+    source_video: Optional[str] = Field(None, description="A copy of the recording that browsers play (the scan "
+                                                          "region, no overlay), when the analysis wrote one: for "
+                                                          "containers browsers do not play (AVI, MPEG, ...)")
     result_json: Optional[str] = None
     key_frames: list[str] = Field(default_factory=list)
 
@@ -102,6 +104,24 @@ class ModelInfo(BaseModel):
     data_fingerprint: Optional[str] = None
     training_config: dict[str, Any] = Field(default_factory=dict)
     metrics: Optional[dict[str, Any]] = Field(None, description="Cross-validation figures stored in the model file")
+
+
+class HeatMap(BaseModel):
+    name: str = Field(..., description="The heat map of every heatmap drawn (viridis)")
+    stops: list[str] = Field(..., description="Its colours, low to high, evenly spaced (e.g. a CSS gradient)")
+
+
+class DisplayInfo(BaseModel):
+    """How results are shown (pocovid.analysis.display): the same words and colours as the report."""
+
+    class_names: dict[str, str] = Field(..., description="Class key -> the clinician's word (regular -> healthy)")
+    class_colours: dict[str, str] = Field(..., description="Class key -> colour (Okabe-Ito, colour-blind safe)")
+    withheld_colour: str = Field(..., description="The grey of probabilities shown for transparency only")
+    finding_names: dict[str, str]
+    severity_words: list[str] = Field(..., description="Severity level 0..3 in words")
+    severity_colours: list[str] = Field(default_factory=list, description="Severity level 0..3 -> fill colour")
+    severity_ink: list[str] = Field(default_factory=list, description="Severity level 0..3 -> text colour on it")
+    heatmap: HeatMap
 
 
 class Choice(BaseModel):

@@ -1,7 +1,7 @@
 """The service's endpoints, one router per concern (create_app includes them in this order).
 
     pages.py          the web page at / and the offline API docs at /docs
-    admin.py          health and the model's description (tag "service")
+    admin.py          health, the model's description, how results are shown (tag "service")
     analyses.py       upload a recording, poll its analysis, fetch its artifacts, delete it
     schema.py         the JSON Schema of the analysis result (tag "analyses")
     contributions.py  contribute a labelled recording; the admin's review queue

@@ -1,4 +1,4 @@
-"""The service itself: liveness and settings, and the model's description."""
+"""The service itself: liveness and settings, the model's description, and how results are shown."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ from fastapi import APIRouter, HTTPException
 from fastapi.concurrency import run_in_threadpool
 
 from pocovid import __version__
+from pocovid.analysis.display import display_spec
 from pocovid.errors import PocovidError
 from pocovid.server.deps import Config, Db, Models
-from pocovid.server.schemas import ErrorBody, Health, ModelInfo, QueueCounts
+from pocovid.server.schemas import DisplayInfo, ErrorBody, Health, ModelInfo, QueueCounts
 
 router = APIRouter(prefix="/api", tags=["service"])
 
@@ -30,3 +31,14 @@ async def model_info(models: Models) -> ModelInfo:
     except PocovidError as e:
         raise HTTPException(503, f"model not available: {e}") from None
     return ModelInfo(**info)
+
+
+@router.get("/display", response_model=DisplayInfo)
+async def display(models: Models) -> DisplayInfo:
+    """How results are shown, as the report shows them: the clinician's words for classes, findings
+    and severity, the class colours (of the model's classes) and the heat map's colours."""
+    try:
+        classes = (await run_in_threadpool(models.info))["classes"]
+    except PocovidError:
+        classes = None  # the known classes' colours; the model's own when it loads
+    return DisplayInfo(**display_spec(classes))

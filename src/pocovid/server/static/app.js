@@ -4,11 +4,12 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const API = "api";
-  const CLASS_NAMES = {
-    covid: "COVID-19", pneumonia: "Bacterial pneumonia", regular: "Healthy (regular)", viral: "Viral pneumonia",
+  // How results are shown (words, colours, heat map) comes from the server (GET api/display,
+  // pocovid.analysis.display): the same as in the report. Until it has loaded: the keys, in grey.
+  const display = {
+    class_names: {}, class_colours: {}, withheld_colour: "#9a9a9a", finding_names: {}, severity_words: [],
+    heatmap: { name: "viridis", stops: [] },
   };
-  const CLASS_COLORS = { covid: "#d9480f", pneumonia: "#7048e8", regular: "#2b8a3e", viral: "#1971c2" };
-  const EXTRA_COLORS = ["#c2255c", "#e67700", "#0c8599", "#5f3dc4"];
   const HISTORY_PAGE = 10;
   const STAGES = {  // the analysis' progress stages, in words
     starting: "starting", "loading the model": "loading the model", region: "finding the scan region",
@@ -27,8 +28,19 @@
   };
 
   // ------------------------------------------------------------------------------ helpers
-  function className(c) { return CLASS_NAMES[c] || (c ? c.charAt(0).toUpperCase() + c.slice(1) : "—"); }
-  function classColor(c, i) { return CLASS_COLORS[c] || EXTRA_COLORS[i % EXTRA_COLORS.length]; }
+  function upperFirst(s) { return s ? s.charAt(0).toUpperCase() + s.slice(1) : "—"; }
+  function className(c) { return upperFirst(display.class_names[c] || (c ? c.replace(/_/g, " ") : "")); }
+  function classColor(c) { return display.class_colours[c] || display.withheld_colour; }
+  function findingName(f) { return upperFirst(display.finding_names[f] || f.replace(/_/g, " ")); }
+  function severityText(level, n) {  // "severity 2 of 3 (moderate)", as the report says it
+    const words = n === display.severity_words.length ? display.severity_words[level] : null;
+    return "severity " + level + " of " + (n - 1) + (words ? " (" + words + ")" : "");
+  }
+  function plural(n, word, words) { return n + " " + (n === 1 ? word : (words || word + "s")); }
+  const OUTSIDE = "Outside what the model was trained on";
+  async function loadDisplay() {
+    try { Object.assign(display, await getJSON(API + "/display")); } catch (e) { /* keys in grey */ }
+  }
   function pct(p) {
     if (p == null || isNaN(p)) return "—";
     if (p >= 0.995) return ">99 %";
@@ -97,7 +109,10 @@
       review: !!r.review_recommended,
       reasons: r.review_reasons || [],
       uncertainty: r.uncertainty || null,
+      oodReasons: (r.ood && r.ood.reasons) || [],
       framesDisagree: !!pred.frames_disagree,
+      findings: r.findings || null,
+      severity: r.severity || null,
       raw: r,
     };
   }
@@ -119,7 +134,7 @@
     for (const k of r.key_frames || []) {
       const src = files[k.image];
       if (!src) continue;
-      out.push({ src, time: k.time_s, rank: k.rank, evidence: k.evidence, probs: k.probabilities });
+      out.push({ src, time: k.time_s, rank: k.rank, evidence: k.evidence, probs: k.probabilities, label: k.label });
     }
     return out;
   }
@@ -227,49 +242,69 @@
     res.hidden = false;
     $("result-meta").textContent = fmtDate(a.created) + " · " + a.format.toUpperCase() + " · " + fmtSize(a.size) +
       (a.deidentified ? " · de-identified" : "");
-    const ci = Math.max(0, R.classes.indexOf(R.diag));
+    const nFrames = (R.raw.frames || []).length;
+    $("result-meta").textContent += " · " + plural(nFrames, "analysed frame");
+    const diag = $("diagnosis"), card = document.querySelector(".diagnosis-card");
+    card.classList.toggle("withheld", R.withheld);
+    card.classList.toggle("review", R.review && !R.withheld);
+    diag.replaceChildren();
+    diag.style.color = "";
+    $("badge").hidden = !(R.review && !R.withheld);
     if (R.withheld) {
-      $("diagnosis").textContent = "No diagnosis";
-      $("diagnosis").style.color = "#a61b1b";
-      $("diagnosis-p").textContent = "Withheld: the input is out of distribution (model's pick: " + className(R.diag) + ", " + pct(R.diagP) + ")";
+      // no verdict: nothing in a class colour, nothing bold, the probabilities folded away below
+      $("eyebrow").textContent = "No diagnosis";
+      diag.textContent = OUTSIDE;
+      $("diagnosis-p").textContent = "For example a linear-probe recording, another organ, or not lung ultrasound: " +
+        "the model's output says nothing about a diagnosis here.";
     } else {
-      $("diagnosis").textContent = className(R.diag);
-      $("diagnosis").style.color = classColor(R.diag, ci);
-      $("diagnosis-p").textContent = R.diagP != null ? "Probability " + pct(R.diagP) +
-        (R.uncertainty && R.uncertainty.score != null ? " · uncertainty " + Number(R.uncertainty.score).toFixed(3) +
-          " (review at ≥ " + Number(R.uncertainty.threshold).toFixed(3) + ")" : "") : "";
+      $("eyebrow").textContent = "Most likely";
+      diag.textContent = className(R.diag);
+      if (!R.review) diag.style.color = classColor(R.diag);
+      const u = R.uncertainty;
+      $("diagnosis-p").textContent = "Probability " + pct(R.diagP) + (u && u.summary ? ". " + u.summary : "");
     }
 
-    // flags
+    // flags: what is true, in plain words
     const flags = $("flags");
     flags.replaceChildren();
-    if (R.notLung) {
-      flags.append(el("li", { class: "flag bad" }, [el("strong", { text: "Not lung ultrasound?" }),
-        "The recording does not look like the lung ultrasound the model was trained on; no diagnosis is given."]));
+    const others = R.reasons.filter((x) => !R.oodReasons.some((o) => x.includes(o)) && !x.startsWith("outside what the model"));
+    const sentence = (x) => x.charAt(0).toUpperCase() + x.slice(1) + ".";
+    if (R.withheld) {
+      const li = el("li", { class: "flag bad" }, [el("strong", { text: OUTSIDE + " (e.g. a linear probe)" }),
+        "A healthy lung recorded in a way the model has not seen looks like this too. Why:"]);
+      const why = R.oodReasons.length ? R.oodReasons : ["the recording differs from the training recordings"];
+      li.append(el("ul", {}, why.map((x) => el("li", { text: sentence(x) }))));
+      flags.append(li);
     }
-    if (R.review) {
-      const reasons = R.reasons.filter((x) => !(R.notLung && /does not look like lung/.test(x)));
-      const why = reasons.length ? reasons.join("; ") : "the model is uncertain about this recording";
+    if (R.review && others.length) {
       flags.append(el("li", { class: "flag warn" }, [el("strong", { text: "Review recommended" }),
-        why.charAt(0).toUpperCase() + why.slice(1) + "."]));
+        others.map(sentence).join(" ")]));
     }
-    if (!R.notLung && !R.review) {
+    if (!R.withheld && !R.review) {
       flags.append(el("li", { class: "flag good" }, [el("strong", { text: "No review flag" }),
         "The ensemble agrees and the frames agree; still decision support only."]));
     }
 
-    // probabilities
-    const probs = $("probs");
-    probs.replaceChildren();
+    // probabilities: a filled bar when sure, a hatched outline with review, grey and folded when withheld
     const order = R.classes.slice().sort((x, y) => (R.probs[y] || 0) - (R.probs[x] || 0));
-    order.forEach((c, i) => {
+    const row = (c) => {
       const p = Number(R.probs[c] || 0);
-      probs.append(el("li", { class: c === R.diag ? "top" : null }, [
+      const col = R.withheld ? display.withheld_colour : classColor(c);
+      const fill = el("span", { style: "width:" + (100 * p).toFixed(1) + "%;" + (R.review && !R.withheld
+        ? "background:repeating-linear-gradient(135deg," + col + " 0 3px,transparent 3px 7px)" : "background:" + col) });
+      return el("li", { class: c === R.diag && !R.withheld && !R.review ? "top" : null }, [
         el("span", { text: className(c) }),
-        el("span", { class: "bar", role: "presentation" }, [el("span", { style: "width:" + (100 * p).toFixed(1) + "%;background:" + classColor(c, i) })]),
+        el("span", { class: "bar" + (R.review && !R.withheld ? " outlined" : ""), role: "presentation",
+          style: R.review && !R.withheld ? "border-color:" + col : null }, [fill]),
         el("span", { class: "val", text: pct(p) }),
-      ]));
-    });
+      ]);
+    };
+    $("probs").replaceChildren(...(R.withheld ? [] : order.map(row)));
+    $("probs-h").hidden = R.withheld;
+    $("probs-fold").hidden = !R.withheld;
+    $("probs-fold").open = false;
+    $("probs-grey").replaceChildren(...(R.withheld ? order.map(row) : []));
+    showTargets(R);
 
     // links
     const links = $("links");
@@ -288,17 +323,49 @@
     state.timeline.keyTimes = state.keyframes.map((k) => k.time).filter((t) => t != null);
     state.cursor = null;
     $("timeline-readout").textContent = "";
+    $("timeline-section").hidden = state.timeline.times.length <= 1;  // one frame (an image): no timeline
     drawLegend();
-    drawTimeline();
+    if (state.timeline.times.length > 1) drawTimeline();
     showKeyframes();
+    showHeatKey();
     $("result-h").focus({ preventScroll: true });
     res.scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
-  const SHOWABLE = ["mp4", "webm", "mov", "png", "jpeg", "gif", "bmp"];
+  function showTargets(R) {
+    // findings (probability each) and severity, greyed when the input is outside the training data
+    const box = $("targets");
+    const F = R.findings, S = R.severity;
+    box.hidden = !(F || S);
+    box.classList.toggle("grey", R.withheld);
+    const list = $("findings");
+    list.replaceChildren();
+    if (F) {
+      Object.entries(F).sort((x, y) => y[1] - x[1]).forEach(([f, p]) => {
+        list.append(el("li", {}, [el("span", { text: findingName(f) }),
+          el("span", { class: "bar", role: "presentation" }, [el("span", { style: "width:" + (100 * p).toFixed(1) +
+            "%;background:" + (R.withheld ? display.withheld_colour : "#56B4E9") })]),
+          el("span", { class: "val", text: pct(p) })]));
+      });
+    }
+    $("findings").hidden = !F;
+    const sev = $("severity");
+    sev.hidden = !S;
+    if (S) {
+      const n = S.probabilities.length;
+      sev.textContent = "Lung severity: most likely " + severityText(S.level, n) + ", probability " + pct(S.probabilities[S.level]) + ".";
+    }
+  }
+
+  // Containers a browser's <video> plays (the same as pocovid.analysis.analyze.BROWSER_PLAYABLE),
+  // and stills an <img> shows; for other recordings the analysis wrote a playable copy (links.source_video).
+  const SHOWABLE = ["mp4", "m4v", "webm", "mov", "png", "jpeg", "bmp"];
   function sourceUrl(a) {
+    const copy = a.links && a.links.source_video;
+    if (copy) return copy;  // AVI, MPEG, GIF, ...: the analysis' H.264 copy (a blob of the file would not play)
+    if (!SHOWABLE.includes(a.format)) return null;
     if (state.local && state.local.id === a.id) return state.local.url;  // the file picked in this page
-    return SHOWABLE.includes(a.format) ? API + "/analyses/" + a.id + "/source" : null;
+    return API + "/analyses/" + a.id + "/source";
   }
 
   function setupMedia(a, R) {
@@ -344,9 +411,15 @@
   function drawLegend() {
     const lg = $("legend");
     lg.replaceChildren();
-    state.timeline.classes.forEach((c, i) => {
-      lg.append(el("li", {}, [el("i", { style: "background:" + classColor(c, i) }), className(c)]));
+    state.timeline.classes.forEach((c) => {
+      lg.append(el("li", {}, [el("i", { style: "background:" + classColor(c) }), className(c)]));
     });
+  }
+
+  function showHeatKey() {
+    const stops = display.heatmap.stops || [];
+    $("heat-key").hidden = !stops.length;
+    $("heat-ramp").style.cssText = stops.length ? "background:linear-gradient(90deg," + stops.join(",") + ")" : "";
   }
 
   function timelineDuration() {
@@ -391,14 +464,14 @@
     g.fillStyle = "rgba(11,110,138,0.12)";
     for (const t of T.keyTimes || []) g.fillRect(x(t) - 3, pad.t, 6, ph);
     T.classes.forEach((c, ci) => {
-      g.strokeStyle = classColor(c, ci); g.lineWidth = 2; g.beginPath();
+      g.strokeStyle = classColor(c); g.lineWidth = 2; g.beginPath();
       T.times.forEach((t, i) => {
         const p = Number(T.probs[i][ci] || 0);
         if (i === 0) g.moveTo(x(t), y(p)); else g.lineTo(x(t), y(p));
       });
       g.stroke();
       if (T.times.length <= 60) {
-        g.fillStyle = classColor(c, ci);
+        g.fillStyle = classColor(c);
         T.times.forEach((t, i) => { g.beginPath(); g.arc(x(t), y(Number(T.probs[i][ci] || 0)), 2.2, 0, 2 * Math.PI); g.fill(); });
       }
     });
@@ -433,11 +506,15 @@
     const list = $("keyframes");
     list.replaceChildren();
     const K = state.keyframes || [];
-    const diag = state.current ? readResult(state.current).diag : null;
+    const R = state.current ? readResult(state.current) : null;
+    const diag = R ? R.diag : null;
+    const withheld = !!(R && R.withheld);  // outside the training data: no class, no percentage
     if (!K.length) { list.append(el("li", { class: "muted", text: "No key moments in this result." })); return; }
     K.forEach((k, i) => {
       const when = k.time != null ? fmtTime(k.time) : "frame " + (i + 1);
-      const what = k.evidence != null && diag ? className(diag) + " " + pct(k.evidence) : "";
+      const label = k.label || diag;  // each moment is evidence for its own class
+      const what = withheld ? "where the model looked (no evidence)"
+        : k.evidence != null && label ? className(label) + " " + pct(k.evidence) : "";
       const cap = ["Moment " + (k.rank || i + 1), when, what].filter(Boolean).join(" · ");
       const img = el("img", { src: k.src, alt: "Key moment " + (k.rank || i + 1) + " at " + when + ": the frame and its heatmap" + (what ? " (" + what + ")" : "") });
       const btn = el("button", { type: "button", "aria-label": "Jump to " + when + (what ? " (" + what + ")" : ""),
@@ -458,7 +535,7 @@
     if (!page.items.length) body.append(el("tr", {}, [el("td", { colspan: 5, class: "muted", text: "No analyses yet." })]));
     for (const a of page.items) {
       let res = "";
-      if (a.status === "done" && a.withheld) res = "No diagnosis · not lung ultrasound?";
+      if (a.status === "done" && a.withheld) res = "No diagnosis · outside what the model was trained on";
       else if (a.status === "done") res = className(a.diagnosis) + (a.probability != null ? " (" + pct(a.probability) + ")" : "") + (a.review_recommended ? " · review recommended" : "");
       else if (a.status === "failed") res = a.error || "";
       else res = a.stage || "";
@@ -586,9 +663,13 @@
   }
 
   // ------------------------------------------------------------------------------ wiring
-  function init() {
+  async function init() {
     const input = $("file-input"), dz = $("dropzone");
     input.addEventListener("change", () => { if (input.files.length) startAnalysis(input.files[0]); input.value = ""; });
+    // Enter opens the file chooser, as Space does (a file input answers Space only)
+    input.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.repeat) { e.preventDefault(); input.click(); }
+    });
     ["dragenter", "dragover"].forEach((t) => dz.addEventListener(t, (e) => { e.preventDefault(); dz.classList.add("over"); }));
     ["dragleave", "drop"].forEach((t) => dz.addEventListener(t, (e) => { e.preventDefault(); dz.classList.remove("over"); }));
     dz.addEventListener("drop", (e) => { const f = e.dataTransfer && e.dataTransfer.files[0]; if (f) startAnalysis(f); });
@@ -624,9 +705,10 @@
     $("history-older").addEventListener("click", () => { state.historyOffset += HISTORY_PAGE; loadHistory(); });
     $("contrib-form").addEventListener("submit", submitContribution);
 
+    setupContributions();
+    await loadDisplay();  // before anything shows a class (names, colours)
     loadFooter();
     loadHistory();
-    setupContributions();
     const m = /analysis=([0-9a-f]{16})/.exec(location.hash);
     if (m) follow(m[1]);
   }
