@@ -330,3 +330,33 @@ def test_an_avi_plays_from_its_copy(server, browser, tmp_path):
     assert page.evaluate("() => !document.getElementById('video').error")
     assert page.locator("#timeline-section").is_visible() and page.locator("#heat-key").is_visible()
     page.close()
+
+
+def test_findings_and_severity_with_the_bundled_model(browser, tmp_path):
+    """The bundled model has findings and severity heads: the page shows each finding with its
+    percentage and the severity in words ("severity 2 of 3 (moderate)"), as the report does."""
+    from pocovid.phantom import write_phantom
+    from pocovid.server.local import start_server, stop_server
+
+    img = tmp_path / "lung.png"
+    write_phantom(img, label="covid", width=256, height=224, seed=1, overlays=True)
+    proc, base = start_server(tmp_path / "srv", "default", None, "--threads", "1")
+    try:
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(base + "/")
+        page.set_input_files("#file-input", str(img))
+        page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+        a = httpx.get(base + "/api/analyses").json()["items"][0]
+        res = httpx.get(base + a["url"]).json()["result"]
+        assert res["findings"] and res["severity"]
+        assert page.locator("#targets").is_visible()
+        items = page.locator("#findings li")
+        assert items.count() == len(res["findings"])
+        assert "B-lines" in page.locator("#findings").inner_text() and "%" in items.first.inner_text()
+        sev = page.locator("#severity").inner_text()
+        level = res["severity"]["level"]
+        assert f"severity {level} of 3 (" in sev, sev
+        assert ("grey" in page.locator("#targets").get_attribute("class").split()) == res["out_of_distribution"]
+        page.close()
+    finally:
+        stop_server(proc)
