@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path)
     ap.add_argument("--out", type=Path, default=Path("src/pocovid/assets/default_model.pt"))
     ap.add_argument("--command", default="", help="The training command, recorded in the model file.")
+    ap.add_argument("--exam-method", help="choose the exam method again from the run's out-of-fold outputs "
+                                          "(auto, or a method name); default: the run's choice")
     args = ap.parse_args(argv)
 
     from pocovid.analysis.uncertainty import uncertainty_threshold_from_oof
@@ -35,6 +37,12 @@ def main(argv=None) -> int:
     extra = dict(meta.get("extra") or {})
     extra["uncertainty"] = unc
     extra["training_command"] = args.command
+    if args.exam_method:
+        from pocovid.training.cv import exam_from_run
+
+        extra["exam"] = exam_from_run(args.run, args.exam_method)
+        print(f"exam method: {extra['exam']['method']} (out-of-fold exam log loss "
+              + ", ".join(f"{k} {v:.3f}" for k, v in extra["exam"]["oof_log_loss"].items()) + ")")
     extra["timings"] = run_info.get("timings")
     save_model(model, args.out, training_config=meta["training_config"], data_fingerprint=meta["data_fingerprint"],
                metrics=meta["metrics"], extra=extra)

@@ -362,6 +362,22 @@ def _clip_means(values: np.ndarray, clip_of: np.ndarray, n_clips: int) -> np.nda
     return out
 
 
+def exam_from_run(run_dir: str | os.PathLike, exam_method: str = "auto") -> dict:
+    """The exam method chosen again (`choose_exam_method`) from a finished run's out-of-fold
+    outputs (`RUN/cv/oof_targets.npz`): for a run made before a method existed."""
+    d = np.load(Path(run_dir) / "cv" / "oof_targets.npz", allow_pickle=False)
+    n = len(d["paths"])
+    clip_f = _clip_means(d["findings"], d["clip_of"], n)
+    clip_s = _clip_means(d["severity"], d["clip_of"], n)
+    classes = [str(c) for c in d["classes"]]
+    t = ClipTargets(d["diagnosis_target"], np.zeros((n, 0)), d["truth_severity"], [], d["exam"].astype(str),
+                    d["zone"], d["dataset"], d["label_scope"], d["label"].astype(str))
+    exam, _ = choose_exam_method(d["clip_probs"].astype(np.float64), clip_f, clip_s, t.exam, d["fold"],
+                                 exam_labels_of(t, classes), classes, [str(f) for f in d["finding_names"]],
+                                 exam_method)
+    return exam
+
+
 def exam_labels_of(targets: ClipTargets, classes: list[str]) -> dict:
     """exam -> class index: its recordings' one label among `classes`; a disease beside 'regular'
     recordings is the disease; two diseases, or no label among the classes: no label."""
