@@ -758,8 +758,8 @@ def analyze_cmd(
         typer.echo(json.dumps(batch.to_json(), indent=2))
     else:
         for entry in batch.entries:
-            if entry.ok:
-                typer.echo(_analysis_line(entry.result, entry.folder))
+            if entry.ok:  # named as given here (the result names the file only, unless --show-path)
+                typer.echo(_analysis_line(entry.result, entry.folder, entry.file))
         if batch.results:
             typer.echo("Decision support for trained clinicians, not a diagnosis: read the report "
                        "(probabilities, uncertainty, key moments).")
@@ -910,18 +910,22 @@ def _file_progress(i: int, n: int, path: str) -> None:
         typer.echo(f"[{i + 1}/{n}] {path}", err=True)
 
 
-def _analysis_line(r, folder) -> str:
-    """One line for an `AnalysisResult`: the diagnosis (or why none), probabilities, uncertainty."""
+def _analysis_line(r, folder, name: str | None = None) -> str:
+    """One line for an `AnalysisResult`: the diagnosis (or why none), probabilities, uncertainty;
+    the file as `name` (e.g. the path given), else as the result names it."""
     from pathlib import Path
 
+    from pocovid.files import path_text
+
+    file = path_text(name) if name else r.file
     where = f" -> {Path(folder) / r.report}" if r.report and folder else ""
     if r.out_of_distribution:  # no label, no probabilities: they are not a diagnosis here
-        return (f"{r.file}: OUTSIDE WHAT THE MODEL WAS TRAINED ON (e.g. a linear probe, another organ, not lung "
+        return (f"{file}: OUTSIDE WHAT THE MODEL WAS TRAINED ON (e.g. a linear probe, another organ, not lung "
                 "ultrasound): no diagnosis (" + "; ".join(r.ood.reasons) + ")" + where)
     p, u = r.prediction, r.uncertainty
     probs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
     flags = " REVIEW RECOMMENDED (" + "; ".join(r.review_reasons) + ")" if r.review_recommended else ""
-    return (f"{r.file}: most likely {p.label} [{probs}] uncertainty {u.score:.3f} ({u.method}, "
+    return (f"{file}: most likely {p.label} [{probs}] uncertainty {u.score:.3f} ({u.method}, "
             f"review threshold {u.threshold:.3f}){flags}{where}")
 
 
