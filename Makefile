@@ -1,5 +1,5 @@
 # Two commands for a new user on a fresh machine:
-#   make demo   set up, then analyse the two real demo clips shipped in the package with the bundled model
+#   make demo   set up, then analyse two real clips of the public POCUS dataset with the bundled model
 #   make test   set up, then run the test suite (what CI runs)
 PY ?= python3
 VENV ?= .venv
@@ -20,8 +20,10 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 setup: $(VENV)/.installed
 
-# two real clips shipped in the package (CC BY 4.0, src/pocovid/assets/demo/ATTRIBUTION.md); the bundled
-# model saw both in training, and the command says so
+# two real clips of the public POCUS dataset (CC BY 4.0, src/pocovid/assets/demo/ATTRIBUTION.md), never
+# shipped: `pocovid demo` finds ../shared/data/pocus (or ../data/pocus) by itself, else its download cache,
+# else downloads them (checked by SHA-256); offline with no copy it analyses a synthetic phantom and says so.
+# The bundled model saw both clips in training, and the command says so.
 demo: setup
 	$(BIN)/pocovid demo --out demo/analysis
 

@@ -26,7 +26,6 @@ from pocovid.files import path_text
 from pocovid.media import MEDIA_EXTENSIONS
 from pocovid.media.reader import looks_like_dicom
 
-DEMO_LIST = Path(__file__).resolve().parents[1] / "assets" / "demo" / "clips.csv"  # + ATTRIBUTION.md
 MAX_RECORDINGS = 100_000  # per call; a larger archive goes in several calls (or lists)
 MAX_DEPTH = 32  # folders below the one given
 MAX_ENTRIES = 1_000_000  # names looked at in one walk (files that are not recordings included)
@@ -167,13 +166,3 @@ def collect_recordings(args=(), list_file: str | os.PathLike | None = None, excl
         raise PocovidError(f"more than {MAX_RECORDINGS} recordings in one call; analyse them in parts")
     return out
 
-
-def demo_recordings() -> list[dict]:
-    """The real demo clips packaged with pocovid (`pocovid demo`; CC BY 4.0, assets/demo/ATTRIBUTION.md):
-    rows of assets/demo/clips.csv (path made absolute, label, finding, source, licence). The
-    bundled model saw them in training."""
-    if not DEMO_LIST.is_file():
-        raise PocovidError(f"{DEMO_LIST}: the demo recordings are missing from this installation")
-    with open(DEMO_LIST, newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return [row | {"path": str(DEMO_LIST.parent / row["path"])} for row in rows]
