@@ -132,6 +132,20 @@ def test_a_copy_with_other_bytes_is_refused(env):
     assert _where(find_demo_clips(tmp / "given", download=False)) == ["download cache"] * 2
 
 
+def test_demo_recordings_rows_of_copies_found_never_downloaded(env, monkeypatch):
+    from pocovid.analysis.inputs import demo_recordings
+    from pocovid.errors import PocovidError
+
+    clips, tmp = env
+    monkeypatch.setattr(demo, "urlopen", lambda *a, **k: pytest.fail("demo_recordings went online"))
+    with pytest.raises(PocovidError) as e:
+        demo_recordings()
+    assert "\n" not in str(e.value) and "not packaged" in str(e.value) and "pocovid demo" in str(e.value)
+    _put(tmp / "lab" / "shared" / "data" / "pocus", clips)
+    rows = demo_recordings()
+    assert [Path(r["path"]).name for r in rows] == ["a.mov", "b.mov"] and rows[0]["licence"] == "CC BY 4.0"
+
+
 # ------------------------------------------------------------------------------ downloads
 def test_download_into_the_cache_never_into_the_dataset(env):
     clips, tmp = env

@@ -166,3 +166,19 @@ def collect_recordings(args=(), list_file: str | os.PathLike | None = None, excl
         raise PocovidError(f"more than {MAX_RECORDINGS} recordings in one call; analyse them in parts")
     return out
 
+
+
+def demo_recordings(data: str | os.PathLike | None = None) -> list[dict]:
+    """The demo clips found on this machine (`pocovid.analysis.demo`: --data / $POCOVID_DEMO_DATA,
+    ../shared/data/pocus, the download cache; never downloaded here) as rows of clips.csv with `path`
+    set to the copy found. They are not packaged; none found: a one-line `PocovidError` saying how to
+    get them."""
+    from pocovid.analysis.demo import find_demo_clips
+
+    search = find_demo_clips(data, download=False)
+    if not search.found:
+        raise PocovidError("the demo clips are not on this machine (they are not packaged; looked in "
+                           f"{', '.join(search.looked_in)}): run `pocovid demo` once to download them, or set "
+                           "POCOVID_DEMO_DATA to a POCUS dataset folder")
+    return [{"path": str(path), "label": c.label, "finding": c.finding, "source": c.source, "licence": c.licence}
+            for c, path, _ in search.found]
