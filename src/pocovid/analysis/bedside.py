@@ -97,20 +97,8 @@ def analyze_exam(files, model, out_dir: str | os.PathLike, config: ExamConfig | 
     out_dir = Path(out_dir)
     batch = analyze_files(files, model, out_dir, cfg.analysis, progress=progress)
     clips = [_clip(a, e, out_dir) for a, e in zip(assigned, batch.entries)]
-    zone_rows = [_zone(z, clips) for z in BLUE_ZONES]
-    has_severity = bool(getattr(model, "severity_levels", 0))
-    lus = lus_of(zone_rows, has_severity, clips)
-    verdict, no_verdict = verdict_of(clips, model)
     pids = sorted({a.patient for a in assigned if a.patient})
-    exam = ExamResult(
-        patient=pids[0] if len(pids) == 1 else None, protocol_zones=list(BLUE_ZONES), model=path_text(model_name),
-        model_info=ModelSummary(**model_summary(model)), pocovid_version=__version__,
-        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notice=NOTICE, clips=clips,
-        zones=zone_rows, unassigned=[c.file for c in clips if c.zone is None], lus=lus, verdict=verdict,
-        no_verdict=no_verdict, review_recommended=False, review_reasons=[],
-        failures=[c.error for c in clips if c.error], notes=notes)
-    exam.review_reasons = review_reasons(exam, cfg.review_below)
-    exam.review_recommended = bool(exam.review_reasons)
+    exam = conclude_exam(clips, model, model_name, cfg, patient=pids[0] if len(pids) == 1 else None, notes=notes)
     if cfg.report:
         exam.report = "exam.html"
         write_exam_html(out_dir / exam.report, exam)
@@ -119,18 +107,46 @@ def analyze_exam(files, model, out_dir: str | os.PathLike, config: ExamConfig | 
     return exam
 
 
+def conclude_exam(clips: list[ExamClip], model, model_name: str, config: ExamConfig | None = None, *,
+                  patient: str | None = None, notes=()) -> ExamResult:
+    """The exam from its clips (`exam_clip`, one per recording): the zones, the LUS score, the verdict
+    and why to review. Writes nothing (`analyze_exam` and the service write exam.json, exam.html)."""
+    cfg = config or ExamConfig()
+    zone_rows = [_zone(z, clips) for z in BLUE_ZONES]
+    has_severity = bool(getattr(model, "severity_levels", 0))
+    lus = lus_of(zone_rows, has_severity, clips)
+    verdict, no_verdict = verdict_of(clips, model)
+    exam = ExamResult(
+        patient=patient, protocol_zones=list(BLUE_ZONES), model=path_text(model_name),
+        model_info=ModelSummary(**model_summary(model)), pocovid_version=__version__,
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), notice=NOTICE, clips=clips,
+        zones=zone_rows, unassigned=[c.file for c in clips if c.zone is None], lus=lus, verdict=verdict,
+        no_verdict=no_verdict, review_recommended=False, review_reasons=[],
+        failures=[c.error for c in clips if c.error], notes=list(notes))
+    exam.review_reasons = review_reasons(exam, cfg.review_below)
+    exam.review_recommended = bool(exam.review_reasons)
+    return exam
+
+
 def _clip(a: ZoneOf, e: BatchEntry, out_dir: Path) -> ExamClip:
     """One recording's summary for the exam: base names and paths relative to the exam folder only."""
-    name = path_text(a.path.name)
-    base = dict(file=name, zone=a.zone, zone_source=a.source)
     r = e.result
     if not isinstance(r, AnalysisResult):
         reason = r.reason  # the error names the file by its base name
         for folder in {a.path.parent, a.path.parent.resolve()}:
             if str(folder) not in ("", "."):
                 reason = reason.replace(path_text(folder) + os.sep, "")
-        return ExamClip(**base, status="failed", error=reason if reason.startswith(name) else f"{name}: {reason}")
-    rel = e.folder.relative_to(out_dir).as_posix() if e.folder else None
+        return exam_clip(a, reason)
+    return exam_clip(a, r, e.folder.relative_to(out_dir).as_posix() if e.folder else None)
+
+
+def exam_clip(a: ZoneOf, r: AnalysisResult | str, rel: str | None = None) -> ExamClip:
+    """One recording's summary for the exam, from its analysis result (in the folder `rel`, relative to
+    the exam folder) or, when it failed, the one-line reason (named by the file's base name if it is not)."""
+    name = path_text(a.path.name)
+    base = dict(file=name, zone=a.zone, zone_source=a.source)
+    if not isinstance(r, AnalysisResult):
+        return ExamClip(**base, status="failed", error=r if r.startswith(name) else f"{name}: {r}")
     withheld = bool(r.prediction.withheld)
     return ExamClip(
         **base, status="ok", folder=rel, report=f"{rel}/{r.report}" if rel and r.report else None,

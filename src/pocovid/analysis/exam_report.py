@@ -17,10 +17,11 @@ from pocovid.analysis.display import (SEVERITY_COLOURS, SEVERITY_INK, SEVERITY_W
                                       finding_name, percent, severity_text)
 from pocovid.analysis.exam_result import ExamResult
 from pocovid.analysis.report import _environment
+from pocovid.analysis.zones import BLUE_ZONES
 from pocovid.files import write_text
 
 NOT_SCORED_COLOUR = WITHHELD_GREY
-WIDTH = 400
+WIDTH, HEIGHT = 400, 340
 
 # Zone centres on the patient's right lung (drawn on the viewer's left); the left lung mirrors them.
 # 1: upper anterior BLUE point, 2: lower anterior, 3: posterolateral (PLAPS), drawn at the lateral base.
@@ -30,13 +31,24 @@ LUNG_PATH = ("M 172 72 C 156 40, 112 38, 92 78 C 66 130, 50 210, 52 282 C 92 298
              "C 184 210, 184 130, 172 72 Z")
 
 
+def zone_centre(zone: str) -> tuple[int, int, int]:
+    """(x, y, radius) of a BLUE point on the diagram (the patient's right drawn on the viewer's left)."""
+    x, y, r = _RIGHT[zone[1]]
+    return (WIDTH - x if zone.startswith("L") else x), y, r
+
+
+def lung_diagram() -> dict:
+    """The diagram's geometry, for a page that draws it as exam.html does (GET /api/display): its size,
+    the outline of the patient's right lung (the left one is its mirror image) and each zone's circle."""
+    return {"width": WIDTH, "height": HEIGHT, "lung_path": LUNG_PATH,
+            "zones": {z: dict(zip(("x", "y", "r"), zone_centre(z))) for z in BLUE_ZONES}}
+
+
 def zone_shapes(exam: ExamResult) -> list[dict]:
     """Each protocol zone as the diagram draws it: centre, radius, fill, text and a tooltip."""
     out = []
     for z in exam.zones:
-        x, y, r = _RIGHT[z.zone[1]]
-        if z.zone.startswith("L"):
-            x = WIDTH - x
+        x, y, r = zone_centre(z.zone)
         if z.status == "scored" and z.severity is not None:
             fill, ink, value = SEVERITY_COLOURS[z.severity], SEVERITY_INK[z.severity], str(z.severity)
             tip = f"{z.zone}: severity {z.severity}"
@@ -61,7 +73,7 @@ def write_exam_html(path: str | os.PathLike, exam: ExamResult) -> Path:
     clips_by_zone = {z.zone: [c for c in exam.clips if c.zone == z.zone] for z in exam.zones}
     page = _environment().get_template("exam.html.j2").render(
         exam=exam, drivers=driver_text(exam.verdict.drivers) if exam.verdict else "", shapes=zone_shapes(exam),
-        lung_path=LUNG_PATH, width=WIDTH, clips_by_zone=clips_by_zone,
+        lung_path=LUNG_PATH, width=WIDTH, height=HEIGHT, clips_by_zone=clips_by_zone,
         severity_colours=list(zip(SEVERITY_COLOURS, SEVERITY_INK, SEVERITY_WORDS)), not_scored=NOT_SCORED_COLOUR,
         unassigned=[c for c in exam.clips if c.zone is None])
     return write_text(path, page)
