@@ -351,10 +351,12 @@ def test_the_page_gets_the_reports_words_and_colours(client):
     """One palette (Okabe-Ito), one heat map, one set of words: GET /api/display gives the page what
     the report and the images use (pocovid.analysis.display)."""
     from pocovid.analysis.display import OKABE_ITO, class_colours, clinical_name, display_spec
+    from pocovid.analysis.exam_report import lung_diagram
 
     r = client.get("/api/display")
     assert r.status_code == 200
     d = r.json()
+    assert d.pop("lung_diagram") == lung_diagram()  # the exam's diagram, as exam.html draws it
     assert d == display_spec(FakeModel.classes)
     assert d["class_colours"] == class_colours(FakeModel.classes)
     assert set(d["class_colours"].values()) <= set(OKABE_ITO.values())

@@ -62,13 +62,17 @@ def phantom_frames(size: int, seeds=(0, 1, 2), n_frames: int = 8, width: int = 2
 
 
 def quick_phantom_model(size: int = 96, n_heads: int = 2, steps: int = 120, seed: int = 0,
-                        classes=("covid", "pneumonia", "regular"), seeds=(0, 1, 2, 3, 4, 5), n_frames: int = 6):
-    """A `FrameClassifier` (efficientnet_lite0, pretrained trunk) whose heads are fitted on phantom
-    frames at `size` pixels; `meta["extra"]["feature_density"]` is set from the same frames."""
+                        classes=("covid", "pneumonia", "regular"), seeds=(0, 1, 2, 3, 4, 5), n_frames: int = 6,
+                        findings=(), severity_levels: int = 0):
+    """A `FrameClassifier` (efficientnet_lite0, pretrained trunk) whose class heads are fitted on phantom
+    frames at `size` pixels; `meta["extra"]["feature_density"]` is set from the same frames. `findings`
+    and `severity_levels` add those heads, untrained (outputs to show, never clinical: an exam's
+    severity, LUS score and findings in tests)."""
     from pocovid.models import FeatureDensity, create_model, fit_feature_density
 
     torch.manual_seed(seed)
-    model = create_model("efficientnet_lite0", list(classes), n_heads=n_heads, pretrained=True)
+    model = create_model("efficientnet_lite0", list(classes), n_heads=n_heads, pretrained=True,
+                         findings=tuple(findings), severity_levels=severity_levels)
     model.input_size = size
     grey, y, groups = phantom_frames(size, seeds=seeds, n_frames=n_frames, labels=classes, groups=True)
     model.eval()

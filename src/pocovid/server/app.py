@@ -7,7 +7,7 @@
 in the worker pool (jobs.py); by default it is `pocovid.analysis.analyze_recording`.
 
 The endpoints live in `routes/` (one router per concern); they reach the shared state (config,
-storage, db, jobs, models: set on `app.state` here) through the dependencies of `deps.py`.
+storage, db, jobs, models, exams: set on `app.state` here) through the dependencies of `deps.py`.
 """
 
 from __future__ import annotations
@@ -30,10 +30,11 @@ from pocovid import __version__
 from pocovid.server.config import ServerConfig
 from pocovid.server.db import Database
 from pocovid.server.deid import remove_stale_temp_files
+from pocovid.server.exams import ExamService
 from pocovid.server.guard import CsrfGuard
 from pocovid.server.headers import SecurityHeaders
 from pocovid.server.jobs import JobRunner, ModelProvider, default_analysis_config, real_analyze
-from pocovid.server.routes import admin, analyses, contributions, pages, schema
+from pocovid.server.routes import admin, analyses, contributions, exams, pages, schema
 from pocovid.server.storage import Storage
 from pocovid.server.uploads import UploadError
 
@@ -54,6 +55,7 @@ async def lifespan(app: FastAPI):
     # nothing runs yet: every temp file a killed de-identification left is stale
     n_tmp += sum(remove_stale_temp_files(d, 0) for d in (st.storage.uploads, st.storage.contributions))
     rec = st.jobs.start()
+    st.jobs.call_soon(st.exams.recover)  # exams whose last recording ended with the server
     log.info("pocovid server: data folder ready, %d worker(s); recovered %s; %d partial upload(s) removed",
              st.config.workers, rec, n_tmp)
     try:
@@ -100,14 +102,16 @@ def create_app(config: ServerConfig | None = None, *, analyze: Callable | None =
     storage = Storage(cfg.data_dir)
     db = Database(storage.db_path, timeout=cfg.db_timeout_s)
     models = ModelProvider(cfg.model, model=model, loader=model_loader)
+    exam_service = ExamService(db, storage, models)
     jobs = JobRunner(db, storage, models, analyze=analyze or real_analyze, workers=cfg.workers,
                      config_factory=analysis_config or partial(default_analysis_config, cfg.overlay_video),
                      max_attempts=cfg.max_attempts, isolate=analyze is None if isolate is None else isolate,
-                     memory_mb=cfg.job_memory_mb)
+                     memory_mb=cfg.job_memory_mb, on_finished=exam_service.recording_finished)
 
     app = FastAPI(title="pocovid", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description=DESCRIPTION, swagger_ui_parameters={"validatorUrl": None})
     app.state.config, app.state.storage, app.state.db, app.state.jobs, app.state.models = cfg, storage, db, jobs, models
+    app.state.exams = exam_service
     # the last added runs first: Host allow-list, then CORS (preflights), then CSRF, then headers
     app.add_middleware(SecurityHeaders)
     app.add_middleware(CsrfGuard, cors_origins=cfg.cors_origins)
@@ -123,6 +127,6 @@ def create_app(config: ServerConfig | None = None, *, analyze: Callable | None =
     app.add_exception_handler(UploadError, upload_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     pages.mount_static(app)
-    for r in (pages, admin, analyses, schema, contributions):
+    for r in (pages, admin, analyses, exams, schema, contributions):
         app.include_router(r.router)
     return app

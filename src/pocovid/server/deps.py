@@ -1,6 +1,6 @@
 """FastAPI dependencies: the service's shared state and the admin check.
 
-`create_app` puts the state on `app.state` (config, storage, db, jobs, models); endpoints ask for
+`create_app` puts the state on `app.state` (config, storage, db, jobs, models, exams); endpoints ask for
 it by type, e.g. `db: Db`, and admin endpoints add `dependencies=[Depends(require_admin)]`.
 """
 
@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pocovid.server.config import ServerConfig
 from pocovid.server.db import Database
+from pocovid.server.exams import ExamService
 from pocovid.server.jobs import JobRunner, ModelProvider
 from pocovid.server.storage import Storage
 
@@ -37,6 +38,10 @@ def get_models(request: Request) -> ModelProvider:
     return request.app.state.models
 
 
+def get_exams(request: Request) -> ExamService:
+    return request.app.state.exams
+
+
 def url_prefix(request: Request) -> str:
     """The path the app is mounted under ('' at the root): URLs in responses start with it."""
     return request.scope.get("root_path", "").rstrip("/")
@@ -47,6 +52,7 @@ Db = Annotated[Database, Depends(get_db)]
 Store = Annotated[Storage, Depends(get_storage)]
 Jobs = Annotated[JobRunner, Depends(get_jobs)]
 Models = Annotated[ModelProvider, Depends(get_models)]
+Exams = Annotated[ExamService, Depends(get_exams)]
 UrlPrefix = Annotated[str, Depends(url_prefix)]
 
 bearer = HTTPBearer(auto_error=False, description="POCOVID_API_TOKEN of the server")

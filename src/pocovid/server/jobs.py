@@ -20,6 +20,9 @@
   decode (`PocovidError`), "out of memory", "the server's disk is full", or the exception's type
   for anything unexpected; an outcome the database refuses (locked) is retried. The log gets ids,
   statuses, times and tracebacks only, never file names or DICOM values.
+* A recording of an exam is a job like any other; its artifacts go to the exam's folder
+  (`Storage.analysis_dir(id, exam)`), and `on_finished(id)` is called after each job (the exam
+  service draws the exam's conclusion once its last recording is done or failed).
 """
 
 from __future__ import annotations
@@ -156,7 +159,8 @@ class JobRunner:
 
     def __init__(self, db: Database, storage: Storage, models: ModelProvider, *, analyze: Callable = real_analyze,
                  workers: int = 1, config_factory: Callable[[], Any] = default_analysis_config,
-                 max_attempts: int = 1, isolate: bool = False, memory_mb: float = 0):
+                 max_attempts: int = 1, isolate: bool = False, memory_mb: float = 0,
+                 on_finished: Callable[[str], None] | None = None):
         self.db = db
         self.storage = storage
         self.models = models
@@ -166,6 +170,7 @@ class JobRunner:
         self.max_attempts = max(1, int(max_attempts))
         self.isolate = isolate
         self.memory_mb = memory_mb
+        self.on_finished = on_finished
         self._pool: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
         self._cancelled: set[str] = set()
@@ -215,6 +220,18 @@ class JobRunner:
             return  # stays queued in the database; the next start submits it
         self._pool.submit(self._run, id_)
 
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run `fn` in the worker pool, after the jobs submitted before it have started (a failure is
+        logged). Nothing happens while the runner is stopped."""
+        def run():
+            try:
+                fn()
+            except Exception:
+                log.exception("a task in the worker pool failed")
+
+        if self._pool is not None and not self._stopping.is_set():
+            self._pool.submit(run)
+
     def cancel(self, id_: str) -> None:
         """Ask a running job to stop (its row has been deleted)."""
         with self._lock:
@@ -232,6 +249,11 @@ class JobRunner:
             self._run_job(id_)
         except BaseException:  # the pool would swallow it: a job must never stay 'running' unseen
             log.exception("analysis %s: the worker failed", id_)
+        if self.on_finished is not None and not self._stopping.is_set():
+            try:
+                self.on_finished(id_)
+            except Exception:  # e.g. an exam's conclusion: logged, never the worker's end
+                log.exception("analysis %s: what follows its end failed", id_)
 
     def _claim(self, id_: str) -> dict | None:
         """queued -> running, waiting out a database locked by another process."""
@@ -267,7 +289,7 @@ class JobRunner:
             self._running.add(id_)
         t0 = time.time()
         log.info("analysis %s: running (attempt %d, %s, %d bytes)", id_, row["attempts"], row["kind"], row["size"])
-        out_dir = self.storage.analysis_dir(id_)
+        out_dir = self.storage.analysis_dir(id_, row.get("exam"))
         try:
             upload = self.storage.resolve(row["upload"])
             if not upload.is_file():

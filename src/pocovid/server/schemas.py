@@ -6,6 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, Field
 
+from pocovid.analysis.exam_result import ExamResult
 from pocovid.analysis.result import AnalysisResult
 
 Status = Literal["queued", "running", "done", "failed"]
@@ -53,6 +54,8 @@ class AnalysisSummary(BaseModel):
 
 
 class AnalysisStatus(AnalysisSummary):
+    exam: Optional[str] = Field(None, description="The exam this recording belongs to (GET /api/exams/{exam})")
+    zone: Optional[str] = Field(None, description="Its zone in that exam (a BLUE point; null: unassigned)")
     started: Optional[float] = None
     finished: Optional[float] = None
     attempts: int = 0
@@ -111,6 +114,23 @@ class HeatMap(BaseModel):
     stops: list[str] = Field(..., description="Its colours, low to high, evenly spaced (e.g. a CSS gradient)")
 
 
+class ZoneCircle(BaseModel):
+    x: float
+    y: float
+    r: float
+
+
+class LungDiagram(BaseModel):
+    """The exam's lung diagram as exam.html draws it (pocovid.analysis.exam_report.lung_diagram): a front
+    view as you face the patient, the patient's right on the viewer's left."""
+
+    width: int
+    height: int
+    lung_path: str = Field(..., description="SVG path of the patient's right lung; the left one is its mirror "
+                                            "image (translate(width, 0) scale(-1, 1))")
+    zones: dict[str, ZoneCircle] = Field(..., description="BLUE point -> its circle")
+
+
 class DisplayInfo(BaseModel):
     """How results are shown (pocovid.analysis.display): the same words and colours as the report."""
 
@@ -122,6 +142,7 @@ class DisplayInfo(BaseModel):
     severity_colours: list[str] = Field(default_factory=list, description="Severity level 0..3 -> fill colour")
     severity_ink: list[str] = Field(default_factory=list, description="Severity level 0..3 -> text colour on it")
     heatmap: HeatMap
+    lung_diagram: Optional[LungDiagram] = Field(None, description="The exam's lung diagram (zones, outline)")
 
 
 class Choice(BaseModel):
@@ -174,3 +195,118 @@ class ContributionPage(BaseModel):
 
 class Decision(BaseModel):
     note: Optional[str] = Field(None, max_length=500, description="Reviewer's note (no patient data)")
+
+
+# ------------------------------------------------------------------------------------------ exams
+
+ExamState = Literal["open", "running", "done", "failed"]
+
+
+class ExamCreate(BaseModel):
+    """A new exam (the JSON body of POST /api/exams; every field optional)."""
+
+    patient: Optional[str] = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\- ]*$",
+                                   description="Your reference for the patient (a pseudonym or record number; "
+                                               "letters, digits, _ . - and spaces). Stored and shown; never a name")
+    protocol: Literal["BLUE"] = Field("BLUE", description="The scanning protocol: BLUE's six points (R1..R3, L1..L3)")
+
+
+class ExamCreated(BaseModel):
+    id: str
+    status: ExamState = "open"
+    url: str = Field(..., description="Poll this for the exam's recordings and, when done, its result")
+    recordings_url: str = Field(..., description="POST the recordings here (multipart, field `file`, repeated)")
+
+
+class ExamRecording(BaseModel):
+    """One recording of an exam: its zone and its own analysis (summary; the whole of it at `url`)."""
+
+    id: str
+    file: str = Field(..., description="The stored name (<id>.<ext>); the client's file name is not kept")
+    zone: Optional[str] = Field(None, description="BLUE point (R1..R3, L1..L3); null: unassigned")
+    zone_source: Optional[Literal["name", "option"]] = Field(
+        None, description="name: read from the uploaded file's name; option: given (the `zones` field, or changed "
+                          "with PATCH)")
+    status: Status
+    created: float
+    kind: str
+    format: str
+    size: int
+    progress: float = 0.0
+    stage: str = ""
+    error: Optional[str] = None
+    diagnosis: Optional[str] = Field(None, description="The recording's own most likely class (null when withheld)")
+    probability: Optional[float] = None
+    withheld: Optional[bool] = Field(None, description="Out of distribution: no diagnosis, left out of the exam")
+    review_recommended: Optional[bool] = None
+    not_lung: Optional[bool] = None
+    url: str = Field(..., description="The recording's analysis (GET /api/analyses/{id})")
+    report: Optional[str] = Field(None, description="URL of the recording's report, when done")
+    key_frame: Optional[str] = Field(None, description="URL of its key frame with the heatmap, when done")
+
+
+class ExamSummary(BaseModel):
+    id: str
+    created: float
+    updated: float
+    status: ExamState = Field(..., description="open: no recording yet; running: recordings being analysed (or a "
+                                               "change being concluded); done: `result` holds the exam; failed: the "
+                                               "exam could not be concluded (`error`)")
+    patient: Optional[str] = None
+    protocol: str = "BLUE"
+    n_recordings: int
+    counts: QueueCounts = Field(..., description="The recordings by status")
+    progress: float = Field(0.0, description="0-1 over the recordings (finished ones count whole)")
+    error: Optional[str] = None
+    diagnosis: Optional[str] = Field(None, description="The exam's verdict, when done (null: no verdict)")
+    probability: Optional[float] = None
+    no_verdict: Optional[str] = Field(None, description="Why there is no verdict (e.g. every recording withheld)")
+    lus_score: Optional[int] = None
+    lus_max: Optional[int] = None
+    review_recommended: Optional[bool] = None
+    url: str
+
+
+class ExamLinks(BaseModel):
+    report: Optional[str] = Field(None, description="exam.html: the lung diagram, zone table and verdict")
+    exam_json: Optional[str] = None
+
+
+class ExamStatus(ExamSummary):
+    recordings: list[ExamRecording]
+    result: Optional[ExamResult] = Field(None, description="When done: the declared exam result (exam.json, as "
+                                                           "`pocovid exam --json` writes it; paths relative to the "
+                                                           "exam; `pocovid schema --exam`)")
+    files: dict[str, str] = Field(default_factory=dict, description="Served name -> URL: exam.html, exam.json and "
+                                                                    "each recording's artifacts (<id>/<name>)")
+    links: ExamLinks = Field(default_factory=ExamLinks)
+
+
+class ExamPage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    items: list[ExamSummary]
+
+
+class RefusedRecording(BaseModel):
+    index: int = Field(..., description="Its place among the upload's files (0-based)")
+    name: str = Field(..., description="The file name as sent (echoed here only; never stored)")
+    reason: str
+
+
+class RecordingsAdded(BaseModel):
+    exam: str
+    url: str
+    added: list[ExamRecording]
+    names: list[str] = Field(default_factory=list, description="The file names as sent, one per added recording "
+                                                               "(echoed here only; never stored)")
+    refused: list[RefusedRecording] = Field(default_factory=list,
+                                            description="Files left out (not a recording pocovid reads, empty, or "
+                                                        "a DICOM file that cannot be de-identified)")
+
+
+class ZoneChange(BaseModel):
+    """PATCH body: the recording's new zone (null or '-': unassigned)."""
+
+    zone: Optional[str] = Field(..., max_length=16, description="A BLUE point (R1..R3, L1..L3), or null")

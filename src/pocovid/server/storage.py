@@ -3,6 +3,7 @@
     DATA/pocovid.sqlite3               state (db.py)
     DATA/uploads/<id>.<ext>            uploaded recordings (DICOM de-identified), <ext> from the content
     DATA/analyses/<id>/                artifacts of an analysis (result.json, key frames, report, ...)
+    DATA/exams/<exam>/                 an exam: exam.json, exam.html and, per recording, <id>/ (as above)
     DATA/contributions/<id>.<ext>      contributed recordings (DICOM de-identified)
     DATA/tmp/                          bodies being received (emptied on start)
 
@@ -98,8 +99,9 @@ class Storage:
         self.uploads = self.root / "uploads"
         self.analyses = self.root / "analyses"
         self.contributions = self.root / "contributions"
+        self.exams = self.root / "exams"
         self.tmp = self.root / "tmp"
-        for d in (self.root, self.uploads, self.analyses, self.contributions, self.tmp):
+        for d in (self.root, self.uploads, self.analyses, self.exams, self.contributions, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):
             os.chmod(self.root, 0o700)  # recordings are health data: owner only
@@ -130,8 +132,12 @@ class Storage:
     def upload_path(self, id_: str, ext: str) -> Path:
         return self.uploads / f"{_checked(id_)}{_checked_ext(ext)}"
 
-    def analysis_dir(self, id_: str) -> Path:
-        return self.analyses / _checked(id_)
+    def analysis_dir(self, id_: str, exam: str | None = None) -> Path:
+        """An analysis' artifacts; a recording of an exam has its folder inside the exam's."""
+        return (self.exam_dir(exam) if exam else self.analyses) / _checked(id_)
+
+    def exam_dir(self, id_: str) -> Path:
+        return self.exams / _checked(id_)
 
     def contribution_path(self, id_: str, ext: str) -> Path:
         return self.contributions / f"{_checked(id_)}{_checked_ext(ext)}"
@@ -144,11 +150,18 @@ class Storage:
         p.relative_to(self.root)  # ValueError outside the data folder
         return p
 
-    def remove_analysis(self, id_: str, upload_rel: str | None) -> None:
-        shutil.rmtree(self.analysis_dir(id_), ignore_errors=True)
+    def remove_analysis(self, id_: str, upload_rel: str | None, exam: str | None = None) -> None:
+        shutil.rmtree(self.analysis_dir(id_, exam), ignore_errors=True)
         if upload_rel:
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 self.resolve(upload_rel).unlink()
+
+    def remove_exam(self, id_: str, uploads: list[str]) -> None:
+        """An exam's folder (its recordings' artifacts with it) and its recordings' uploads."""
+        shutil.rmtree(self.exam_dir(id_), ignore_errors=True)
+        for rel in uploads:
+            with contextlib.suppress(OSError, ValueError):
+                self.resolve(rel).unlink()
 
 
 def _checked(id_: str) -> str:

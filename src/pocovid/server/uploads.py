@@ -6,9 +6,14 @@ and stops at once with `UploadError(413)` when the file passes the limit (a too-
 Content-Length is refused before anything is read). The type comes from the first bytes
 (`sniff_media`), never from the client's file name or Content-Type: `UploadError(415)` as soon
 as they show something pocovid cannot read. Other refusals: 400 (not multipart, a bad boundary,
-no file, empty file, truncated body, two files), 422 (a text field too long or not UTF-8), 507
-(the disk holds less than `min_free_bytes` besides the upload, checked before and while reading,
-or a write fails with ENOSPC).
+no file, empty file, truncated body, more files than `max_files`), 422 (a text field too long or
+not UTF-8), 507 (the disk holds less than `min_free_bytes` besides the upload, checked before and
+while reading, or a write fails with ENOSPC).
+
+With `max_files` > 1 (an exam's recordings) each file is limited on its own, and `skip_refused`
+lists a file of a type pocovid cannot read, or an empty one, in `form.refused` and goes on with the
+others. The client's name of each file (`ReceivedFile.name`) is kept in memory only, for the caller
+to read a zone from it; it is never stored.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ class ReceivedFile:
     path: Path  # temporary file in storage.tmp; move or delete it
     size: int
     media: MediaType
+    name: str = ""  # the client's file name (base name), in memory only: never stored
+    index: int = 0  # its place among the request's file parts (0-based)
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -53,13 +60,29 @@ class ReceivedFile:
 
 
 @dataclass
+class RefusedFile:
+    """A file part left out of a multi-file upload (`skip_refused`): its place, client name and why."""
+
+    index: int
+    name: str
+    status: int
+    reason: str
+
+
+@dataclass
 class ReceivedForm:
     fields: dict[str, str] = field(default_factory=dict)
-    file: ReceivedFile | None = None
+    files: list[ReceivedFile] = field(default_factory=list)
+    refused: list[RefusedFile] = field(default_factory=list)
+
+    @property
+    def file(self) -> ReceivedFile | None:
+        """The (first) file received."""
+        return self.files[0] if self.files else None
 
     def discard(self) -> None:
-        if self.file is not None:
-            self.file.discard()
+        for f in self.files:
+            f.discard()
 
 
 def _mb(n: int) -> str:
@@ -92,8 +115,12 @@ class _Collector:
     """python-multipart callbacks: one file part (streamed to disk), small text fields in memory."""
 
     def __init__(self, storage: Storage, max_file_bytes: int, file_field: str, text_fields: frozenset[str],
-                 max_field_bytes: int, min_free_bytes: int = 0):
+                 max_field_bytes: int, min_free_bytes: int = 0, max_files: int = 1, skip_refused: bool = False):
         self.storage = storage
+        self.max_files = max_files
+        self.skip_refused = skip_refused
+        self._n_files = 0
+        self._client_name = ""
         self.min_free_bytes = min_free_bytes
         self._checked_at = 0
         self.max_file_bytes = max_file_bytes
@@ -141,8 +168,12 @@ class _Collector:
         name = params.get(b"name", b"").decode("utf-8", "replace")
         self._name = name
         if name == self.file_field:
-            if self.form.file is not None or self._fh is not None:
-                raise UploadError(400, f"only one file per upload (field '{self.file_field}')")
+            if self._n_files >= self.max_files or self._fh is not None:
+                raise UploadError(400, f"only one file per upload (field '{self.file_field}')" if self.max_files == 1
+                                  else f"at most {self.max_files} files in this upload (field '{self.file_field}')")
+            self._n_files += 1
+            raw = params.get(b"filename", b"").decode("utf-8", "replace")
+            self._client_name = raw.replace("\\", "/").rsplit("/", 1)[-1][:255]
             self._part = "file"
             self._tmp = self.storage.tmp_path()
             self._fh = open(self._tmp, "wb")
@@ -157,14 +188,16 @@ class _Collector:
 
     def on_part_data(self, data, start, end):
         chunk = data[start:end]
+        if self._part == "refused":
+            return
         if self._part == "file":
             self._size += len(chunk)
             if self._size > self.max_file_bytes:
                 raise UploadError(413, f"file too large: the limit is {_mb(self.max_file_bytes)}")
             if self._media is None:
                 self._head += chunk[: SNIFF_BYTES - len(self._head)]
-                if len(self._head) >= SNIFF_BYTES:
-                    self._sniff()
+                if len(self._head) >= SNIFF_BYTES and not self._sniff():
+                    return
             self._fh.write(chunk)
             if self.min_free_bytes and self._size - self._checked_at >= SPACE_CHECK_BYTES:
                 self._checked_at = self._size
@@ -179,11 +212,11 @@ class _Collector:
             self._fh.close()
             self._fh = None
             if self._size == 0:
-                raise UploadError(400, "the file is empty (0 bytes)")
-            if self._media is None:
-                self._sniff()
-            self.form.file = ReceivedFile(self._tmp, self._size, self._media)
-            self._tmp = None
+                self._refuse(UploadError(400, "the file is empty (0 bytes)"))
+            elif self._media is not None or self._sniff():
+                self.form.files.append(ReceivedFile(self._tmp, self._size, self._media, self._client_name,
+                                                    self._n_files - 1))
+                self._tmp = None
         elif self._part == "text":
             try:
                 self.form.fields[self._name] = bytes(self._buf).decode("utf-8")
@@ -195,12 +228,30 @@ class _Collector:
         self.ended = True
 
     # ----------------------------------------------------------------------------------------
-    def _sniff(self):
+    def _sniff(self) -> bool:
+        """The file's type from its first bytes; False when it was refused and skipped (`skip_refused`)."""
         m = sniff_media(bytes(self._head))
         if m is None:
-            raise UploadError(415, f"unsupported file type: not a {SUPPORTED} file (the type is read "
-                                   "from the content, not the name)")
+            self._refuse(UploadError(415, f"unsupported file type: not a {SUPPORTED} file (the type is read "
+                                          "from the content, not the name)"))
+            return False
         self._media = m
+        return True
+
+    def _refuse(self, e: UploadError) -> None:
+        """Refuse the file part being read: the whole upload, or with `skip_refused` this file only."""
+        if not self.skip_refused:
+            raise e
+        if self._fh is not None:
+            with contextlib.suppress(OSError):
+                self._fh.close()
+            self._fh = None
+        if self._tmp is not None:
+            with contextlib.suppress(OSError):
+                self._tmp.unlink()
+            self._tmp = None
+        self.form.refused.append(RefusedFile(self._n_files - 1, self._client_name, e.status, e.detail))
+        self._part = "refused"
 
     def cleanup(self):
         if self._fh is not None:
@@ -220,11 +271,12 @@ class _Collector:
 
 async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_field: str = "file",
                        text_fields=(), max_field_bytes: int = 4096, require_file: bool = True,
-                       min_free_bytes: int = 0) -> ReceivedForm:
+                       min_free_bytes: int = 0, max_files: int = 1, skip_refused: bool = False) -> ReceivedForm:
     """Read a multipart/form-data request body as it arrives (see the module docstring).
 
-    Returns the text fields named in `text_fields` and the file part (a temporary file the
-    caller moves or discards). Raises `UploadError`; nothing is left on disk then.
+    Returns the text fields named in `text_fields` and the file parts (temporary files the
+    caller moves or discards; at most `max_files`, each at most `max_file_bytes`). Raises
+    `UploadError`; nothing is left on disk then.
     """
     from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -235,7 +287,9 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
     if len(boundary) > MAX_BOUNDARY:
         raise UploadError(400, f"bad multipart boundary: longer than {MAX_BOUNDARY} characters (RFC 2046)")
     text_fields = tuple(text_fields)
-    max_body = max_file_bytes + BODY_OVERHEAD + len(text_fields) * (max_field_bytes + 256)
+    n_files = max(1, max_files)
+    max_body = (n_files * max_file_bytes + (n_files - 1) * 1024 + BODY_OVERHEAD
+                + len(text_fields) * (max_field_bytes + 256))
     cl = request.headers.get("content-length")
     if cl is not None:
         try:
@@ -248,7 +302,8 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
         check_free_space(storage, min_free_bytes, n)
     else:
         check_free_space(storage, min_free_bytes)
-    col = _Collector(storage, max_file_bytes, file_field, frozenset(text_fields), max_field_bytes, min_free_bytes)
+    col = _Collector(storage, max_file_bytes, file_field, frozenset(text_fields), max_field_bytes, min_free_bytes,
+                     max_files=n_files, skip_refused=skip_refused)
     received = 0
     try:
         parser = MultipartParser(boundary, col.callbacks())
@@ -263,6 +318,8 @@ async def receive_form(request, storage: Storage, *, max_file_bytes: int, file_f
         if not col.ended:
             raise UploadError(400, "the upload is incomplete (the multipart body ends early)")
         if require_file and col.form.file is None:
+            if col.form.refused:  # every file was refused: the first one's reason
+                raise UploadError(col.form.refused[0].status, col.form.refused[0].reason)
             raise UploadError(400, f"no file in the upload (form field '{file_field}')")
     except UploadError as e:
         col.cleanup()

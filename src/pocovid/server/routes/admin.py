@@ -7,6 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from pocovid import __version__
 from pocovid.analysis.display import display_spec
+from pocovid.analysis.exam_report import lung_diagram
 from pocovid.errors import PocovidError
 from pocovid.server.deps import Config, Db, Models
 from pocovid.server.schemas import DisplayInfo, ErrorBody, Health, ModelInfo, QueueCounts
@@ -36,9 +37,10 @@ async def model_info(models: Models) -> ModelInfo:
 @router.get("/display", response_model=DisplayInfo)
 async def display(models: Models) -> DisplayInfo:
     """How results are shown, as the report shows them: the clinician's words for classes, findings
-    and severity, the class colours (of the model's classes) and the heat map's colours."""
+    and severity, the class colours (of the model's classes), the heat map's colours and the exam's lung
+    diagram."""
     try:
         classes = (await run_in_threadpool(models.info))["classes"]
     except PocovidError:
         classes = None  # the known classes' colours; the model's own when it loads
-    return DisplayInfo(**display_spec(classes))
+    return DisplayInfo(**display_spec(classes), lung_diagram=lung_diagram())

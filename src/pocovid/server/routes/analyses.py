@@ -18,7 +18,8 @@ from pocovid.analysis.result import AnalysisResult
 from pocovid.server.results import links_for, stored_result, summarize_result
 from pocovid.server.routes.common import (AUTH_ERRORS, FILE_BODY, FILE_PROP, MAX_OFFSET, NOT_FOUND, UPLOAD_ERRORS,
                                            multipart_doc)
-from pocovid.server.schemas import AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary
+from pocovid.server.schemas import (AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary,
+                                    ErrorBody)
 from pocovid.server.storage import new_id, valid_id
 from pocovid.server.uploads import UploadError, receive_form, store_upload
 
@@ -26,6 +27,7 @@ log = logging.getLogger("pocovid.server")
 
 router = APIRouter(prefix="/api/analyses", tags=["analyses"])
 CACHE_PRIVATE = {"Cache-Control": "private, max-age=3600"}
+EXAM_CONFLICT = {409: {"model": ErrorBody, "description": "A recording of an exam: delete the exam"}}
 
 
 def analysis_row(analysis_id: str, db: Db) -> dict:
@@ -64,7 +66,8 @@ def status_of(row: dict, pre: str) -> AnalysisStatus:
     result = read[0]
     base = f"{pre}/api/analyses/{row['id']}/files/"
     files = {f: base + f for f in row["files"]} if row["status"] == "done" else {}
-    return AnalysisStatus(**summary(row, pre, read), started=row["started"], finished=row["finished"],
+    return AnalysisStatus(**summary(row, pre, read), exam=row.get("exam"), zone=row.get("zone"),
+                          started=row["started"], finished=row["finished"],
                           attempts=row["attempts"], deidentified=row["deidentified"], model=row["model"],
                           result=result, files=files, links=AnalysisLinks(**links_for(result, files)))
 
@@ -105,7 +108,7 @@ async def create_analysis(request: Request, response: Response, cfg: Config, db:
 @router.get("", response_model=AnalysisPage)
 def list_analyses(db: Db, pre: UrlPrefix, offset: int = Query(0, ge=0, le=MAX_OFFSET),
                   limit: int = Query(20, ge=1, le=100)) -> AnalysisPage:
-    """History, newest first."""
+    """History of single analyses, newest first (an exam's recordings are listed with their exam)."""
     total, rows = db.list_analyses(offset, limit)
     return AnalysisPage(total=total, offset=offset, limit=limit,
                         items=[AnalysisSummary(**summary(r, pre)) for r in rows])
@@ -123,7 +126,7 @@ def get_file(analysis_id: str, name: str, row: Row, storage: Store):
     """An artifact of a finished analysis: only names listed in its `files`."""
     if row["status"] != "done" or name not in row["files"]:
         raise HTTPException(404, "no such file")
-    base = storage.analysis_dir(analysis_id).resolve()
+    base = storage.analysis_dir(analysis_id, row.get("exam")).resolve()
     path = (base / name).resolve()
     if not path.is_relative_to(base) or not path.is_file():
         raise HTTPException(404, "no such file")
@@ -146,11 +149,16 @@ def get_source(row: Row, storage: Store):
     return FileResponse(path, media_type=media_type, headers=CACHE_PRIVATE)
 
 
-@router.delete("/{analysis_id}", status_code=204, responses={**NOT_FOUND, **AUTH_ERRORS},
+@router.delete("/{analysis_id}", status_code=204, responses={**NOT_FOUND, **AUTH_ERRORS, **EXAM_CONFLICT},
                dependencies=[Depends(require_admin)])
 def delete_analysis(analysis_id: str, db: Db, storage: Store, jobs: Jobs) -> Response:
-    """Delete an analysis, its upload and its artifacts (a running one is stopped)."""
-    row = db.delete_analysis(analysis_id) if valid_id(analysis_id) else None
+    """Delete an analysis, its upload and its artifacts (a running one is stopped). A recording of
+    an exam goes with its exam (DELETE /api/exams/{id}): 409."""
+    row = db.get_analysis(analysis_id) if valid_id(analysis_id) else None
+    if row is not None and row.get("exam"):
+        raise HTTPException(409, f"this recording belongs to exam {row['exam']}: delete the exam "
+                                 f"(DELETE /api/exams/{row['exam']})")
+    row = db.delete_analysis(analysis_id) if row is not None else None
     if row is None:
         raise HTTPException(404, "no such analysis")
     jobs.cancel(analysis_id)
