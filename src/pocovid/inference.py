@@ -10,6 +10,9 @@ into the model's pixels (`model.input_config`) in a decode thread -> the model i
 calling thread (decode overlaps the model) -> per-frame `FrameOutput`s. Full-resolution frames are
 never all in memory. Both helper threads belong to a pool that is always joined before the call
 returns: no thread outlives it, whatever happens.
+
+The model runs on a runtime (`runtime=`: torch, onnx, openvino or auto; models/runtime.py), each with
+the model's own `infer` contract; `export_model` writes the ONNX file of `pocovid export`.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ from typing import Any
 import numpy as np
 
 from pocovid.errors import PocovidError
+from pocovid.files import path_text
 from pocovid.media import Frame, MediaError, MediaInfo, MediaLimits, open_media, sample_indices
-from pocovid.models import FrameOutput, compiled_trunk, load_model
-from pocovid.region import ScanRegion, clip_region
+from pocovid.models import FrameOutput, load_model
+from pocovid.models.export import export_onnx
+from pocovid.models.runtime import get_runtime, runtime_name
+from pocovid.region import ScanRegion, clip_region, iter_clip_frames
 
 DEFAULT_MODEL_FILE = Path(__file__).parent / "assets" / "default_model.pt"
 PIXELS_IN_MEMORY = 256 * 2**20  # kept pixels beyond this go to an anonymous temporary file
-COMPILE_MIN_FRAMES = 5  # fewer frames run on the eager trunk rather than wait for tracing
+COMPILE_MIN_FRAMES = 5  # fewer frames run on the eager trunk rather than wait for tracing or export
+CALIBRATION_FRAMES = 256  # int8 export: frames of the calibration recordings, at most
 
 
 def model_path(spec: str | os.PathLike) -> Path:
@@ -105,7 +112,7 @@ def stream_predict(recording: str | os.PathLike, model, *, rate_hz: float | None
                    keep_pixels: bool = False, batch_size: int = 32,
                    inspect: Callable[[Frame, np.ndarray, ScanRegion], Any] | None = None, n_inspect: int = 8,
                    progress: Callable[[float], None] | None = None,
-                   limits: MediaLimits | None = None) -> RecordingOutputs:
+                   limits: MediaLimits | None = None, runtime="torch") -> RecordingOutputs:
     """The model on the frames of one recording (video, image or DICOM), streamed.
 
     rate_hz / max_frames: frames per second analysed / at most this many, evenly spread (None:
@@ -113,7 +120,9 @@ def stream_predict(recording: str | os.PathLike, model, *, rate_hz: float | None
     trained); cams: the class activation maps too; keep_pixels: keep the model's input pixels;
     inspect(frame, pixels, region): called in the decode thread on `n_inspect` frames spread over
     the clip (e.g. image checks on the original frame), its returns kept in order; limits: pixels
-    per frame, frames, duration (None: `MediaLimits.from_env()`).
+    per frame, frames, duration (None: `MediaLimits.from_env()`); runtime: where the model runs
+    (torch, onnx, openvino, auto, or a runtime object: `pocovid.models.runtime`; a missing one
+    falls back to torch).
     Raises `MediaError` (one line) when the recording cannot be read or is over the limits."""
     path = Path(recording)
     cfg = model.input_config
@@ -124,15 +133,21 @@ def stream_predict(recording: str | os.PathLike, model, *, rate_hz: float | None
     with open_media(path, limits) as reader:  # the sampling plan; opening also checks the file early
         info = reader.info
     idx = sample_indices(info.n_frames, info.fps, rate_hz, max_frames)
+    timer.add("open_s", t0)
+    if runtime == "auto":  # measured (once per machine and model) while nothing else runs
+        t0 = time.perf_counter()
+        runtime = runtime_name(model, runtime, len(idx) >= COMPILE_MIN_FRAMES)
+        timer.add("runtime_choice_s", t0)
+    t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="pocovid") as pool:
-        # tracing the trunk overlaps the region search
-        trunk = pool.submit(compiled_trunk, model, cfg.size, len(idx) >= COMPILE_MIN_FRAMES)
+        # building the runtime (tracing the trunk, or exporting the graph) overlaps the region search
+        engine = pool.submit(get_runtime, model, runtime, len(idx) >= COMPILE_MIN_FRAMES)
         region = _region(path, crop, limits)
         timer.add("region_s", t0)
         t0 = time.perf_counter()
-        trunk = trunk.result()
+        engine = engine.result()
         timer.add("model_compile_wait_s", t0)
-        out = _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, batch_size,
+        out = _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels, batch_size,
                    inspect, n_inspect, progress, limits)
     out.timings = {k: round(v, 3) for k, v in timer.items()}
     return out
@@ -144,6 +159,45 @@ def predict_recording(model, recording: str | os.PathLike, rate_hz: float | None
     cfg = model.input_config
     return stream_predict(recording, model, rate_hz=cfg.rate_hz if rate_hz is None else rate_hz,
                           max_frames=cfg.max_frames if max_frames is None else max_frames, crop=crop)
+
+
+def calibration_pixels(model, recordings, max_frames: int = CALIBRATION_FRAMES,
+                       limits: MediaLimits | None = None) -> np.ndarray:
+    """(N, S, S) model pixels of real frames for int8 calibration: the recordings' frames sampled
+    and prepared as the frame pass prepares them (scan region, `model.input_config`), at most
+    `max_frames` in all, spread evenly over the recordings and over each one."""
+    cfg = model.input_config
+    recordings = list(recordings)
+    per = max(1, max_frames // max(len(recordings), 1))
+    limits = MediaLimits.from_env() if limits is None else limits
+    out = []
+    for rec in recordings:
+        region = _region(Path(rec), cfg.crop, limits)
+        out += [cfg.pixels(f.image) for f in iter_clip_frames(rec, region, None, per, limits=limits)]
+    if not out:
+        raise PocovidError("no calibration frames: no recording given")
+    return np.stack(out[:max_frames])
+
+
+def export_model(spec: str | os.PathLike, out: str | os.PathLike, *, int8: bool = False,
+                 calibration: list[str | os.PathLike] | None = None, max_frames: int = CALIBRATION_FRAMES,
+                 batch_size: int = 16) -> Path:
+    """`pocovid export`: the model 'default' or a model file as an ONNX file `out` (every head,
+    metadata inside: models/export.py). `int8`: quantised, its activation ranges calibrated on
+    frames of the `calibration` recordings (real recordings of the site: what the model will see)."""
+    model = load(spec)
+    if not int8:
+        return export_onnx(model, out)
+    if not calibration:
+        raise PocovidError("int8 export needs calibration recordings (their frames set the activation ranges)")
+    px = calibration_pixels(model, calibration, max_frames)
+    b = min(batch_size, len(px))  # batches of one size: a short last one is left out
+    px = px[:len(px) - len(px) % b]
+    names = [path_text(Path(p).name) for p in calibration]
+    text = (f"{len(px)} frames of {len(names)} recording(s): " + ", ".join(names[:20])
+            + (", ..." if len(names) > 20 else ""))
+    batches = (model.input_tensor(px[i:i + b]).cpu().numpy() for i in range(0, len(px), b))
+    return export_onnx(model, out, calibration=batches, calibration_text=text)
 
 
 def _region(path: Path, crop: bool, limits: MediaLimits) -> ScanRegion:
@@ -162,7 +216,7 @@ def _pixels_store(n: int, size: int) -> np.ndarray:
     return np.memmap(tempfile.TemporaryFile(prefix="pocovid-pixels-"), np.uint8, "w+", shape=(n, size, size))
 
 
-def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, batch_size, inspect, n_inspect,
+def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels, batch_size, inspect, n_inspect,
          progress, limits) -> RecordingOutputs:
     """Decode in `pool` ahead of the model (bounded queue); the model in this thread."""
     cfg = model.input_config
@@ -177,7 +231,7 @@ def _run(path, model, info, region, idx, trunk, pool, timer, cams, keep_pixels, 
 
     def run_batch(k: int) -> None:
         t0 = time.perf_counter()
-        parts.append(model.infer(model.input_tensor(batch[:k]), cams=cams, trunk=trunk).numpy())
+        parts.append(engine.infer(model.input_tensor(batch[:k]), cams=cams).numpy())
         timer.add("model_s", t0)
         if progress:
             progress(len(index) / max(n, 1))

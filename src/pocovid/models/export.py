@@ -1,0 +1,248 @@
+"""The whole per-frame network as an ONNX model: trunk and every head, with the metadata to use it.
+
+    data = onnx_bytes(model)                            # fp32 graph (+ metadata when `onnx` is installed)
+    export_onnx(model, "model.onnx")                    # the file `pocovid export` writes
+    export_onnx(model, "model-int8.onnx", calibration=batches)   # int8: static post-training quantisation
+    meta = read_onnx_metadata("model.onnx")             # onnxruntime alone
+
+Input  `input`: float32 (B, 3, S, S), the normalised frames `FrameClassifier.infer` takes (the
+       preprocessing is in the metadata: `preprocessing`). B is dynamic.
+Outputs, as `FrameOutput` names them (findings, severity, finding_cams only when the model has a
+findings / severity head): log_probs (B, M, C), probs (B, C) (the ensemble: mean of the members'
+probabilities), pooled (B, K), cams (B, C, h, w), findings (B, M, F), severity (B, M, L),
+finding_cams (B, F, h, w). The graph is `FrameClassifier.infer` itself, traced: nothing is restated.
+
+Metadata (ONNX metadata_props, JSON text): format, format_version, pocovid_version, precision (fp32 /
+int8), calibration (int8: what the ranges came from), classes, findings, severity_levels,
+preprocessing (the model's `InputConfig` and the normalisation's scale / mean / std), outputs
+(name -> shape and meaning), architecture, model_meta (the model file's metadata but the weights:
+training config, metrics, extra = feature density, uncertainty threshold, exam method, adaptation).
+
+int8: `onnxruntime.quantization.quantize_static` in QDQ format on the convolutions, their ReLU6 and
+the residual additions (weights int8 per output channel, activations uint8 per tensor, ranges from
+the 99.999th percentile of the calibration frames' activations); the heads' linear layers, the CAM
+products and the softmax stay float. Quantising the convolution without its ReLU6 gave the
+convolution the range of its pre-activation (hundreds) and lost the trunk (frame agreement 73 % on
+real clips, against 98 % with it). What it costs is measured in benchmarks/runtimes.py and
+documented in docs/export.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pocovid import __version__
+from pocovid.files import atomic_path, jsonable
+from pocovid.models.backbone import ModelError
+from pocovid.models.preprocess import NORMALIZATIONS
+
+ONNX_FORMAT = "pocovid-onnx"
+ONNX_FORMAT_VERSION = 1
+OPSET = 17
+INPUT = "input"
+#: every output the graph may have, in order (see the module docstring)
+OUTPUTS = ("log_probs", "probs", "pooled", "cams", "findings", "severity", "finding_cams")
+INSTALL_HINT = "pip install 'pocovid[onnx]'"
+#: int8: the ops quantised (a convolution with its ReLU6 / ReLU, so that the activation's range is the
+#: clipped one, and the residual additions) and the percentile of |activation| that sets each range
+INT8_OPS = ["Conv", "Clip", "Relu", "Add"]
+INT8_PERCENTILE = 99.999
+
+
+def output_names(model) -> list[str]:
+    """The outputs the exported graph of `model` has (a head the model lacks has none)."""
+    skip = set()
+    if not model.findings:
+        skip |= {"findings", "finding_cams"}
+    if not model.severity_levels:
+        skip.add("severity")
+    return [n for n in OUTPUTS if n not in skip]
+
+
+class _Graph(nn.Module):
+    """`model.infer` on one batch, every output, as a module the exporter traces."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+        self.names = output_names(model)
+
+    def forward(self, x: torch.Tensor):
+        o = self.model.infer(x, cams=True, chunk=0, finding_cams=bool(self.model.findings))
+        values = dict(log_probs=o.log_probs, probs=o.log_probs.exp().mean(1), pooled=o.pooled, cams=o.cams,
+                      findings=o.findings, severity=o.severity, finding_cams=o.finding_cams)
+        return tuple(values[n] for n in self.names)
+
+
+def onnx_metadata(model, precision: str = "fp32", calibration: str | None = None) -> dict[str, str]:
+    """The metadata_props of `model`'s ONNX graph: every value is JSON text."""
+    cfg = model.input_config
+    scale, mean, std = NORMALIZATIONS[cfg.normalization]
+    meta = {k: v for k, v in (getattr(model, "meta", None) or {}).items() if k != "state_dict"}
+    n_f, n_s = len(model.findings), int(model.severity_levels)
+    shapes = {"log_probs": "(B, M, C) every ensemble member's class log-probabilities",
+              "probs": "(B, C) the ensemble's class probabilities (mean of the members')",
+              "pooled": "(B, K) globally pooled trunk features (the out-of-distribution density)",
+              "cams": "(B, C, h, w) class activation map of every class, mean over members",
+              "findings": f"(B, M, {n_f}) every member's probability of each finding",
+              "severity": f"(B, M, {n_s}) every member's probability of each severity level",
+              "finding_cams": f"(B, {n_f}, h, w) activation map of every finding, mean over members"}
+    values = {
+        "format": ONNX_FORMAT, "format_version": ONNX_FORMAT_VERSION, "pocovid_version": __version__,
+        "precision": precision, "calibration": calibration,
+        "classes": list(model.classes), "findings": list(model.findings), "severity_levels": n_s,
+        "n_members": int(model.n_heads),
+        "preprocessing": dict(cfg.to_dict(), scale=scale, mean=list(mean), std=list(std), input=INPUT,
+                              layout="NCHW float32",
+                              formula="crop the frame to the scan region, resize to size x size, grey, repeat "
+                                      "to 3 channels; x = (pixels / scale - mean) / std per channel"),
+        "outputs": {n: shapes[n] for n in output_names(model)},
+        "architecture": model.architecture(),
+        "model_meta": meta,
+    }
+    return {k: json.dumps(jsonable(v)) for k, v in values.items()}
+
+
+def onnx_bytes(model, metadata: bool = True) -> bytes:
+    """`model`'s fp32 ONNX graph (dynamic batch), with its metadata when the `onnx` package is
+    installed (`metadata`); what the ONNX runtimes run in memory. Raises ModelError when export fails."""
+    was = model.training
+    model.eval()
+    size = model.input_config.size
+    names = output_names(model)
+    buf = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Graph(model), (torch.zeros(2, 3, size, size),), buf, dynamo=False,
+                              input_names=[INPUT], output_names=names, opset_version=OPSET,
+                              dynamic_axes={n: {0: "batch"} for n in [INPUT, *names]})
+    except Exception as e:
+        raise ModelError(f"cannot export the model to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+            from None
+    finally:
+        model.train(was)
+    data = buf.getvalue()
+    if not metadata:
+        return data
+    try:
+        import onnx
+    except ImportError:
+        return data
+    proto = onnx.load_from_string(data)
+    _set_metadata(proto, onnx_metadata(model))
+    return proto.SerializeToString()
+
+
+def _set_metadata(proto, values: dict[str, str]) -> None:
+    import onnx
+
+    proto.producer_name, proto.producer_version = "pocovid", __version__
+    keep = [p for p in proto.metadata_props if p.key not in values]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(keep)
+    onnx.helper.set_model_props(proto, dict({p.key: p.value for p in keep}, **values))
+
+
+class _Batches:
+    """`onnxruntime.quantization.CalibrationDataReader` over normalised float32 batches; a batch of
+    another size than the first is left out (the percentile calibrator stacks them)."""
+
+    def __init__(self, batches: Iterable[np.ndarray]) -> None:
+        self._it = iter(batches)
+        self._size: int | None = None
+        self.n_frames = 0
+
+    def get_next(self):
+        for x in self._it:
+            self._size = len(x) if self._size is None else self._size
+            if len(x) == self._size:
+                self.n_frames += len(x)
+                return {INPUT: np.ascontiguousarray(x, np.float32)}
+        return None
+
+
+def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray], out: str | os.PathLike) -> int:
+    """Static post-training int8 quantisation of an fp32 graph over the `calibration` batches
+    (B, 3, S, S) float32 (see the module docstring); returns the number of calibration frames."""
+    try:
+        from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                              quantize_static)
+    except ImportError as e:
+        raise ModelError(f"int8 export needs onnxruntime ({e}; {INSTALL_HINT})") from None
+
+    class Reader(_Batches, CalibrationDataReader):
+        pass
+
+    reader = Reader(calibration)
+    with tempfile.TemporaryDirectory(prefix="pocovid-int8-") as d:
+        src = Path(d) / "fp32.onnx"
+        src.write_bytes(fp32)
+        quiet = logging.getLogger()  # the quantiser logs advice through the root logger
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(src, out, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=INT8_OPS,
+                                per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.Percentile,
+                                extra_options={"CalibPercentile": INT8_PERCENTILE})
+        finally:
+            quiet.setLevel(level)
+    if not reader.n_frames:
+        raise ModelError("int8 export: no calibration frames")
+    return reader.n_frames
+
+
+def export_onnx(model, path: str | os.PathLike, *, calibration: Iterable[np.ndarray] | None = None,
+                calibration_text: str | None = None) -> Path:
+    """Write `model`'s ONNX graph with its metadata to `path` (atomically). With `calibration`
+    (normalised float32 batches, e.g. real frames of the site's recordings) the graph is quantised
+    to int8 (see the module docstring); `calibration_text` says in the metadata what those were."""
+    try:
+        import onnx
+    except ImportError as e:
+        raise ModelError(f"ONNX export needs the onnx package ({e}; {INSTALL_HINT})") from None
+    data = onnx_bytes(model, metadata=False)
+    precision = "fp32"
+    if calibration is not None:
+        with tempfile.TemporaryDirectory(prefix="pocovid-int8-") as d:
+            q = Path(d) / "int8.onnx"
+            quantize_int8(data, calibration, q)
+            data = q.read_bytes()
+        precision = "int8"
+    proto = onnx.load_from_string(data)
+    _set_metadata(proto, onnx_metadata(model, precision, calibration_text))
+    with atomic_path(path, durable=True) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return Path(path)
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict:
+    """The metadata of an exported graph, decoded (reads it with onnxruntime alone)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    props = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_modelmeta()
+    out = {}
+    for k, v in props.custom_metadata_map.items():
+        try:
+            out[k] = json.loads(v)
+        except ValueError:
+            out[k] = v
+    return out

@@ -1,0 +1,305 @@
+"""Where the frame pass runs: PyTorch, ONNX Runtime or OpenVINO, behind one small object.
+
+    engine = get_runtime(model, "auto")       # or "torch", "onnx", "openvino"
+    out = engine.infer(model.input_tensor(pixels), cams=True)   # FrameOutput, as model.infer gives
+
+Every runtime has `FrameClassifier.infer`'s contract, so nothing downstream knows which ran:
+- torch:    the model itself, on the compiled trunk (models/compiled.py) when there is one
+- onnx:     onnxruntime on the model's exported graph (models/export.py), built in memory
+- openvino: OpenVINO on the same graph, fp32 (f32 inference precision: no bf16 on CPUs that have it)
+
+`auto` is the fastest runtime installed, measured once on this machine for this model (every head
+and CAMs, a few batches) and remembered in the user cache (`runtimes.json` in `cache_dir()`),
+keyed by the model's fingerprint, the runtimes' versions and the thread count. A runtime that is
+not installed (or fails to build) falls back to torch with a one-line notice, never an error.
+Each runtime is built once per model and kept while the model lives (a batch or a service builds
+it once). The runtimes use as many threads as torch (`torch.get_num_threads()`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pocovid import __version__
+from pocovid.files import write_json
+from pocovid.models.backbone import ModelError
+from pocovid.models.classifier import FrameOutput
+from pocovid.models.compiled import compiled_trunk
+from pocovid.models.export import INPUT, INSTALL_HINT, onnx_bytes, output_names
+
+RUNTIMES = ("torch", "onnx", "openvino")
+CHOICES = ("auto", *RUNTIMES)
+MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
+INSTALL = {"onnx": INSTALL_HINT, "openvino": "pip install 'pocovid[openvino]'"}
+CACHE_FILE = "runtimes.json"
+MEASURE_BATCH, MEASURE_REPEATS = 8, 3
+
+log = logging.getLogger("pocovid")
+_BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {name: (key, runtime)}
+_LOCK = threading.Lock()
+_NOTICED: set[str] = set()
+_FINGERPRINTS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> (weights key, hash)
+
+
+def cache_dir() -> Path:
+    """pocovid's cache folder: $POCOVID_CACHE_DIR, else $XDG_CACHE_HOME/pocovid, else ~/.cache/pocovid."""
+    if os.environ.get("POCOVID_CACHE_DIR"):
+        return Path(os.environ["POCOVID_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pocovid"
+
+
+def _notice(text: str) -> None:
+    """One line on stderr (through logging: a service's log gets it), once per process."""
+    if text not in _NOTICED:
+        _NOTICED.add(text)
+        log.warning("pocovid: %s", text)
+
+
+def runtime_version(name: str) -> str | None:
+    """The installed version of a runtime, None when it cannot be imported."""
+    try:
+        if name == "torch":
+            return torch.__version__
+        if name == "onnx":
+            import onnx  # noqa: F401  (the exporter needs it)
+            import onnxruntime
+            return onnxruntime.__version__
+        if name == "openvino":
+            import onnx  # noqa: F401
+            import openvino
+            return openvino.__version__
+    except Exception:  # an import that fails in any way: the runtime is not there
+        return None
+    raise ModelError(f"unknown runtime {name!r} (use {', '.join(CHOICES)})")
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes installed here, torch first."""
+    return [n for n in RUNTIMES if runtime_version(n) is not None]
+
+
+# ------------------------------------------------------------------------------------ the runtimes
+
+
+class TorchRuntime:
+    """The model itself (`FrameClassifier.infer`), on its compiled trunk when there is one."""
+
+    name = "torch"
+
+    def __init__(self, model, build: bool = True) -> None:
+        self.model = model
+        self.trunk = compiled_trunk(model, model.input_config.size, build)
+
+    def infer(self, x: torch.Tensor, cams: bool = True, finding_cams: bool = False) -> FrameOutput:
+        return self.model.infer(x, cams=cams, trunk=self.trunk, finding_cams=finding_cams)
+
+
+class _GraphRuntime:
+    """A runtime on the exported graph: the graph's named outputs -> `FrameOutput`."""
+
+    name = ""
+    chunk = 0  # frames per call (0: the whole batch)
+
+    def __init__(self, model) -> None:
+        self.names = output_names(model)
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def infer(self, x, cams: bool = True, finding_cams: bool = False) -> FrameOutput:
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        x = np.ascontiguousarray(x, np.float32)
+        step = self.chunk or len(x)
+        parts = [dict(zip(self.names, self._run(x[i:i + step]))) for i in range(0, len(x), max(step, 1))]
+        got = {n: np.concatenate([p[n] for p in parts]) for n in self.names}
+        return FrameOutput(log_probs=got["log_probs"], pooled=got["pooled"], cams=got["cams"] if cams else None,
+                           findings=got.get("findings"), severity=got.get("severity"),
+                           finding_cams=got.get("finding_cams") if finding_cams else None)
+
+
+class OnnxRuntime(_GraphRuntime):
+    """onnxruntime (CPU) on the exported graph (`path`: an exported file instead, e.g. an int8 one)."""
+
+    name = "onnx"
+
+    def __init__(self, model, path: str | os.PathLike | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(model)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        graph = str(path) if path is not None else onnx_bytes(model, metadata=False)
+        self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(self.names, {INPUT: x})
+
+
+class OpenVinoRuntime(_GraphRuntime):
+    """OpenVINO (CPU, f32) on the exported graph."""
+
+    name = "openvino"
+
+    def __init__(self, model, path: str | os.PathLike | None = None) -> None:
+        import openvino as ov
+
+        super().__init__(model)
+        core = ov.Core()
+        graph = core.read_model(str(path) if path is not None else onnx_bytes(model, metadata=False))
+        self.compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                          "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                          "PERFORMANCE_HINT": "LATENCY"})
+        self.request = self.compiled.create_infer_request()
+
+    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+        res = self.request.infer({0: x})
+        return [np.array(res[o]) for o in self.compiled.outputs]  # copies: the request reuses its buffers
+
+
+_KINDS = {"onnx": OnnxRuntime, "openvino": OpenVinoRuntime}
+
+
+# ------------------------------------------------------------------------------------ choosing one
+
+
+def _weights_key(model):
+    params = list(model.parameters())
+    return (int(model.input_config.size), sum(p._version for p in params), params[0].data_ptr())
+
+
+def _built(model, name: str, build: bool):
+    """The runtime `name` of `model`, built once while its weights stay the same (None when not
+    built yet and `build` is False)."""
+    key = _weights_key(model)
+    with _LOCK:
+        held = _BUILT.setdefault(model, {})
+        hit = held.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        if not build:
+            return None
+        rt = _KINDS[name](model)
+        held[name] = (key, rt)
+    return rt
+
+
+def get_runtime(model, name="torch", build: bool = True):
+    """A runtime for `model` (see the module docstring). `build` False: build nothing costly (a
+    single image is not worth exporting for; the eager torch model runs it) unless the runtime is
+    ready from an earlier call. A runtime that is missing or fails falls back to torch with a notice.
+    `name` may be a runtime object already (e.g. `OnnxRuntime(model, "model-int8.onnx")`): returned as is."""
+    if not isinstance(name, str):
+        return name
+    name = runtime_name(model, name, build)
+    if name == "torch":
+        return TorchRuntime(model, build)
+    if runtime_version(name) is None:
+        _notice(f"runtime {name} is not installed ({INSTALL[name]}); running on torch")
+        return TorchRuntime(model, build)
+    try:
+        rt = _built(model, name, build)
+    except Exception as e:  # a runtime that cannot take this model: torch always can
+        reason = " ".join(str(e).split())[:200]
+        _notice(f"runtime {name} failed to load the model ({type(e).__name__}: {reason}); running on torch")
+        return TorchRuntime(model, build)
+    return rt if rt is not None else TorchRuntime(model, build)
+
+
+def runtime_name(model, name: str = "auto", build: bool = True) -> str:
+    """`name`, with "auto" resolved: the fastest runtime measured here (`choose_runtime`; measuring
+    happens once per machine and model, when `build`), else torch."""
+    if name not in CHOICES:
+        raise ModelError(f"unknown runtime {name!r} (use {', '.join(CHOICES)})")
+    if name != "auto":
+        return name
+    return choose_runtime(model) if build else _cached_choice(model) or "torch"
+
+
+def model_fingerprint(model) -> str:
+    """A hash of the model's architecture, input and weights (what the measured speed depends on)."""
+    key = _weights_key(model)
+    hit = _FINGERPRINTS.get(model)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    h = hashlib.sha256(json.dumps([model.architecture(), model.input_config.to_dict()], sort_keys=True).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(np.ascontiguousarray(v.detach().cpu().numpy()).tobytes())
+    _FINGERPRINTS[model] = (key, h.hexdigest()[:16])
+    return _FINGERPRINTS[model][1]
+
+
+def _cache_key(model) -> str:
+    versions = ",".join(f"{n}={runtime_version(n)}" for n in available_runtimes())
+    return f"{model_fingerprint(model)}|{versions}|threads={torch.get_num_threads()}|pocovid={__version__}"
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads((cache_dir() / CACHE_FILE).read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _cached_choice(model) -> str | None:
+    hit = _read_cache().get(_cache_key(model))
+    name = hit.get("runtime") if isinstance(hit, dict) else None
+    return name if name in available_runtimes() else None
+
+
+def measure(engine, model, batch: int = MEASURE_BATCH, repeats: int = MEASURE_REPEATS) -> float:
+    """Frames per second of `engine` on `model`'s input (every head and CAMs): best of `repeats`
+    batches after a warm-up."""
+    size = model.input_config.size
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32))
+    engine.infer(x, cams=True)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        engine.infer(x, cams=True)
+        best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+def choose_runtime(model, remeasure: bool = False) -> str:
+    """The fastest installed runtime for `model` on this machine: measured once, then read from the
+    cache (`remeasure`: measure again)."""
+    names = available_runtimes()
+    if names == ["torch"]:
+        return "torch"
+    key = _cache_key(model)
+    if not remeasure and (hit := _cached_choice(model)) is not None:
+        return hit
+    fps = {}
+    for name in names:
+        try:
+            engine = TorchRuntime(model) if name == "torch" else _built(model, name, True)
+            fps[name] = round(measure(engine, model), 2)
+        except Exception as e:  # not usable here: not a candidate
+            _notice(f"runtime {name} failed to load the model ({type(e).__name__}); not used")
+    best = max(fps, key=fps.get)
+    cache = _read_cache()
+    cache[key] = {"runtime": best, "frames_per_s": fps, "batch": MEASURE_BATCH,
+                  "measured": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                  "load_average": [round(v, 2) for v in os.getloadavg()]}
+    try:
+        write_json(cache_dir() / CACHE_FILE, cache)
+    except OSError as e:  # an unwritable cache: measured again next time, still works
+        _notice(f"cannot write the runtime cache ({e}); the choice is not remembered")
+    return best
