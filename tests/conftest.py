@@ -1,8 +1,14 @@
 """Shared fixtures. Tests use generated data; tests on the real data are marked `realdata`."""
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# `analyze` runs on the fastest runtime installed, measured once per machine and model and remembered
+# in pocovid's cache (models/runtime.py): the tests remember it in a folder of their own, not the user's.
+os.environ.setdefault("POCOVID_CACHE_DIR", str(Path(tempfile.gettempdir()) / f"pocovid-tests-{os.getuid()}"))
 
 # The real POCUS subset lives beside the checkout (never inside it): ../shared/data/pocus.
 SHARED_POCUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pocus"

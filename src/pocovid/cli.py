@@ -698,6 +698,9 @@ def analyze_cmd(
     gradcam_layer: str = typer.Option(None, "--gradcam-layer",
                                       help="Grad-CAM target module, e.g. trunk.4 (default: each head's last map)."),
     crop: bool = typer.Option(None, "--crop/--no-crop", help="Crop to the detected scan region (default {crop})."),
+    runtime: str = typer.Option(None, "--runtime", help="Where the model runs: torch, onnx (onnxruntime), openvino, "
+                                "or auto: the fastest installed, measured once on this machine; a runtime not "
+                                "installed falls back to torch (default {runtime})."),
     full_screen: bool = typer.Option(None, "--full-screen/--scan-region-only",
                                      help="Key frames and videos show the whole screen, with any names and dates "
                                      "burnt into it; else the scan region only (default {full_screen})."),
@@ -772,6 +775,41 @@ def analyze_cmd(
     if batch.failures:
         typer.echo(f"{len(batch.failures)} of {len(batch.entries)} file(s) failed", err=True)
         raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    model: str = typer.Argument(..., help="'default' (the bundled model) or a model file."),
+    out: str = typer.Argument(..., help="The file to write, e.g. model.onnx."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx: the whole per-frame network (every head, CAMs, "
+                            "pooled features) with its metadata inside; runs with onnxruntime alone."),
+    int8: bool = typer.Option(False, "--int8", help="Quantise to int8 (static post-training quantisation: "
+                              "faster, less exact; docs/export.md gives the measured cost)."),
+    calibration: list[str] = typer.Option(None, "--calibration", help="--int8: recordings, or folders of them, "
+                                          "whose frames set the int8 ranges; repeat for several. Use the site's "
+                                          "own recordings (default: the two demo clips packaged with pocovid)."),
+):
+    """Write a model as an ONNX file (every head, metadata inside) for ONNX Runtime, OpenVINO, ..."""
+    from pocovid.inference import export_model
+
+    if fmt != "onnx":
+        fail(f"--format: only onnx is supported, not {fmt!r}")
+    if calibration and not int8:
+        fail("--calibration is for --int8")
+    files = None
+    if int8:
+        from pocovid.analysis.inputs import collect_recordings, demo_recordings
+
+        if calibration:
+            files = collect_recordings(calibration).paths
+            if not files:
+                fail(f"{', '.join(calibration)}: no recordings found")
+        else:
+            files = [row["path"] for row in demo_recordings()]
+            typer.echo("calibrating int8 on the two demo clips packaged with pocovid; pass --calibration with "
+                       "the site's own recordings for ranges that fit them", err=True)
+    path = export_model(model, out, int8=int8, calibration=files)
+    typer.echo(f"written: {path} ({'int8' if int8 else 'fp32'} ONNX, {path.stat().st_size / 1e6:.1f} MB)")
 
 
 @app.command("demo")

@@ -40,6 +40,7 @@ from pocovid.inference import RecordingOutputs, load, stream_predict
 from pocovid.media import open_media
 from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
+from pocovid.models.runtime import CHOICES as RUNTIME_CHOICES
 
 EXPLAINERS = ("cam", "gradcam")
 #: Containers a browser's <video> plays; for the others the overlay video comes with playback.mp4.
@@ -66,6 +67,7 @@ class AnalysisConfig:
     batch_size: int = 32
     max_frames: int | None = None  # at most this many frames, evenly spread (None: no limit)
     gradcam_layer: str | None = None  # Grad-CAM target module name (default: each head's last map)
+    runtime: str = "auto"  # torch, onnx, openvino, or auto: the fastest installed here (models/runtime.py)
     full_screen: bool = False  # key frames and videos show the whole screen (default: the scan region only)
     show_path: bool = False  # the result and report name the file by its whole path (default: its name)
 
@@ -80,6 +82,8 @@ class AnalysisConfig:
             raise PocovidError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.max_frames is not None and self.max_frames < 1:
             raise PocovidError(f"max_frames must be >= 1, got {self.max_frames}")
+        if self.runtime not in RUNTIME_CHOICES:
+            raise PocovidError(f"unknown runtime {self.runtime!r} (use {', '.join(RUNTIME_CHOICES)})")
         if self.gradcam_layer is not None and self.explainer != "gradcam":
             raise PocovidError("gradcam_layer is for explainer='gradcam'")
 
@@ -143,7 +147,8 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     report(0.0, "classify")
     rec = stream_predict(path, model, rate_hz=cfg.rate_hz, max_frames=cfg.max_frames, crop=cfg.crop,
                          cams=cfg.explainer == "cam", keep_pixels=cfg.explainer == "gradcam",
-                         batch_size=cfg.batch_size, inspect=_ood_inspector(params, model.input_config.size),
+                         batch_size=cfg.batch_size, runtime=cfg.runtime,
+                         inspect=_ood_inspector(params, model.input_config.size),
                          n_inspect=params.frames_checked, progress=lambda f: report(0.05 + 0.65 * f, "classify"))
     timings = dict(rec.timings)
     result = _conclude(rec, model, model_name, cfg, params)

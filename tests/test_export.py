@@ -1,0 +1,299 @@
+"""ONNX export (`pocovid export`) and the runtimes of the frame pass (torch, onnx, openvino, auto):
+the exported graph gives what `FrameClassifier.infer` gives, carries its metadata, runs with
+onnxruntime alone; int8 stays within its documented tolerance; a missing runtime falls back to
+torch; analyze writes the same result.json whichever runtime ran it. Generated data only."""
+
+import json
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pocovid.analysis import AnalysisConfig, analyze_recording
+from pocovid.cli import app
+from pocovid.errors import PocovidError
+from pocovid.models import ModelError, OrdinalHead, save_model
+from pocovid.models import runtime as rt
+from pocovid.phantom import write_phantom
+
+ort = pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install 'pocovid[onnx]')")
+pytest.importorskip("onnx", reason="onnx is not installed (pip install 'pocovid[onnx]')")
+
+from pocovid.inference import export_model, stream_predict  # noqa: E402
+from pocovid.models.export import export_onnx, onnx_bytes, output_names, read_onnx_metadata  # noqa: E402
+
+torch.set_num_threads(1)  # the CI machine has 2 cores, shared
+runner = CliRunner()
+FINDINGS = ["b_lines", "a_lines", "consolidation"]
+#: int8 against fp32 on the phantom test clips (docs/export.md; measured: 0.003, 0.018, 0.025): clip
+#: probabilities, frame probabilities, frame findings and severity probabilities
+INT8_CLIP_TOL, INT8_FRAME_TOL, INT8_HEADS_TOL = 0.05, 0.1, 0.1
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("POCOVID_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The quick phantom model with findings and ordinal severity heads added (random, fixed)."""
+    from pocovid.testing import quick_phantom_model
+
+    m = quick_phantom_model(size=96, n_heads=2, steps=60)
+    torch.manual_seed(1)
+    for head in m.heads:
+        head.findings = torch.nn.Linear(head.out_channels, len(FINDINGS))
+        head.severity = OrdinalHead(head.out_channels, 4)
+        with torch.no_grad():
+            head.severity.gaps.copy_(torch.tensor([0.5, 1.0]))
+    m.findings, m.severity_levels = list(FINDINGS), 4
+    m.meta["extra"]["uncertainty"] = {"method": "entropy", "threshold": 0.5}
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def model_file(model, tmp_path_factory):
+    p = tmp_path_factory.mktemp("model") / "quick.pt"
+    save_model(model, p, training_config=model.training_config, data_fingerprint="phantom", extra=model.meta["extra"])
+    return p
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    out = {}
+    for label, seed in (("covid", 11), ("pneumonia", 12), ("regular", 13)):
+        out[label] = d / f"{label}.mp4"
+        write_phantom(out[label], label=label, n_frames=24, fps=12.0, width=240, height=200, overlays=True, seed=seed)
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_file(model, tmp_path_factory):
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "quick.onnx")
+
+
+def _frames(model, clips, n=6):
+    rec = stream_predict(clips["covid"], model, max_frames=n, keep_pixels=True)
+    return model.input_tensor(rec.pixels)
+
+
+def _close(got, want, tol=1e-4):
+    """Equal to `tol` of the larger of 1 and the reference's scale (CAMs and pooled are not in [0, 1])."""
+    want = np.asarray(want)
+    return float(np.abs(np.asarray(got) - want).max()) <= tol * max(1.0, float(np.abs(want).max()))
+
+
+def test_exported_graph_gives_what_the_model_gives(model, clips, onnx_file):
+    x = _frames(model, clips)
+    sess = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    assert [o.name for o in sess.get_outputs()] == output_names(model) == [
+        "log_probs", "probs", "pooled", "cams", "findings", "severity", "finding_cams"]
+    assert isinstance(sess.get_inputs()[0].shape[0], str)  # dynamic batch
+    want = model.infer(x, cams=True, finding_cams=True).numpy()
+    for b in (1, len(x)):
+        got = dict(zip(output_names(model), sess.run(None, {"input": x[:b].numpy()})))
+        assert _close(np.exp(got["log_probs"]), want.member_probs[:b])
+        assert _close(got["probs"], want.probs[:b])
+        for name in ("pooled", "cams", "findings", "severity", "finding_cams"):
+            assert got[name].shape == getattr(want, name)[:b].shape, name
+            assert _close(got[name], getattr(want, name)[:b]), name
+
+
+def test_metadata_is_inside_and_reads_with_onnxruntime(model, onnx_file):
+    from pocovid import __version__
+
+    meta = read_onnx_metadata(onnx_file)
+    assert meta["format"] == "pocovid-onnx" and meta["pocovid_version"] == __version__
+    assert meta["precision"] == "fp32" and meta["calibration"] is None
+    assert meta["classes"] == model.classes and meta["findings"] == FINDINGS and meta["severity_levels"] == 4
+    pre = meta["preprocessing"]
+    assert {k: pre[k] for k in model.input_config.to_dict()} == model.input_config.to_dict()
+    assert pre["scale"] == 127.5 and pre["mean"] == [1.0, 1.0, 1.0] and pre["std"] == [1.0, 1.0, 1.0]
+    assert meta["model_meta"]["extra"]["uncertainty"] == {"method": "entropy", "threshold": 0.5}
+    assert meta["model_meta"]["extra"]["feature_density"]["n"] > 0
+    assert meta["architecture"] == model.architecture() and meta["n_members"] == 2
+    assert set(meta["outputs"]) == set(output_names(model))
+
+
+def test_the_file_runs_with_onnxruntime_alone(onnx_file):
+    """A user's script: onnxruntime and numpy, no torch and no pocovid."""
+    code = f"""
+import json, sys
+import numpy as np, onnxruntime as ort
+s = ort.InferenceSession({str(onnx_file)!r}, providers=["CPUExecutionProvider"])
+meta = {{k: json.loads(v) for k, v in s.get_modelmeta().custom_metadata_map.items()}}
+p = meta["preprocessing"]
+px = np.full((3, p["size"], p["size"]), 128, np.uint8)
+x = np.repeat(((px / p["scale"] - p["mean"][0]) / p["std"][0])[:, None], 3, 1).astype(np.float32)
+probs = s.run(["probs"], {{"input": x}})[0]
+assert probs.shape == (3, len(meta["classes"])) and np.allclose(probs.sum(1), 1, atol=1e-5)
+assert "torch" not in sys.modules and "pocovid" not in sys.modules
+print(meta["classes"])
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "covid" in out.stdout
+
+
+def test_a_model_without_findings_or_severity_exports_without_them(model, clips):
+    from pocovid.testing import quick_phantom_model
+
+    plain = quick_phantom_model(size=64, n_heads=1, steps=5, n_frames=2, seeds=(0, 1))
+    assert output_names(plain) == ["log_probs", "probs", "pooled", "cams"]
+    sess = ort.InferenceSession(onnx_bytes(plain), providers=["CPUExecutionProvider"])
+    x = plain.input_tensor(np.full((2, 64, 64), 90, np.uint8))
+    got = sess.run(None, {"input": x.numpy()})
+    assert len(got) == 4 and _close(got[1], plain.infer(x).probs.numpy())
+    out = rt.OnnxRuntime(plain).infer(x)
+    assert out.findings is None and out.severity is None and out.cams is not None
+
+
+@pytest.mark.parametrize("name", ["onnx", "openvino"])
+def test_runtimes_give_what_torch_gives(model, clips, name):
+    if name == "openvino":
+        pytest.importorskip("openvino", reason="openvino is not installed (pip install 'pocovid[openvino]')")
+    x = _frames(model, clips)
+    want = model.infer(x, cams=True, finding_cams=True).numpy()
+    engine = rt.get_runtime(model, name)
+    assert engine.name == name and rt.get_runtime(model, name) is engine  # built once per model
+    got = engine.infer(x, cams=True, finding_cams=True)
+    for field in ("pooled", "cams", "findings", "severity", "finding_cams"):
+        assert _close(getattr(got, field), getattr(want, field)), field
+    assert _close(got.probs, want.probs) and _close(got.member_probs, want.member_probs)
+    assert engine.infer(x, cams=False).cams is None and engine.infer(x).finding_cams is None
+
+
+def test_int8_export_stays_within_its_tolerance(model, model_file, clips, tmp_path):
+    """Static int8 calibrated on phantom clips; the test clips (other seeds) keep their decisions."""
+    calib = []
+    for i, label in enumerate(("covid", "pneumonia", "regular")):
+        calib.append(tmp_path / f"calib_{label}.mp4")
+        write_phantom(calib[-1], label=label, n_frames=16, fps=10.0, width=240, height=200, seed=40 + i)
+    out = export_model(model_file, tmp_path / "q.onnx", int8=True, calibration=calib, max_frames=48)
+    meta = read_onnx_metadata(out)
+    assert meta["precision"] == "int8" and meta["calibration"].startswith("48 frames of 3 recording(s)")
+    assert out.stat().st_size < 0.5 * export_onnx(model, tmp_path / "f.onnx").stat().st_size
+    q = rt.OnnxRuntime(model, out)
+    for label, clip in clips.items():
+        a = stream_predict(clip, model, cams=True)
+        b = stream_predict(clip, model, cams=True, runtime=q)
+        assert np.argmax(a.probs.mean(0)) == np.argmax(b.probs.mean(0)), label
+        assert np.abs(a.probs.mean(0) - b.probs.mean(0)).max() <= INT8_CLIP_TOL, label
+        assert np.abs(a.probs - b.probs).max() <= INT8_FRAME_TOL, label
+        for head in ("findings", "severity"):
+            assert np.abs(getattr(a.outputs, head) - getattr(b.outputs, head)).max() <= INT8_HEADS_TOL, (label, head)
+    with pytest.raises(PocovidError, match="calibration"):
+        export_model(model_file, tmp_path / "x.onnx", int8=True)
+
+
+def _hide(monkeypatch, *modules):
+    """Make `import <module>` fail, as where the runtime is not installed."""
+    import builtins
+
+    real = builtins.__import__
+
+    def fake(name, *args, **kwargs):
+        if name.split(".")[0] in modules:
+            raise ImportError(f"No module named {name!r}")
+        return real(name, *args, **kwargs)
+
+    for m in list(sys.modules):
+        if m.split(".")[0] in modules:
+            monkeypatch.delitem(sys.modules, m)
+    monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def test_a_missing_runtime_falls_back_to_torch_with_a_notice(model, monkeypatch, caplog):
+    _hide(monkeypatch, "onnxruntime", "openvino")
+    monkeypatch.setattr(rt, "_NOTICED", set())
+    assert rt.available_runtimes() == ["torch"]
+    with caplog.at_level(logging.WARNING, logger="pocovid"):
+        engine = rt.get_runtime(model, "onnx")
+        rt.get_runtime(model, "onnx")
+    assert engine.name == "torch"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "\n" not in lines[0] and "onnx is not installed" in lines[0], lines
+    monkeypatch.setattr(rt, "measure", lambda *a, **k: pytest.fail("nothing to measure with torch alone"))
+    assert rt.get_runtime(model, "auto").name == "torch"
+
+
+def test_a_runtime_that_fails_falls_back_to_torch(model, monkeypatch, caplog):
+    def broken(self, model, path=None):
+        raise RuntimeError("cannot\nload")
+
+    monkeypatch.setattr(rt.OnnxRuntime, "__init__", broken)
+    monkeypatch.setattr(rt, "_BUILT", rt.weakref.WeakKeyDictionary())
+    with caplog.at_level(logging.WARNING, logger="pocovid"):
+        assert rt.get_runtime(model, "onnx").name == "torch"
+    assert any("failed to load the model (RuntimeError: cannot load)" in r.getMessage() for r in caplog.records)
+
+
+def test_auto_measures_once_and_remembers(model, monkeypatch, tmp_path):
+    speeds = {"torch": 10.0, "onnx": 30.0, "openvino": 20.0}  # frames/s; the engines stand in by name
+    monkeypatch.setattr(rt, "available_runtimes", lambda: list(speeds))
+    monkeypatch.setattr(rt, "TorchRuntime", lambda m, build=True: "torch")
+    monkeypatch.setattr(rt, "_built", lambda m, name, build: name)
+    calls = []
+    monkeypatch.setattr(rt, "measure", lambda engine, m: calls.append(engine) or speeds[engine])
+    assert rt.choose_runtime(model) == "onnx" and len(calls) == 3
+    cache = json.loads((tmp_path / "cache" / rt.CACHE_FILE).read_text())
+    (entry,) = cache.values()
+    assert entry["runtime"] == "onnx" and entry["frames_per_s"] == speeds and len(entry["load_average"]) == 3
+    assert rt.choose_runtime(model) == "onnx" and len(calls) == 3  # remembered: not measured again
+    assert rt.runtime_name(model, "auto", build=False) == "onnx"
+    with pytest.raises(ModelError, match="unknown runtime 'tpu'"):
+        rt.get_runtime(model, "tpu")
+    with pytest.raises(PocovidError, match="unknown runtime"):
+        AnalysisConfig(runtime="tpu").check()
+
+
+def _same_up_to_rounding(a, b, where="result"):
+    """Equal, but for numbers within 1e-5 (relative) or, for rounded ones, one step of their printed
+    precision apart (float32 sums in another order round the other way: 0.15625 -> 0.1562 / 0.1563)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _same_up_to_rounding(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same_up_to_rounding(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and isinstance(b, float):
+        decimals = max(len(repr(v).partition(".")[2]) for v in (a, b))
+        step = 10.0 ** -decimals if decimals <= 6 else 0.0
+        assert abs(a - b) <= max(1e-5 * max(1.0, abs(a)), 1.01 * step), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_analyze_writes_the_same_result_on_torch_and_onnx(model, clips, tmp_path):
+    results = {}
+    for name in ("torch", "onnx"):
+        r = analyze_recording(clips["pneumonia"], model, tmp_path / name, AnalysisConfig(runtime=name, report=False))
+        data = json.loads((tmp_path / name / "result.json").read_text())
+        assert data == json.loads(r.model_dump_json())
+        del data["timings"], data["created"]
+        results[name] = data
+    _same_up_to_rounding(results["torch"], results["onnx"])
+    assert results["torch"]["prediction"]["label"] == results["onnx"]["prediction"]["label"]
+    assert [k["index"] for k in results["torch"]["key_frames"]] == [k["index"] for k in results["onnx"]["key_frames"]]
+
+
+def test_cli_export_and_analyze_runtime(model_file, clips, tmp_path):
+    out = tmp_path / "m.onnx"
+    r = runner.invoke(app, ["export", str(model_file), "--format", "onnx", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "fp32 ONNX" in r.output and read_onnx_metadata(out)["classes"] == ["covid", "pneumonia", "regular"]
+    r = runner.invoke(app, ["export", str(model_file), "--format", "tflite", str(tmp_path / "m.tflite")])
+    assert r.exit_code != 0 and "only onnx" in r.output
+    r = runner.invoke(app, ["export", str(model_file), str(out), "--calibration", str(clips["covid"])])
+    assert r.exit_code != 0 and "--calibration is for --int8" in r.output
+    r = runner.invoke(app, ["analyze", str(clips["covid"]), "--model", str(model_file), "--runtime", "tpu",
+                            "-o", str(tmp_path / "a")])
+    assert r.exit_code != 0 and "--runtime" in r.output and "unknown runtime" in r.output
