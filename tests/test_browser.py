@@ -360,3 +360,161 @@ def test_findings_and_severity_with_the_bundled_model(browser, tmp_path):
         page.close()
     finally:
         stop_server(proc)
+
+
+# ------------------------------------------------------------------------------------------ exams
+
+EXAM_ZONES = ("L1", "L2", "L3", "R1", "R2", "R3")
+
+
+@pytest.fixture(scope="module")
+def exam_server(tmp_path_factory):
+    """`pocovid serve` with the quick phantom model plus (untrained) findings and severity heads: an
+    exam's zones get a severity, the LUS score a value (never clinical)."""
+    pytest.importorskip("pocovid.analysis", reason="pocovid.analysis is not in this checkout")
+    from pocovid.models import save_model
+    from pocovid.server.local import start_server, stop_server
+    from pocovid.testing import quick_phantom_model
+
+    m = quick_phantom_model(size=96, n_heads=2, steps=40, severity_levels=4,
+                            findings=("b_lines", "a_lines", "consolidation", "effusion", "pleural_irregularity"))
+    model = tmp_path_factory.mktemp("model") / "phantom_exam.pt"
+    save_model(m, model, training_config=m.training_config, data_fingerprint="phantom", extra=m.meta["extra"])
+    proc, base = start_server(tmp_path_factory.mktemp("srv"), model, None, "--threads", "1",
+                              env={"POCOVID_API_TOKEN": TOKEN})
+    yield base
+    stop_server(proc)
+
+
+@pytest.fixture(scope="module")
+def exam_clips(tmp_path_factory):
+    """Six small phantom clips named by their BLUE point: L1.mp4 ... R3.mp4."""
+    from pocovid.phantom import write_phantom
+
+    d = tmp_path_factory.mktemp("exam_clips")
+    for i, z in enumerate(EXAM_ZONES):
+        write_phantom(d / f"{z}.mp4", label="covid" if z.endswith("3") else "regular", n_frames=4, width=256,
+                      height=224, fps=10.0, seed=i, overlays=True, probe="convex")
+    return [d / f"{z}.mp4" for z in EXAM_ZONES]
+
+
+def _watch(page, base):
+    errors, external = [], []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("request", lambda r: external.append(r.url) if not r.url.startswith((base, "blob:", "data:")) else None)
+    return errors, external
+
+
+def _no_sideways_scroll(page):
+    wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1 && e.offsetParent)
+        .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)""")
+    assert page.evaluate("() => document.documentElement.scrollWidth <= window.innerWidth + 1"), wide
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (768, 1024)], ids=["desktop", "tablet"])
+def test_exam_flow(exam_server, browser, exam_clips, tmp_path, size):
+    """Exam mode: start an exam, choose six clips at once, see their zones (from their names), watch them
+    run, then the lung diagram coloured by zone severity, the zone table with key frames, the LUS score
+    and the verdict; move a recording to another zone on the diagram; the history lists the exam."""
+    import re
+
+    ctx = browser.new_context(viewport={"width": size[0], "height": size[1]})
+    page = ctx.new_page()
+    errors, external = _watch(page, exam_server)
+    page.goto(exam_server + "/")
+    page.click("#mode-exam")
+    assert page.locator("#exam").is_visible() and not page.locator("#analyze").is_visible()
+    assert page.locator("#mode-exam").get_attribute("aria-pressed") == "true"
+    patient = f"p-{size[0]}"
+    page.fill("#exam-patient", patient)
+    page.keyboard.press("Enter")  # starts the exam, as the button does
+    page.wait_for_selector("#exam-head:not([hidden])")
+    assert patient in page.locator("#exam-title").inner_text()
+    # the multi-file chooser: labelled, reachable with the keyboard
+    files = page.locator("#exam-files")
+    assert files.get_attribute("multiple") is not None and page.locator("label[for=exam-files]").inner_text().strip()
+    page.focus("#exam-files")
+    assert page.evaluate("document.activeElement.id") == "exam-files"
+    page.set_input_files("#exam-files", [str(p) for p in exam_clips])
+    page.wait_for_function("() => document.querySelectorAll('#exam-clips tr').length === 6", timeout=60_000)
+    shown = page.eval_on_selector_all("#exam-clips tr", "rs => rs.map(r => [r.querySelector('.clip-name').textContent, "
+                                                        "r.querySelector('select').value])")
+    assert sorted(shown) == sorted([f"{z}.mp4", z] for z in EXAM_ZONES)  # each zone read from its name
+    page.wait_for_selector("#exam-verdict:not(.pending)", timeout=180_000)
+    # the diagram: six zones, each coloured on the severity ramp of GET /api/display
+    display = httpx.get(exam_server + "/api/display").json()
+    zones = page.locator("#exam-diagram g.zone")
+    assert zones.count() == 6
+    fills = page.eval_on_selector_all("#exam-diagram g.zone circle", "cs => cs.map(c => c.getAttribute('fill'))")
+    assert set(fills) <= set(display["severity_colours"]), fills
+    # the zone table: six zones with severity, findings and a key frame that loaded
+    assert page.locator("#exam-zones tr").count() == 6
+    page.wait_for_function("() => [...document.querySelectorAll('#exam-zones img.thumb')].length === 6 && "
+                           "[...document.querySelectorAll('#exam-zones img.thumb')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=20_000)
+    assert "B-lines" in page.locator("#exam-zones").inner_text()
+    # the verdict, in the clinicians' words, with its probability; the LUS score out of 18
+    diag = page.locator("#exam-diagnosis").inner_text().strip()
+    assert diag in CLASS_NAMES, diag
+    assert page.locator("#exam-eyebrow").text_content().startswith("Most likely")
+    assert "Probability" in page.locator("#exam-diagnosis-p").inner_text()
+    assert re.search(r"LUS score \d+ / 18", page.locator("#exam-lus").inner_text())
+    assert page.locator("#exam-probs li").count() == 3 and page.locator("#exam-flags li").count() >= 1
+    assert page.locator("#exam-links a", has_text="exam report").count() == 1
+    page.wait_for_selector(f"#exam-history-body td:has-text('{patient}')")
+    assert external == [] and errors == [], (external, errors)
+    if size[0] >= 1000:
+        # move L1's recording to L2 on the diagram, with the keyboard: L1 is then not scanned, L2 holds two
+        row = page.locator("#exam-clips tr", has_text="L1.mp4")
+        row.locator("button.pick").click()
+        page.locator("#exam-diagram g.zone[data-zone=L2]").focus()
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#exam-diagram g.zone.missing[data-zone=L1]", timeout=30_000)
+        assert row.locator("select").input_value() == "L2"
+        page.wait_for_selector("#exam-verdict:not(.pending)", timeout=30_000)
+        assert "not scanned: L1" in page.locator("#exam-lus").inner_text()
+        row.locator("select").select_option("L1")  # and back with its menu
+        page.wait_for_selector("#exam-diagram g.zone:not(.missing)[data-zone=L1]", timeout=30_000)
+        page.wait_for_selector("#exam-verdict:not(.pending)", timeout=30_000)
+    _no_sideways_scroll(page)
+    assert errors == [], errors
+    page.evaluate("window.scrollTo(0, 0)")
+    page.locator("#exam").scroll_into_view_if_needed()
+    _shot(page, tmp_path, f"exam_{'desktop' if size[0] >= 1000 else 'tablet'}.png")
+    ctx.close()
+
+
+def test_exam_outside_the_training_data_no_verdict(exam_server, browser, tmp_path):
+    """Photographs named by zone: every recording withheld, so the exam has no verdict, and the page
+    shows none as one (no class in bold or colour, no probabilities); the zones are not scored."""
+    from pocovid import testing
+    from pocovid.phantom import write_image
+
+    photos = testing.natural_images()
+    paths = []
+    for z, name in (("L1", "astronaut"), ("R1", "coffee")):
+        write_image(tmp_path / f"{z}.png", photos[name])
+        paths.append(str(tmp_path / f"{z}.png"))
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors, _ = _watch(page, exam_server)
+    page.goto(exam_server + "/#exam")
+    assert page.locator("#exam").is_visible()
+    page.set_input_files("#exam-files", paths)  # no exam open: one is started with them
+    page.wait_for_selector("#exam-verdict:not(.pending)", timeout=120_000)
+    card = page.locator("#exam-verdict")
+    assert "withheld" in card.get_attribute("class").split()
+    assert page.locator("#exam-eyebrow").text_content().strip() == "No diagnosis"
+    assert "Outside what the model was trained on" in page.locator("#exam-diagnosis").inner_text()
+    assert page.locator("#exam-probs li").count() == 0 and not page.locator("#exam-probs-h").is_visible()
+    colours = {_hex_rgb(c) for c in httpx.get(exam_server + "/api/display").json()["class_colours"].values()}
+    assert _rgb(page.eval_on_selector("#exam-diagnosis", "e => getComputedStyle(e).color")) not in colours
+    for cls in CLASS_NAMES:
+        assert cls not in page.locator("#exam-verdict").inner_text()
+    assert page.locator("#exam-clips").inner_text().count("outside what the model was trained on") == 2
+    values = page.eval_on_selector_all("#exam-diagram g.zone .zone-value", "ts => ts.map(t => t.textContent)")
+    assert values.count("?") == 2 and "LUS score — / 18" in page.locator("#exam-lus").inner_text()
+    assert errors == [], errors
+    _shot(page, tmp_path, "exam_withheld.png")
+    page.close()

@@ -1,4 +1,5 @@
-/* pocovid web page: upload, follow, show and list analyses; contribute data. Plain JS, no libraries. */
+/* pocovid web page: upload, follow, show and list analyses; contribute data. Plain JS, no libraries.
+   The exam mode (exam.js) uses the helpers this file shares as window.pocovid. */
 "use strict";
 
 (function () {
@@ -540,7 +541,7 @@
       else if (a.status === "failed") res = a.error || "";
       else res = a.stage || "";
       const open = el("button", { type: "button", text: "Open", "aria-label": "Open the analysis of " + fmtDate(a.created),
-        onclick: () => { history.replaceState(null, "", "#analysis=" + a.id); follow(a.id); } });
+        onclick: () => { setMode("single"); history.replaceState(null, "", "#analysis=" + a.id); follow(a.id); } });
       const del = el("button", { type: "button", class: "danger", text: "Delete", "aria-label": "Delete the analysis of " + fmtDate(a.created),
         onclick: () => deleteAnalysis(a.id) });
       body.append(el("tr", {}, [
@@ -557,21 +558,28 @@
     $("history-older").disabled = to >= page.total;
   }
 
-  async function deleteAnalysis(id) {
-    if (!confirm("Delete this analysis, its upload and its results?")) return;
+  // DELETE with the server's API token (asked once, kept for the tab); null when the user gave none
+  async function authorizedDelete(url) {
     const tryDelete = async (token) => {
       const headers = { [CSRF_HEADER]: CSRF_VALUE };
       if (token) headers.Authorization = "Bearer " + token;
-      return fetch(API + "/analyses/" + id, { method: "DELETE", headers });
+      return fetch(url, { method: "DELETE", headers });
     };
     let token = sessionStorage.getItem("pocovid-token");
     let r = await tryDelete(token);
     if (r.status === 401 || (r.status === 403 && !token)) {  // the server has a token: ask for it
-      token = prompt("This server needs its API token to delete analyses:");
-      if (!token) return;
+      token = prompt("This server needs its API token to delete:");
+      if (!token) return null;
       r = await tryDelete(token);
       if (r.ok) sessionStorage.setItem("pocovid-token", token);
     }
+    return r;
+  }
+
+  async function deleteAnalysis(id) {
+    if (!confirm("Delete this analysis, its upload and its results?")) return;
+    const r = await authorizedDelete(API + "/analyses/" + id);
+    if (!r) return;
     if (r.ok || r.status === 404) {
       setStatus($("status"), "Analysis deleted.", "ok");
       if (state.current && state.current.id === id) { $("result").hidden = true; state.current = null; history.replaceState(null, "", "#"); }
@@ -646,7 +654,7 @@
       const h = await getJSON(API + "/health");
       $("version").textContent = h.version;
       state.maxBytes = h.max_upload_mb * 1024 * 1024;
-      $("max-mb").textContent = String(Math.round(h.max_upload_mb));
+      $("max-mb").textContent = $("exam-max-mb").textContent = String(Math.round(h.max_upload_mb));
     } catch (e) { /* offline */ }
     try {
       const m = await getJSON(API + "/model");
@@ -661,6 +669,25 @@
       $("model-info").textContent = "Model: not available (" + e.message + ")";
     }
   }
+
+  // ------------------------------------------------------------------------------ modes
+  // One recording, or an exam (exam.js): the page shows one of them (body.exam-mode), the history both.
+  function setMode(mode) {
+    const exam = mode === "exam";
+    document.body.classList.toggle("exam-mode", exam);
+    $("mode-single").setAttribute("aria-pressed", String(!exam));
+    $("mode-exam").setAttribute("aria-pressed", String(exam));
+  }
+  function modeFromHash() {
+    if (/^#exam/.test(location.hash)) setMode("exam");
+    else if (/^#(analy|result)/.test(location.hash)) setMode("single");
+  }
+
+  // what exam.js uses
+  window.pocovid = {
+    $, API, display, state, el, getJSON, setStatus, pct, className, classColor, findingName, severityText, plural,
+    fmtDate, fmtSize, uploadWithProgress, authorizedDelete, setMode, CSRF_HEADER, CSRF_VALUE, OUTSIDE, ready: null,
+  };
 
   // ------------------------------------------------------------------------------ wiring
   async function init() {
@@ -705,8 +732,17 @@
     $("history-older").addEventListener("click", () => { state.historyOffset += HISTORY_PAGE; loadHistory(); });
     $("contrib-form").addEventListener("submit", submitContribution);
 
+    $("mode-single").addEventListener("click", () => { setMode("single"); history.replaceState(null, "", "#analyze"); });
+    $("mode-exam").addEventListener("click", () => {
+      setMode("exam");
+      if (!/^#exam/.test(location.hash)) history.replaceState(null, "", "#exam");
+    });
+    window.addEventListener("hashchange", modeFromHash);
+    modeFromHash();
+
     setupContributions();
-    await loadDisplay();  // before anything shows a class (names, colours)
+    window.pocovid.ready = loadDisplay();
+    await window.pocovid.ready;  // before anything shows a class (names, colours)
     loadFooter();
     loadHistory();
     const m = /analysis=([0-9a-f]{16})/.exec(location.hash);
