@@ -16,6 +16,10 @@ result.json, key frames and report.html; a file that fails is listed, the rest a
   other clips: how much the diagnosis's probability drops, same rule).
 Withheld clips (out of distribution) count toward nothing: no verdict when every clip is withheld.
 Writes `out_dir/exam.json` (the declared `ExamResult`) and `out_dir/exam.html`.
+
+The conclusion is its own step: `exam_clip` (a recording's result, or its failure, as the exam sees it)
+and `conclude_exam` (clips -> ExamResult, writing nothing); the web service (`pocovid.server.exams`)
+concludes its exams with them from results it stored.
 """
 
 from __future__ import annotations
