@@ -226,5 +226,9 @@ def test_a_version_1_database_is_migrated(tmp_path):
     assert total == 1 and rows[0]["exam"] is None and rows[0]["zone"] is None
     db.add_exam("fedcba9876543210", patient="p1")
     assert db.list_exams()[0] == 1
+    with pytest.raises(KeyError):  # an exam deleted meanwhile: its recording is not stored
+        db.add_analysis("00000000000000aa", kind="video", format="mp4", size=1, upload="uploads/x.mp4",
+                        deidentified=False, exam="00000000000000bb")
+    assert db.get_analysis("00000000000000aa") is None
     db.close()
     assert Database(path).schema_version() == 2  # opened again: nothing more to do

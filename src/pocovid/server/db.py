@@ -183,7 +183,7 @@ class Database:
     def add_analysis(self, id_: str, *, kind: str, format: str, size: int, upload: str, deidentified: bool,
                      exam: str | None = None, zone: str | None = None, zone_source: str | None = None) -> dict:
         """Queue an analysis; with `exam`, a recording of that exam (at `zone`, given by `zone_source`),
-        and the exam changes (`exam_changed`) in the same transaction."""
+        and the exam changes (`_exam_changed`) in the same transaction (KeyError when the exam is gone)."""
         now = time.time()
         con = self._con()
         con.execute("BEGIN IMMEDIATE")
@@ -192,8 +192,8 @@ class Database:
                         "deidentified, exam, zone, zone_source) "
                         "VALUES (?, ?, ?, 'queued', 'waiting for a worker', ?, ?, ?, ?, ?, ?, ?, ?)",
                         (id_, now, now, kind, format, int(size), upload, int(deidentified), exam, zone, zone_source))
-            if exam is not None:
-                self._exam_changed(exam, "running")
+            if exam is not None and not self._exam_changed(exam, "running"):
+                raise KeyError(f"no exam {exam}")  # deleted meanwhile: no recording without its exam
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
@@ -280,9 +280,10 @@ class Database:
         rows = self._exec("SELECT * FROM analyses WHERE exam = ? ORDER BY created, rowid", (exam_id,)).fetchall()
         return [_analysis(r) for r in rows]
 
-    def _exam_changed(self, exam_id: str, status: str) -> None:
-        self._exec("UPDATE exams SET status = ?, revision = revision + 1, result = NULL, error = NULL, "
-                   "concluded = NULL, updated = ? WHERE id = ?", (status, time.time(), exam_id))
+    def _exam_changed(self, exam_id: str, status: str) -> bool:
+        cur = self._exec("UPDATE exams SET status = ?, revision = revision + 1, result = NULL, error = NULL, "
+                         "concluded = NULL, updated = ? WHERE id = ?", (status, time.time(), exam_id))
+        return cur.rowcount > 0
 
     def set_zone(self, analysis_id: str, zone: str | None, source: str | None) -> dict | None:
         """Move an exam's recording to another zone (None: unassigned); its exam's conclusion is outdated

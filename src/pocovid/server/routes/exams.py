@@ -209,6 +209,8 @@ async def _store(f, exam_id: str, zone: str | None, source: str | None, db, stor
                                       size=dest.stat().st_size, upload=storage.relative(dest), deidentified=deid,
                                       exam=exam_id, zone=zone, zone_source=source)
         stored = True
+    except KeyError:
+        raise UploadError(404, "no such exam (deleted during the upload)") from None
     except sqlite3.OperationalError as e:
         raise (UploadError(507, "the server's disk is full: the upload cannot be recorded") if "full" in str(e)
                else UploadError(503, "the service's database is busy; the upload was not stored (try again)")) from None
