@@ -9,7 +9,7 @@
   if (!P) return;
   const { $, el, getJSON, setStatus, pct, className, classColor, findingName, severityText, plural, fmtDate } = P;
   const API = P.API;
-  const SVG = "http://www.w3.org/2000/svg";
+  const SVG = document.querySelector("svg").namespaceURI;  // the SVG namespace, from the page's own inline icon
   const POINT_WORDS = { 1: "upper anterior", 2: "lower anterior", 3: "posterolateral" };
   const HISTORY_PAGE = 10;
   const S = {
