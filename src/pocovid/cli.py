@@ -787,7 +787,8 @@ def export_cmd(
                               "faster, less exact; docs/export.md gives the measured cost)."),
     calibration: list[str] = typer.Option(None, "--calibration", help="--int8: recordings, or folders of them, "
                                           "whose frames set the int8 ranges; repeat for several. Use the site's "
-                                          "own recordings (default: the two demo clips packaged with pocovid)."),
+                                          "own recordings (default: the two demo clips, where `pocovid demo` "
+                                          "finds them on this machine)."),
 ):
     """Write a model as an ONNX file (every head, metadata inside) for ONNX Runtime, OpenVINO, ..."""
     from pocovid.inference import export_model
@@ -805,9 +806,12 @@ def export_cmd(
             if not files:
                 fail(f"{', '.join(calibration)}: no recordings found")
         else:
-            files = [row["path"] for row in demo_recordings()]
-            typer.echo("calibrating int8 on the two demo clips packaged with pocovid; pass --calibration with "
-                       "the site's own recordings for ranges that fit them", err=True)
+            try:
+                files = [row["path"] for row in demo_recordings()]
+            except PocovidError as e:
+                fail(f"--int8 needs --calibration RECORDINGS (real recordings of the site); no demo clips either: {e}")
+            typer.echo("calibrating int8 on the two demo clips; pass --calibration with the site's own recordings "
+                       "for ranges that fit them", err=True)
     path = export_model(model, out, int8=int8, calibration=files)
     typer.echo(f"written: {path} ({'int8' if int8 else 'fp32'} ONNX, {path.stat().st_size / 1e6:.1f} MB)")
 

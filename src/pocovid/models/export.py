@@ -37,6 +37,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterable
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -81,8 +82,7 @@ class _Graph(nn.Module):
 
     def forward(self, x: torch.Tensor):
         o = self.model.infer(x, cams=True, chunk=0, finding_cams=bool(self.model.findings))
-        values = dict(log_probs=o.log_probs, probs=o.log_probs.exp().mean(1), pooled=o.pooled, cams=o.cams,
-                      findings=o.findings, severity=o.severity, finding_cams=o.finding_cams)
+        values = {f.name: getattr(o, f.name) for f in fields(o)} | {"probs": o.log_probs.exp().mean(1)}
         return tuple(values[n] for n in self.names)
 
 
@@ -108,7 +108,7 @@ def onnx_metadata(model, precision: str = "fp32", calibration: str | None = None
                               layout="NCHW float32",
                               formula="crop the frame to the scan region, resize to size x size, grey, repeat "
                                       "to 3 channels; x = (pixels / scale - mean) / std per channel"),
-        "outputs": {n: shapes[n] for n in output_names(model)},
+        "outputs": {n: shapes.get(n, "") for n in output_names(model)},
         "architecture": model.architecture(),
         "model_meta": meta,
     }

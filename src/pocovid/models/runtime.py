@@ -26,6 +26,7 @@ import os
 import threading
 import time
 import weakref
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -123,9 +124,10 @@ class _GraphRuntime:
         step = self.chunk or len(x)
         parts = [dict(zip(self.names, self._run(x[i:i + step]))) for i in range(0, len(x), max(step, 1))]
         got = {n: np.concatenate([p[n] for p in parts]) for n in self.names}
-        return FrameOutput(log_probs=got["log_probs"], pooled=got["pooled"], cams=got["cams"] if cams else None,
-                           findings=got.get("findings"), severity=got.get("severity"),
-                           finding_cams=got.get("finding_cams") if finding_cams else None)
+        out = {f.name: got.get(f.name) for f in fields(FrameOutput)}
+        out["cams"] = out["cams"] if cams else None
+        out["finding_cams"] = out["finding_cams"] if finding_cams else None
+        return FrameOutput(**out)
 
 
 class OnnxRuntime(_GraphRuntime):
