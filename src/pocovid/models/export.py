@@ -106,8 +106,9 @@ def onnx_metadata(model, precision: str = "fp32", calibration: str | None = None
         "n_members": int(model.n_heads),
         "preprocessing": dict(cfg.to_dict(), scale=scale, mean=list(mean), std=list(std), input=INPUT,
                               layout="NCHW float32",
-                              formula="crop the frame to the scan region, resize to size x size, grey, repeat "
-                                      "to 3 channels; x = (pixels / scale - mean) / std per channel"),
+                              formula="crop the frame to the scan region, resize to size x size, when grey: "
+                                      "grey repeated to 3 channels (else RGB); x = (pixels / scale - mean) / std "
+                                      "per channel"),
         "outputs": {n: shapes.get(n, "") for n in output_names(model)},
         "architecture": model.architecture(),
         "model_meta": meta,
@@ -126,7 +127,8 @@ def onnx_bytes(model, metadata: bool = True) -> bytes:
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Graph(model), (torch.zeros(2, 3, size, size),), buf, dynamo=False,
+            example = torch.zeros(2, 3, size, size, device=next(model.parameters()).device)
+            torch.onnx.export(_Graph(model), (example,), buf, dynamo=False,
                               input_names=[INPUT], output_names=names, opset_version=OPSET,
                               dynamic_axes={n: {0: "batch"} for n in [INPUT, *names]})
     except Exception as e:

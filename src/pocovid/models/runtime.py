@@ -167,10 +167,12 @@ class OpenVinoRuntime(_GraphRuntime):
                                                           "INFERENCE_NUM_THREADS": torch.get_num_threads(),
                                                           "PERFORMANCE_HINT": "LATENCY"})
         self.request = self.compiled.create_infer_request()
+        self._lock = threading.Lock()  # one request, not to be shared by threads at once
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
-        res = self.request.infer({0: x})
-        return [np.array(res[o]) for o in self.compiled.outputs]  # copies: the request reuses its buffers
+        with self._lock:
+            res = self.request.infer({0: x})
+            return [np.array(res[o]) for o in self.compiled.outputs]  # copies: the request reuses its buffers
 
 
 _KINDS = {"onnx": OnnxRuntime, "openvino": OpenVinoRuntime}
