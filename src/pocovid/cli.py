@@ -784,7 +784,8 @@ def export_cmd(
     fmt: str = typer.Option("onnx", "--format", help="onnx: the whole per-frame network (every head, CAMs, "
                             "pooled features) with its metadata inside; runs with onnxruntime alone."),
     int8: bool = typer.Option(False, "--int8", help="Quantise to int8 (static post-training quantisation: "
-                              "faster, less exact; docs/export.md gives the measured cost)."),
+                              "smaller and less exact, faster only on some CPUs; docs/export.md gives the "
+                              "measured cost)."),
     calibration: list[str] = typer.Option(None, "--calibration", help="--int8: recordings, or folders of them, "
                                           "whose frames set the int8 ranges; repeat for several. Use the site's "
                                           "own recordings (default: the two demo clips, where `pocovid demo` "
