@@ -381,7 +381,7 @@ def test_written_results_validate_against_the_published_schema(analysed):
     import jsonschema
 
     schema = result_schema()
-    assert schema["properties"]["schema_version"]["default"] == 4
+    assert schema["properties"]["schema_version"]["default"] == 5
     assert {"prediction", "uncertainty", "key_frames", "out_of_distribution"} <= set(schema["required"])
     for _, out, _ in analysed.values():
         jsonschema.validate(json.loads((out / "result.json").read_text()), schema)
@@ -394,8 +394,15 @@ def test_written_results_validate_against_the_published_schema(analysed):
     for k in ("playback_video", "full_screen"):
         del old[k]
     del old["uncertainty"]["summary"]
+    del old["model_info"]["runtime"]
     back = AnalysisResult.model_validate(old)
     assert back.schema_version == 3 and back.playback_video is None and not back.full_screen
+    # a result.json of version 4 (before model_info.runtime) still reads back
+    old = analysed["covid"][0].to_json() | {"schema_version": 4}
+    del old["model_info"]["runtime"]
+    back = AnalysisResult.model_validate(old)
+    assert back.schema_version == 4 and back.model_info.runtime is None
+    assert analysed["covid"][0].model_info.runtime in ("torch", "onnx", "openvino")
 
 
 def test_report_is_self_contained(analysed):

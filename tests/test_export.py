@@ -167,6 +167,33 @@ def test_runtimes_give_what_torch_gives(model, clips, name):
         assert _close(getattr(got, field), getattr(want, field)), field
     assert _close(got.probs, want.probs) and _close(got.member_probs, want.member_probs)
     assert engine.infer(x, cams=False).cams is None and engine.infer(x).finding_cams is None
+    torch.set_num_threads(2)  # two parallel streams, one frame a call: the frames come back in order
+    try:
+        two = {"onnx": rt.OnnxRuntime, "openvino": rt.OpenVinoRuntime}[name](model)
+    finally:
+        torch.set_num_threads(1)
+    got = two.infer(x, cams=True, finding_cams=True)
+    assert two.streams == 2 and all(_close(getattr(got, f), getattr(want, f)) for f in ("probs", "cams", "pooled"))
+
+
+def test_the_exported_graph_is_cached_for_later_processes(model, clips, monkeypatch):
+    """The first build exports the graph into the cache; a later one (another process: nothing built
+    in memory) reads the file without exporting; a damaged file is exported again."""
+    x = _frames(model, clips, n=2)
+    want = model.infer(x, cams=True).numpy()
+    fresh = lambda: monkeypatch.setattr(rt, "_BUILT", rt.weakref.WeakKeyDictionary())  # noqa: E731
+    fresh()
+    assert rt.get_runtime(model, "onnx").name == "onnx" and rt.graph_path(model).is_file()
+    export = rt.onnx_bytes
+    fresh()
+    monkeypatch.setattr(rt, "onnx_bytes", lambda *a, **k: pytest.fail("exported again"))
+    assert _close(rt.get_runtime(model, "onnx").infer(x).probs, want.probs)
+    rt.graph_path(model).write_bytes(b"not a graph")
+    monkeypatch.setattr(rt, "onnx_bytes", export)
+    fresh()
+    engine = rt.get_runtime(model, "onnx")
+    assert engine.name == "onnx" and _close(engine.infer(x).probs, want.probs)
+    assert rt.graph_path(model).stat().st_size > 1000
 
 
 def test_int8_export_stays_within_its_tolerance(model, model_file, clips, tmp_path):
@@ -278,7 +305,8 @@ def test_analyze_writes_the_same_result_on_torch_and_onnx(model, clips, tmp_path
         r = analyze_recording(clips["pneumonia"], model, tmp_path / name, AnalysisConfig(runtime=name, report=False))
         data = json.loads((tmp_path / name / "result.json").read_text())
         assert data == json.loads(r.model_dump_json())
-        del data["timings"], data["created"]
+        assert data["model_info"]["runtime"] == name  # which runtime ran is recorded
+        del data["timings"], data["created"], data["model_info"]["runtime"]
         results[name] = data
     _same_up_to_rounding(results["torch"], results["onnx"])
     assert results["torch"]["prediction"]["label"] == results["onnx"]["prediction"]["label"]

@@ -84,6 +84,7 @@ class RecordingOutputs:
     inspected: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     n_planned: int = 0  # frames the sampling asked for; more than decoded when the file is cut short
+    runtime: str = ""  # the runtime the model ran on: torch, onnx or openvino
 
     @property
     def probs(self) -> np.ndarray:
@@ -269,7 +270,7 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
     got = len(index)  # fewer than planned: a truncated file, keep what decoded
     return RecordingOutputs(str(path), info, region, np.array(index, np.int64), np.array(times, np.float64),
                             FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected,
-                            n_planned=n)
+                            n_planned=n, runtime=str(getattr(engine, "name", "")))
 
 
 def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits) -> None:

@@ -194,7 +194,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     input_cfg = model.input_config
     return AnalysisResult(
         file=path_text(rec.path if cfg.show_path else Path(rec.path).name), model=model_name,
-        model_info=ModelSummary(**model_summary(model)),
+        model_info=ModelSummary(**model_summary(model), runtime=rec.runtime or None),
         pocovid_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notice=NOTICE,
         prediction=Prediction(label=classes[pred], probabilities=_probs_dict(classes, clip_p),

@@ -185,7 +185,7 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
     if r.schema_version != SCHEMA_VERSION:
         return None, f"result schema version {r.schema_version}, not {SCHEMA_VERSION}"
     now = ModelSummary(**model_summary(model))
-    if now.created is None or r.model_info != now:
+    if now.created is None or r.model_info.model_copy(update={"runtime": None}) != now:  # any runtime will do
         return None, "another model" if now.created else "the model was never saved (no creation time to compare)"
     if _settings_of(r) != _settings_wanted(cfg, r):
         return None, "other settings"

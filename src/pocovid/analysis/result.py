@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 4  # 4: playback_video, full_screen, uncertainty.summary; file is the base name; key moments per class
+SCHEMA_VERSION = 5  # 5: model_info.runtime (where the frame pass ran)
+# 4: playback_video, full_screen, uncertainty.summary; file is the base name; key moments per class
 # 3: findings, severity (multi-task heads)
 
 
@@ -91,6 +92,10 @@ class ModelSummary(_Model):
     data_fingerprint: str | None = None
     cv_video_balanced_accuracy: float | None = None
     has_feature_density: bool = False
+    runtime: str | None = Field(None, description="where the frame pass ran: torch, onnx or openvino (the one "
+                                                  "`auto` chose, or the one asked for; a runtime not installed "
+                                                  "falls back to torch); null: not a recording's frame pass (an "
+                                                  "exam's summary) or written before schema version 5")
 
 
 class Severity(_Model):

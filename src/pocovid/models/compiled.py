@@ -55,7 +55,10 @@ def _trace(model, size: int):
             warnings.simplefilter("ignore")
             was = model.trunk.training
             model.trunk.eval()
-            t = torch.jit.freeze(torch.jit.trace(model.trunk, torch.zeros(1, 3, size, size, device=device)))
+            # check_trace off: it runs the trunk twice more and imports torch.distributed (~1.5 s in all);
+            # the comparison below is the check
+            t = torch.jit.freeze(torch.jit.trace(model.trunk, torch.zeros(1, 3, size, size, device=device),
+                                                 check_trace=False))
             model.trunk.train(was)
             g = torch.Generator().manual_seed(0)
             probe = torch.randn(2, 3, size, size, generator=g).to(device)

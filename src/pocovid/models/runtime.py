@@ -5,8 +5,15 @@
 
 Every runtime has `FrameClassifier.infer`'s contract, so nothing downstream knows which ran:
 - torch:    the model itself, on the compiled trunk (models/compiled.py) when there is one
-- onnx:     onnxruntime on the model's exported graph (models/export.py), built in memory
+- onnx:     onnxruntime on the model's exported graph (models/export.py)
 - openvino: OpenVINO on the same graph, fp32 (f32 inference precision: no bf16 on CPUs that have it)
+
+The graph runtimes run one frame per call on as many parallel streams as torch has threads (each
+stream one thread): on a small CPU shared with other work that is up to twice the frames/s of one
+call of many frames on all threads, which waits at every layer for its slowest thread. The exported
+graph is kept in the user cache (`graphs/`, keyed by the model's fingerprint, the torch version and
+pocovid's model code) and OpenVINO's compiled model beside it (`openvino/`), so only the first
+process exports (a second or more); later ones read the file.
 
 `auto` is the fastest runtime installed, measured once on this machine for this model (every head
 and CAMs, a few batches) and remembered in the user cache (`runtimes.json` in `cache_dir()`),
@@ -20,12 +27,14 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
 
@@ -33,18 +42,22 @@ import numpy as np
 import torch
 
 from pocovid import __version__
-from pocovid.files import write_json
+from pocovid.files import write_bytes, write_json
 from pocovid.models.backbone import ModelError
 from pocovid.models.classifier import FrameOutput
 from pocovid.models.compiled import compiled_trunk
-from pocovid.models.export import INPUT, INSTALL_HINT, onnx_bytes, output_names
+from pocovid.models.export import INPUT, INSTALL_HINT, OPSET, onnx_bytes, output_names
 
 RUNTIMES = ("torch", "onnx", "openvino")
 CHOICES = ("auto", *RUNTIMES)
 MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 INSTALL = {"onnx": INSTALL_HINT, "openvino": "pip install 'pocovid[openvino]'"}
 CACHE_FILE = "runtimes.json"
+GRAPHS, OPENVINO_CACHE = "graphs", "openvino"  # cache_dir() folders: exported graphs, OpenVINO's compiled models
+KEEP_GRAPHS = 8  # exported graphs kept in the cache (the newest; one per model and pocovid code)
 MEASURE_BATCH, MEASURE_REPEATS = 8, 3
+#: how `choose_runtime` measured: a cached choice measured another way is measured again
+MEASURE_SCHEME = 2  # 2: graph runtimes on parallel single-thread streams
 
 log = logging.getLogger("pocovid")
 _BUILT: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {name: (key, runtime)}
@@ -72,12 +85,12 @@ def runtime_version(name: str) -> str | None:
     try:
         if name == "torch":
             return torch.__version__
+        if name in MODULES and importlib.util.find_spec("onnx") is None:
+            return None  # the exporter needs it (found, not imported: importing onnx takes ~0.5 s)
         if name == "onnx":
-            import onnx  # noqa: F401  (the exporter needs it)
             import onnxruntime
             return onnxruntime.__version__
         if name == "openvino":
-            import onnx  # noqa: F401
             import openvino
             return openvino.__version__
     except Exception:  # an import that fails in any way: the runtime is not there
@@ -107,23 +120,24 @@ class TorchRuntime:
 
 
 class _GraphRuntime:
-    """A runtime on the exported graph: the graph's named outputs -> `FrameOutput`."""
+    """A runtime on the exported graph: the graph's named outputs -> `FrameOutput`. Frames run one
+    per call on `streams` parallel single-thread streams (see the module docstring)."""
 
     name = ""
-    chunk = 0  # frames per call (0: the whole batch)
 
     def __init__(self, model) -> None:
         self.names = output_names(model)
+        self.streams = max(1, torch.get_num_threads())
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run_frames(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Every output of each (1, 3, S, S) frame, in order."""
         raise NotImplementedError
 
     def infer(self, x, cams: bool = True, finding_cams: bool = False) -> FrameOutput:
         x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         x = np.ascontiguousarray(x, np.float32)
-        step = self.chunk or len(x)
-        parts = [dict(zip(self.names, self._run(x[i:i + step]))) for i in range(0, len(x), max(step, 1))]
-        got = {n: np.concatenate([p[n] for p in parts]) for n in self.names}
+        parts = self._run_frames([x[i:i + 1] for i in range(len(x))])
+        got = {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(self.names)}
         out = {f.name: got.get(f.name) for f in fields(FrameOutput)}
         out["cams"] = out["cams"] if cams else None
         out["finding_cams"] = out["finding_cams"] if finding_cams else None
@@ -131,7 +145,9 @@ class _GraphRuntime:
 
 
 class OnnxRuntime(_GraphRuntime):
-    """onnxruntime (CPU) on the exported graph (`path`: an exported file instead, e.g. an int8 one)."""
+    """onnxruntime (CPU) on the exported graph (`path`: an exported file instead, e.g. an int8 one).
+    One session, one thread a call, called from `streams` threads at once (a session runs
+    concurrent calls); the threads belong to a pool joined before `infer` returns."""
 
     name = "onnx"
 
@@ -140,20 +156,27 @@ class OnnxRuntime(_GraphRuntime):
 
         super().__init__(model)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
+        opts.intra_op_num_threads = 1
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        graph = str(path) if path is not None else onnx_bytes(model, metadata=False)
+        graph = _graph(model, path)
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
     def _run(self, x: np.ndarray) -> list[np.ndarray]:
         return self.session.run(self.names, {INPUT: x})
 
+    def _run_frames(self, frames):
+        if self.streams == 1 or len(frames) == 1:
+            return [self._run(f) for f in frames]
+        with ThreadPoolExecutor(max_workers=self.streams, thread_name_prefix="pocovid-onnx") as pool:
+            return list(pool.map(self._run, frames))
+
 
 class OpenVinoRuntime(_GraphRuntime):
-    """OpenVINO (CPU, f32) on the exported graph."""
+    """OpenVINO (CPU, f32) on the exported graph: `streams` inference streams of one thread each,
+    fed through an asynchronous request queue (OpenVINO's own threads)."""
 
     name = "openvino"
 
@@ -161,21 +184,87 @@ class OpenVinoRuntime(_GraphRuntime):
         import openvino as ov
 
         super().__init__(model)
+        graph = _graph(model, path)
+        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+                  "NUM_STREAMS": self.streams, "INFERENCE_NUM_THREADS": self.streams}
         core = ov.Core()
-        graph = core.read_model(str(path) if path is not None else onnx_bytes(model, metadata=False))
-        self.compiled = core.compile_model(graph, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                          "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-                                                          "PERFORMANCE_HINT": "LATENCY"})
-        self.request = self.compiled.create_infer_request()
-        self._lock = threading.Lock()  # one request, not to be shared by threads at once
+        try:  # the compiled model cached beside the graph: a later process imports it (~0.05 s, not ~0.3 s)
+            core.set_property({"CACHE_DIR": str(cache_dir() / OPENVINO_CACHE)})
+            self.compiled = core.compile_model(graph if isinstance(graph, str) else core.read_model(graph),
+                                               "CPU", config)
+        except Exception:  # e.g. an unwritable cache: compile in memory
+            core = ov.Core()
+            self.compiled = core.compile_model(core.read_model(graph), "CPU", config)
+        self.n_outputs = len(self.compiled.outputs)
+        self.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        self._lock = threading.Lock()  # one queue, not to be shared by threads at once
 
-    def _run(self, x: np.ndarray) -> list[np.ndarray]:
+    def _run_frames(self, frames):
+        results: list = [None] * len(frames)
+
+        def done(request, k):  # copies: the request reuses its buffers
+            results[k] = [np.array(request.get_output_tensor(i).data) for i in range(self.n_outputs)]
+
         with self._lock:
-            res = self.request.infer({0: x})
-            return [np.array(res[o]) for o in self.compiled.outputs]  # copies: the request reuses its buffers
+            self.queue.set_callback(done)
+            for k, f in enumerate(frames):
+                self.queue.start_async({0: f}, k)
+            self.queue.wait_all()
+        if any(r is None for r in results):
+            raise ModelError("OpenVINO returned no output for a frame")
+        return results
 
 
 _KINDS = {"onnx": OnnxRuntime, "openvino": OpenVinoRuntime}
+
+
+# ------------------------------------------------------------------------------------ the graph, cached
+
+_CODE_HASH: list[str] = []
+
+
+def _code_hash() -> str:
+    """A hash of the models package's source (what the exported graph is traced from): a changed
+    `infer` is exported again although the weights are the same."""
+    if not _CODE_HASH:
+        h = hashlib.sha256()
+        for p in sorted(Path(__file__).parent.glob("*.py")):
+            h.update(p.name.encode())
+            h.update(p.read_bytes())
+        _CODE_HASH.append(h.hexdigest()[:12])
+    return _CODE_HASH[0]
+
+
+def _graph(model, path) -> str | bytes:
+    """The graph a runtime reads: the file `path`, else the model's cached graph (or its bytes)."""
+    graph = graph_source(model) if path is None else path
+    return graph if isinstance(graph, bytes) else str(graph)
+
+
+def graph_path(model) -> Path:
+    """Where `model`'s exported fp32 graph is cached: keyed by the model's fingerprint and by what
+    the export depends on (torch, pocovid and its model code, the opset)."""
+    key = hashlib.sha256(f"{torch.__version__}|{__version__}|{OPSET}|{_code_hash()}".encode()).hexdigest()[:12]
+    return cache_dir() / GRAPHS / f"{model_fingerprint(model)}-{key}.onnx"
+
+
+def graph_source(model) -> Path | bytes:
+    """`model`'s fp32 ONNX graph (no metadata) for the graph runtimes: the cached file (exported and
+    written there when missing; the oldest graphs beyond KEEP_GRAPHS are removed), or the bytes
+    when the cache cannot be written."""
+    path = graph_path(model)
+    if path.is_file():
+        return path
+    data = onnx_bytes(model, metadata=False)
+    try:
+        write_bytes(path, data)
+    except OSError as e:
+        _notice(f"cannot write the runtime cache ({e}); the model is exported again next time")
+        return data
+    graphs = sorted(path.parent.glob("*.onnx"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in graphs[KEEP_GRAPHS:]:
+        old.unlink(missing_ok=True)
+    return path
 
 
 # ------------------------------------------------------------------------------------ choosing one
@@ -197,7 +286,14 @@ def _built(model, name: str, build: bool):
             return hit[1]
         if not build:
             return None
-        rt = _KINDS[name](model)
+        try:
+            rt = _KINDS[name](model)
+        except Exception:
+            cached = graph_path(model)
+            if not cached.is_file():
+                raise
+            cached.unlink(missing_ok=True)  # a damaged cached graph: export it again, once
+            rt = _KINDS[name](model)
         held[name] = (key, rt)
     return rt
 
@@ -250,7 +346,8 @@ def model_fingerprint(model) -> str:
 
 def _cache_key(model) -> str:
     versions = ",".join(f"{n}={runtime_version(n)}" for n in available_runtimes())
-    return f"{model_fingerprint(model)}|{versions}|threads={torch.get_num_threads()}|pocovid={__version__}"
+    return (f"{model_fingerprint(model)}|{versions}|threads={torch.get_num_threads()}|pocovid={__version__}"
+            f"|scheme={MEASURE_SCHEME}")
 
 
 def _read_cache() -> dict:
