@@ -45,8 +45,10 @@ def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = T
             if f.image.shape[:2] != (info.height, info.width):
                 raise MediaError(path, f"frame {f.index} is {f.image.shape[1]}x{f.image.shape[0]} pixels, the "
                                        f"header says {info.width}x{info.height}: the frame size changes")
-            # shrunk as it decodes, and copied: a view would keep every full-size frame alive
-            small.append(np.ascontiguousarray(f.image[::factor, ::factor]) if factor > 1 else f.image)
+            # shrunk and turned grey as it decodes (what the search uses: the same grey it would make,
+            # a third of the memory); a new array, never a view that keeps a full-size frame alive
+            img = f.image[::factor, ::factor] if factor > 1 else f.image
+            small.append(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY))  # frames: H x W x 3 uint8 RGB
     if not small:
         return ScanRegion.full(info.height, info.width, method="fallback", note="no frame decoded")
     region = detect_scan_region(small)
