@@ -91,6 +91,12 @@ EXPECTED = {  # case -> "ok" or a fragment of the one-line reason
 }
 
 
+#: what `analyze` says, where it differs from the readers: a folder given to `analyze` stands for the
+#: recordings under it (none in the corpus's: it adds nothing to the batch; given alone, it is one
+#: error line, test_cli_analyze_of_a_folder_without_recordings)
+CLI_EXPECTED = dict(EXPECTED, folder="ok")
+
+
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> tuple[Path, dict[str, Path]]:
     d = tmp_path_factory.mktemp("corpus")
@@ -165,13 +171,24 @@ def test_cli_analyze_over_the_corpus(corpus, tmp_path):
     assert rc in (0, 1), text[-3000:]
     assert "Traceback" not in text, text[-3000:]
     errors = [ln for ln in lines if ln.startswith("error:")]
-    failing = {k: p for k, p in files.items() if EXPECTED.get(_case(k), "ok") != "ok"}
+    failing = {k: p for k, p in files.items() if CLI_EXPECTED.get(_case(k), "ok") != "ok"}
     for key, p in failing.items():
         mine = [ln for ln in errors if ln.startswith(f"error: {display_path(p)}: ")]
-        assert len(mine) == 1 and EXPECTED[_case(key)] in mine[0], (key, errors)
+        assert len(mine) == 1 and CLI_EXPECTED[_case(key)] in mine[0], (key, errors)
     assert len(errors) == len(failing), errors
+    assert not [ln for ln in errors if display_path(files["folder"]) in ln], errors
     if LINUX:
         assert peak < PEAK_LIMIT, f"pocovid analyze peaked at {peak / GB:.2f} GB"
+
+
+def test_cli_analyze_of_a_folder_without_recordings(corpus, tmp_path):
+    """`analyze FOLDER` analyses the recordings under it; a folder with none is one error line
+    naming it, exit 1, no traceback."""
+    _, files = corpus
+    rc, lines, _ = _analyze([files["folder"]], tmp_path / "out")
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert rc == 1 and "Traceback" not in "\n".join(lines), lines[-20:]
+    assert errors == [f"error: {files['folder']}: no recordings found"], lines[-20:]
 
 
 # ------------------------------------------------------------------------------------ limits, directly

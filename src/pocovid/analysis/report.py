@@ -110,8 +110,9 @@ def _heat_legend(width: int, scale: float) -> np.ndarray:
     cv2.putText(strip, label, (x0, int(17 * scale)), _FONT, fs, (0, 0, 0), th, cv2.LINE_AA)
     bx0 = x0 + tw + int(8 * scale)
     bw = max(16, min(int(200 * scale), width - bx0 - int(60 * scale)))
-    ramp = heat_lut()[np.linspace(0, 255, bw).astype(int)]
-    strip[int(6 * scale):int(18 * scale), bx0:bx0 + bw] = ramp[None]
+    bw = min(bw, width - bx0)  # a very narrow image (a still one pixel wide): the key is cut at its edge
+    if bw > 0:
+        strip[int(6 * scale):int(18 * scale), bx0:bx0 + bw] = heat_lut()[np.linspace(0, 255, bw).astype(int)][None]
     cv2.putText(strip, "high", (bx0 + bw + int(6 * scale), int(17 * scale)), _FONT, fs, (0, 0, 0), th, cv2.LINE_AA)
     return strip
 
