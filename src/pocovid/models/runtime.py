@@ -176,7 +176,7 @@ class OnnxRuntime(_GraphRuntime):
 
 class OpenVinoRuntime(_GraphRuntime):
     """OpenVINO (CPU, f32) on the exported graph: `streams` inference streams of one thread each,
-    fed through an asynchronous request queue (OpenVINO's own threads)."""
+    fed through an asynchronous queue of two requests a stream (OpenVINO's own threads)."""
 
     name = "openvino"
 
@@ -196,7 +196,8 @@ class OpenVinoRuntime(_GraphRuntime):
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(graph), "CPU", config)
         self.n_outputs = len(self.compiled.outputs)
-        self.queue = ov.AsyncInferQueue(self.compiled, self.streams)
+        # two requests a stream: the next frame is waiting when a stream finishes (~10 % more frames/s)
+        self.queue = ov.AsyncInferQueue(self.compiled, 2 * self.streams)
         self._lock = threading.Lock()  # one queue, not to be shared by threads at once
 
     def _run_frames(self, frames):
