@@ -1006,21 +1006,6 @@ def _analysis_line(r, folder, name: str | None = None) -> str:
             f"review threshold {u.threshold:.3f}){flags}{where}")
 
 
-def _fixed_mmap_threshold() -> None:
-    """glibc only: large blocks (>= 128 KiB, its starting threshold) always mmap'ed, returned to the
-    system when freed. Its dynamic threshold rises to the largest block freed (a decoded frame, 1.4 MB
-    at 800x600), after which every frame lands in the heaps of the threads' arenas, which keep it:
-    peak memory of `analyze` on an 800x600 clip 0.59 -> 0.48 GB."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # another C library: its own ways
-        pass
-
-
 def main() -> None:
     import atexit
     import gc
@@ -1028,7 +1013,6 @@ def main() -> None:
     # Registered first, so it runs last at exit: the interpreter's final collection then skips the
     # million objects of torch & co. (exit 0.47 -> 0.14 s after `analyze`); nothing is left unflushed.
     atexit.register(gc.freeze)
-    _fixed_mmap_threshold()
     try:
         app()  # a PocovidError ends as one line: _OneLineErrors
     except KeyboardInterrupt:
