@@ -518,3 +518,34 @@ def test_exam_outside_the_training_data_no_verdict(exam_server, browser, tmp_pat
     assert errors == [], errors
     _shot(page, tmp_path, "exam_withheld.png")
     page.close()
+
+
+@pytest.mark.realdata
+@pytest.mark.parametrize("size", [(1280, 800), (768, 1024)], ids=["desktop", "tablet"])
+def test_exam_report_of_a_real_blues_patient(browser, shared_blues, tmp_path_factory, tmp_path, size):
+    """`pocovid exam` on one COVID-BLUES patient's six BLUE points (bundled model, 3 frames a
+    second): the report's lung diagram shows the six zones coloured by severity, the LUS score out
+    of 18 and the exam diagnosis come first, the zone table follows; screenshot at both sizes."""
+    from pocovid.analysis import AnalysisConfig
+    from pocovid.analysis.bedside import ExamConfig, analyze_exam
+    from pocovid.analysis.zones import exam_files
+
+    out = tmp_path_factory.getbasetemp() / "blues_exam_patient10"
+    if not (out / "exam.html").is_file():  # one exam for both sizes
+        files = exam_files([shared_blues / "lus_videos"], patient="10")
+        analyze_exam(files, "default", out, ExamConfig(analysis=AnalysisConfig(rate_hz=3.0)))
+    page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+    try:
+        page.goto((out / "exam.html").as_uri())
+        zones = page.locator("svg g.zone")
+        assert zones.count() == 6
+        assert sorted(zones.nth(i).get_attribute("data-zone") for i in range(6)) == ["L1", "L2", "L3",
+                                                                                     "R1", "R2", "R3"]
+        text = page.inner_text("body")
+        assert "/ 18" in text and "Exam diagnosis" in text
+        assert any(name in text for name in CLASS_NAMES)
+        # the diagram and the verdict line are above the fold at this size: ten seconds to read
+        assert page.locator("svg").first.bounding_box()["y"] < size[1]
+        _shot(page, tmp_path, f"blues_exam_{size[0]}x{size[1]}.png")
+    finally:
+        page.close()

@@ -18,7 +18,7 @@ from pocovid.analysis.result import AnalysisResult
 from pocovid.files import write_text
 
 NOTICE = ("Decision support for trained clinicians, not a diagnosis. Research software: the model "
-          "was trained on a small public dataset; read the probabilities, the uncertainty and the "
+          "was trained on two small datasets; read the probabilities, the uncertainty and the "
           "images, and decide with the whole clinical picture.")
 
 # ------------------------------------------------------------------------------------ timeline
