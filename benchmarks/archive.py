@@ -78,6 +78,52 @@ def compare(local, distributed) -> tuple[int, int, int, list[str]]:
     return exact, close, n, diffs
 
 
+def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec: str = "default") -> dict:
+    """The archive through the local loop and through Ray (`workers` CPUs): times, counts, result
+    comparison, load averages."""
+    import ray
+
+    load_before = os.getloadavg()
+    model = load(model_spec)
+    cfg = AnalysisConfig()
+    with tempfile.TemporaryDirectory(prefix="pocovid-archive-") as tmp:
+        tmp = Path(tmp)
+        paths = write_archive(tmp / "in", n, frames)
+        t0 = time.perf_counter()
+        local = analyze_files(paths, model, tmp / "local", cfg)
+        t_local = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
+        t_start = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        distributed = analyze_files(paths, model, tmp / "ray", cfg, engine="ray")
+        t_ray = time.perf_counter() - t0
+        ray.shutdown()
+        exact, close, n_compared, diffs = compare(local, distributed)
+    return dict(n=n, frames=frames, workers=workers, model=model_spec, t_local=t_local, t_ray=t_ray,
+                t_start=t_start, ok_local=len(local.results), failed_local=len(local.failures),
+                ok_ray=len(distributed.results), failed_ray=len(distributed.failures), exact=exact, close=close,
+                compared=n_compared, diffs=diffs, load_before=load_before, load_after=os.getloadavg())
+
+
+def print_archive(r: dict, prefix: str = "") -> None:
+    n, w = r["n"], r["workers"]
+    print(f"{prefix}archive: {n} phantom clips x {r['frames']} frames (320x240, 15 fps), model {r['model']}, "
+          f"{os.cpu_count()} CPUs")
+    print(f"{prefix}local loop : {r['t_local']:7.1f} s  {n / r['t_local']:6.2f} recordings/s  ({r['ok_local']} ok, "
+          f"{r['failed_local']} failed)")
+    print(f"{prefix}ray, {w} workers: {r['t_ray']:7.1f} s  {n / r['t_ray']:6.2f} recordings/s  ({r['ok_ray']} ok, "
+          f"{r['failed_ray']} failed; + {r['t_start']:.1f} s to start Ray)")
+    ratio = r["t_local"] / r["t_ray"]
+    print(f"{prefix}ratio ray / local: {ratio:.2f}x [target >= 1.7x: {'OK' if ratio >= 1.7 else 'MISSED'}]  "
+          f"(with Ray's start-up: {r['t_local'] / (r['t_ray'] + r['t_start']):.2f}x)")
+    diffs = r["diffs"]
+    print(f"{prefix}result.json identical (timings and creation time left out): {r['exact']}/{r['compared']} "
+          f"exactly, {r['close']}/{r['compared']} within 1e-5" + (f"; beyond: {'; '.join(diffs[:5])}" if diffs else ""))
+    print(f"{prefix}load average (1, 5, 15 min): before {', '.join(f'{v:.2f}' for v in r['load_before'])}; "
+          f"after {', '.join(f'{v:.2f}' for v in r['load_after'])}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100, help="recordings (default 100)")
@@ -85,38 +131,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="Ray workers (default 2)")
     ap.add_argument("--model", default="default", help="model file or 'default' (the bundled model)")
     args = ap.parse_args()
-    import ray
-
-    load_before = os.getloadavg()
-    model = load(args.model)
-    cfg = AnalysisConfig()
-    with tempfile.TemporaryDirectory(prefix="pocovid-archive-") as tmp:
-        tmp = Path(tmp)
-        paths = write_archive(tmp / "in", args.n, args.frames)
-        t0 = time.perf_counter()
-        local = analyze_files(paths, model, tmp / "local", cfg)
-        t_local = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ray.init(num_cpus=args.workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
-        t_start = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        distributed = analyze_files(paths, model, tmp / "ray", cfg, engine="ray")
-        t_ray = time.perf_counter() - t0
-        ray.shutdown()
-        exact, close, n, diffs = compare(local, distributed)
-    load_after = os.getloadavg()
-    ok_l, ok_r = len(local.results), len(distributed.results)
-    print(f"archive: {args.n} phantom clips x {args.frames} frames (320x240, 15 fps), model {args.model}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"local loop : {t_local:7.1f} s  {args.n / t_local:6.2f} recordings/s  ({ok_l} ok, "
-          f"{len(local.failures)} failed)")
-    print(f"ray, {args.workers} workers: {t_ray:7.1f} s  {args.n / t_ray:6.2f} recordings/s  ({ok_r} ok, "
-          f"{len(distributed.failures)} failed; + {t_start:.1f} s to start Ray)")
-    print(f"ratio ray / local: {t_local / t_ray:.2f}x  (with Ray's start-up: {t_local / (t_ray + t_start):.2f}x)")
-    print(f"result.json identical (timings and creation time left out): {exact}/{n} exactly, "
-          f"{close}/{n} within 1e-5" + (f"; beyond: {'; '.join(diffs[:5])}" if diffs else ""))
-    print(f"load average (1, 5, 15 min): before {', '.join(f'{v:.2f}' for v in load_before)}; "
-          f"after {', '.join(f'{v:.2f}' for v in load_after)}")
+    print_archive(measure_archive(args.n, args.frames, args.workers, args.model))
 
 
 if __name__ == "__main__":
