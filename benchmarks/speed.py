@@ -162,25 +162,21 @@ def stage_line(s: dict) -> str:
     total = g("total_s")
     key_frames = g("key_frames_decode_s") + g("key_frames_render_s")
     known = ("open_s", "runtime_choice_s", "region_s", "frames_s", "explain_s", "video_s", "report_s")
-    if "frames_s" in t:  # the timeline is drawn in a helper thread while the key frames decode and render
-        beside = max(key_frames, g("timeline_s"))
-    else:  # pocovid before the frame pass timed itself (--src of an earlier commit): one after the other
-        beside = key_frames + g("timeline_s")
-        t["frames_s"] = total - beside - sum(g(k) for k in known)
+    if "frames_s" not in t:  # pocovid before the frame pass timed itself (--src of an earlier commit)
+        t["frames_s"] = total - key_frames - g("timeline_s") - sum(g(k) for k in known)
     parts = [("start", s["start_s"]), ("import", s["import_s"]), ("model load", s.get("model_load_s", 0.0)),
              ("open", g("open_s")), ("runtime choice", g("runtime_choice_s")), ("region", g("region_s")),
-             ("frame pass", g("frames_s")), ("explain", g("explain_s")), ("key frames | timeline", beside),
-             ("overlay video", g("video_s")), ("report", g("report_s")),
-             ("rest of analysis", total - beside - sum(g(k) for k in known)),
+             ("frame pass", g("frames_s")), ("explain", g("explain_s")), ("key frames", key_frames),
+             ("timeline", g("timeline_s")), ("overlay video", g("video_s")), ("report", g("report_s")),
+             ("rest of analysis", total - key_frames - g("timeline_s") - sum(g(k) for k in known)),
              ("CLI rest", s["in_process_s"] - s["import_s"] - s.get("model_load_s", 0.0) - total),
              ("exit", s["exit_s"])]
     line = ", ".join(f"{k} {v:.2f}" for k, v in parts if abs(v) >= 0.005) + " s"
     side = (f"runtime build {s.get('runtime_build_s', 0):.2f} s beside the region search and the first frames; "
             f"frame pass: model {g('model_s'):.2f} s in its thread, decode thread: decode {g('decode_s'):.2f}, "
             f"pixels {g('crop_resize_s'):.2f}, image cues {g('inspect_s'):.2f} s; key frames: decode "
-            f"{g('key_frames_decode_s'):.2f}, render {g('key_frames_render_s'):.2f} s, the timeline beside them "
-            f"{g('timeline_s'):.2f} s")
-    return f"{line}\n      ({side})"
+            f"{g('key_frames_decode_s'):.2f}, render {g('key_frames_render_s'):.2f} s)")
+    return f"{line}\n      ({side}"
 
 
 def analyze_rows(clip: Path, spec: str, runtimes: list[str], repeats: int, tmp: Path, src: str | None = None) -> None:

@@ -19,7 +19,6 @@ import datetime as _dt
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,19 +154,7 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     result = _conclude(rec, model, model_name, cfg, params)
     report(0.72, "explain")
     moments = _key_frame_maps(rec, model, cfg, result, timings)
-    timeline = cfg.report and len(rec) > 1  # one frame has no timeline
-    if timeline:
-        report(0.75, "report")
-    classes = list(model.classes)
-    keys = [(round(float(rec.time_s[i]), 3), classes[c]) for i, c, *_ in moments]  # as the key frames will say
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pocovid-timeline") as pool:
-        # the timeline (matplotlib, ~0.5 s) is drawn while the key frames decode and render
-        drawn = pool.submit(_write_timeline, rec, model, result, keys, out_dir, timings) if timeline else None
-        _write_key_frames(rec, result, moments, cfg, out_dir, timings)
-        if drawn is not None:
-            drawn.result()
-    if timeline and [(k.time_s, k.label) for k in result.key_frames] != keys:  # a key frame did not decode
-        _write_timeline(rec, model, result, [(k.time_s, k.label) for k in result.key_frames], out_dir, timings)
+    _write_key_frames(rec, result, moments, cfg, out_dir, timings)
     _write_artifacts(rec, model, cfg, result, out_dir, timings, report)
     timings["total_s"] = time.perf_counter() - t_start
     result.timings = {k: round(v, 3) for k, v in timings.items()}
@@ -364,28 +351,26 @@ def _overlay_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, frame_cls: 
     return maps, scales
 
 
-def _write_timeline(rec: RecordingOutputs, model, result: AnalysisResult, keys: list[tuple[float, str]],
-                    out_dir: Path, timings: dict) -> None:
-    """timeline.png: the frames' class probabilities over time, the key moments `keys` ((time, class))."""
-    t0 = time.perf_counter()
-    classes = list(model.classes)
-    p = result.prediction
-    title = f"{path_text(Path(rec.path).name)}: " + ("outside what the model was trained on - no diagnosis"
-                                                     if result.out_of_distribution else
-                                                     f"most likely {clinical_name(p.label)} "
-                                                     f"({percent(p.probabilities[p.label])})")
-    timeline_plot(out_dir / "timeline.png", rec.time_s, rec.probs, classes, classes.index(p.label),
-                  [t for t, _ in keys], [s.model_dump() for s in p.disagreement], rec.member_probs, title,
-                  key_labels=[c for _, c in keys])
-    result.timeline = "timeline.png"
-    timings["timeline_s"] = timings.get("timeline_s", 0.0) + time.perf_counter() - t0
-
-
 def _write_artifacts(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult, out_dir: Path,
                      timings: dict, report) -> None:
-    """Overlay video (+ a playable copy of the recording) and the HTML report, as the config asks."""
+    """Timeline plot (not for a single frame), overlay video (+ a playable copy of the recording)
+    and the HTML report, as the config asks."""
     classes = list(model.classes)
+    pred = classes.index(result.prediction.label)
     frame_p = rec.probs
+    if cfg.report and len(rec) > 1:  # one frame has no timeline
+        report(0.8, "report")
+        t0 = time.perf_counter()
+        p = result.prediction
+        title = f"{path_text(Path(rec.path).name)}: " + ("outside what the model was trained on - no diagnosis"
+                                                         if result.out_of_distribution else
+                                                         f"most likely {clinical_name(p.label)} "
+                                                         f"({percent(p.probabilities[p.label])})")
+        timeline_plot(out_dir / "timeline.png", rec.time_s, frame_p, classes, pred,
+                      [k.time_s for k in result.key_frames], [s.model_dump() for s in result.prediction.disagreement],
+                      rec.member_probs, title, key_labels=[k.label for k in result.key_frames])
+        result.timeline = "timeline.png"
+        timings["timeline_s"] = time.perf_counter() - t0
     if cfg.overlay_video and rec.info.kind == "video" and len(rec):
         report(0.85, "video")
         t0 = time.perf_counter()
