@@ -7,10 +7,9 @@ service share.
 
 The pass: scan region of the clip (the runtime is built meanwhile) -> every sampled frame decoded,
 cropped to the region and turned into the model's pixels (`model.input_config`) in a decode thread
--> the model in batches in a second thread, while the calling thread gathers and normalises the
-next batch (decode, batching and the model overlap) -> per-frame `FrameOutput`s. Full-resolution
-frames are never all in memory. Both helper threads belong to a pool that is always joined before
-the call returns: no thread outlives it, whatever happens.
+-> the model in batches in the calling thread (decode overlaps the model) -> per-frame
+`FrameOutput`s. Full-resolution frames are never all in memory. Both helper threads belong to a
+pool that is always joined before the call returns: no thread outlives it, whatever happens.
 
 The model runs on a runtime (`runtime=`: torch, onnx, openvino or auto; models/runtime.py), each with
 the model's own `infer` contract; `export_model` writes the ONNX file of `pocovid export`.
@@ -220,9 +219,8 @@ def _pixels_store(n: int, size: int) -> np.ndarray:
 
 def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels, batch_size, inspect, n_inspect,
          progress, limits) -> RecordingOutputs:
-    """Decode in `pool` ahead of the model (bounded queue); the model in `pool`'s other worker, once
-    `engine` (a future: the runtime being built there) is there, one batch at a time while this
-    thread gathers and prepares the next."""
+    """Decode in `pool` ahead of the model (bounded queue); the model in this thread, once `engine`
+    (a future: the runtime being built in `pool`) is there: the first frames decode meanwhile."""
     cfg = model.input_config
     n = len(idx)
     inspect_at = {idx[int(round(p))] for p in np.linspace(0, n - 1, min(n, n_inspect))} if n and inspect else set()
@@ -240,27 +238,12 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
         stop.set()
         raise
 
-    def infer(x):  # in the pool's free worker: the next batch is gathered and prepared meanwhile
-        t0 = time.perf_counter()
-        out = engine.infer(x, cams=cams).numpy()
-        timer.add("model_s", t0)
-        return out
-
-    pending: list = []  # (the model's future on the batch before, frames done with it)
-
-    def collect() -> None:
-        if pending:
-            done, n_done = pending.pop()
-            t0 = time.perf_counter()
-            parts.append(done.result())
-            timer.add("model_wait_s", t0)
-            if progress:
-                progress(n_done / max(n, 1))
-
     def run_batch(k: int) -> None:
-        x = model.input_tensor(batch[:k])  # a new tensor: `batch` may be refilled at once
-        collect()
-        pending.append((pool.submit(infer, x), len(index)))
+        t0 = time.perf_counter()
+        parts.append(engine.infer(model.input_tensor(batch[:k]), cams=cams).numpy())
+        timer.add("model_s", t0)
+        if progress:
+            progress(len(index) / max(n, 1))
 
     try:
         k = 0
@@ -283,7 +266,6 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
                 k = 0
         if k:
             run_batch(k)
-        collect()
     finally:
         stop.set()
         while not producer.done():  # unblock the producer so that the pool can join it
