@@ -173,7 +173,7 @@ def stage_line(s: dict) -> str:
              ("exit", s["exit_s"])]
     line = ", ".join(f"{k} {v:.2f}" for k, v in parts if abs(v) >= 0.005) + " s"
     side = (f"runtime build {s.get('runtime_build_s', 0):.2f} s beside the region search and the first frames; "
-            f"frame pass: model {g('model_s'):.2f} s in its thread, decode thread: decode {g('decode_s'):.2f}, "
+            f"frame pass: model {g('model_s'):.2f} s, decode thread beside it: decode {g('decode_s'):.2f}, "
             f"pixels {g('crop_resize_s'):.2f}, image cues {g('inspect_s'):.2f} s; key frames: decode "
             f"{g('key_frames_decode_s'):.2f}, render {g('key_frames_render_s'):.2f} s)")
     return f"{line}\n      ({side}"
