@@ -21,11 +21,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 setup: $(VENV)/.installed
 
 # two real clips of the public POCUS dataset (CC BY 4.0, src/pocovid/assets/demo/ATTRIBUTION.md), never
-# shipped: `pocovid demo` finds ../shared/data/pocus (or ../data/pocus) by itself, else its download cache,
-# else downloads them (checked by SHA-256); offline with no copy it analyses a synthetic phantom and says so.
-# The bundled model saw both clips in training, and the command says so.
+# shipped: read from the dataset when it lies beside the checkout (DEMO_DATA, default ../shared/data/pocus),
+# else `pocovid demo` takes its download cache or downloads them (checked by SHA-256); offline with no copy
+# it analyses a synthetic phantom and says so. The bundled model saw both clips in training, and it says so.
+DEMO_DATA ?= ../shared/data/pocus
 demo: setup
-	$(BIN)/pocovid demo --out demo/analysis
+	$(BIN)/pocovid demo --out demo/analysis $(if $(wildcard $(DEMO_DATA)/pocus_videos),--data $(DEMO_DATA))
 
 # Browser tests drive Debian's chromium through Playwright (never a Playwright browser download);
 # installed when missing and apt-get is available, else tests/test_browser.py skips with the reason.

@@ -822,8 +822,7 @@ def demo_cmd(
     out: str = typer.Option("demo/analysis", "--out", "-o", help="Output folder (one sub-folder per clip)."),
     data: str = typer.Option(None, "--data", help="Where the two clips are: a POCUS dataset folder (the clips at "
                              "pocus_videos/convex/) or a folder holding the files. Default: $POCOVID_DEMO_DATA, "
-                             "then ../shared/data/pocus or ../data/pocus beside the working folder or the "
-                             "repository, then the download cache (~/.cache/pocovid/demo)."),
+                             "then the download cache (~/.cache/pocovid/demo)."),
     download: bool = typer.Option(True, "--download/--no-download", help="Download clips found nowhere else "
                                   "(1.8 MB, github.com/jannisborn/covid19_ultrasound) into the cache."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress on stderr."),
@@ -859,7 +858,7 @@ def demo_cmd(
                if not download else "nothing to download")
         typer.echo(f"The demo clips were not found ({'; '.join(c.name for c in search.missing)}) in "
                    f"{', '.join(search.looked_in)}, and {why}: give a POCUS dataset folder or a folder holding them "
-                   f"with --data DIR or {DATA_ENV}=DIR, put the dataset at ../shared/data/pocus or ../data/pocus, "
+                   f"with --data DIR or {DATA_ENV}=DIR, "
                    "or run `pocovid demo` online to download them (1.8 MB).")
         from pocovid.phantom import write_phantom
 

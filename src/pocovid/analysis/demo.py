@@ -10,11 +10,10 @@ forbid copying its files into this repository, so the package holds only that li
 looked for in this order, the first good copy wins:
 
 1. `data` (`--data DIR`), else $POCOVID_DEMO_DATA: a POCUS dataset folder (the clip at
-   `pocus_videos/convex/<name>`) or a folder holding the files themselves;
-2. a POCUS dataset beside the working folder or the repository: `../shared/data/pocus`,
-   `../data/pocus` (`BESIDE`);
-3. the download cache, `$XDG_CACHE_HOME/pocovid/demo` (default `~/.cache/pocovid/demo`);
-4. downloaded from its URL into that cache (`download_clip`), unless `download=False`.
+   `pocus_videos/convex/<name>`) or a folder holding the files themselves (where the data lies is
+   the caller's to say: `make demo` passes a dataset it finds beside the checkout);
+2. the download cache, `$XDG_CACHE_HOME/pocovid/demo` (default `~/.cache/pocovid/demo`);
+3. downloaded from its URL into that cache (`download_clip`), unless `download=False`.
 
 Every copy is checked against the size and SHA-256 of clips.csv; one that differs is named (via
 `log`) and passed over. Nothing is ever written outside the cache, and nothing is deleted but the
@@ -38,7 +37,6 @@ from pocovid.files import atomic_path, path_text
 DEMO_DIR = Path(__file__).resolve().parents[1] / "assets" / "demo"
 DEMO_LIST = DEMO_DIR / "clips.csv"  # + ATTRIBUTION.md
 DATA_ENV = "POCOVID_DEMO_DATA"
-BESIDE = ("../shared/data/pocus", "../data/pocus")  # dataset folders looked for beside cwd and the repository
 CLIP_SUBDIR = "pocus_videos/convex"  # where a POCUS dataset folder holds the clips
 DOWNLOAD_TIMEOUT_S = 30.0
 SOURCE = "github.com/jannisborn/covid19_ultrasound"  # the dataset's repository (the URLs of clips.csv)
@@ -84,15 +82,6 @@ def cache_dir() -> Path:
     return (Path(base) if os.path.isabs(base) else Path.home() / ".cache") / "pocovid" / "demo"
 
 
-def _repo_root() -> Path | None:
-    """The checkout this module runs from (an editable install), else None (an installed wheel)."""
-    root = Path(__file__).resolve().parents[3]
-    return root if (root / "pyproject.toml").is_file() and (root / "src" / "pocovid").is_dir() else None
-
-
-REPO_ROOT = _repo_root()
-
-
 def search_folders(data: str | os.PathLike | None = None, cwd: str | os.PathLike | None = None) \
         -> list[tuple[str, Path]]:
     """(what it is, folder) in search order, the cache last; each folder once. `data` replaces
@@ -101,12 +90,6 @@ def search_folders(data: str | os.PathLike | None = None, cwd: str | os.PathLike
     given = os.fspath(data) if data is not None else os.environ.get(DATA_ENV) or None
     if given:
         out.append(("--data" if data is not None else f"${DATA_ENV}", Path(given).expanduser()))
-    bases = [Path(cwd) if cwd is not None else Path.cwd()]
-    if REPO_ROOT is not None:
-        bases.append(REPO_ROOT)
-    for base in bases:
-        for rel in BESIDE:
-            out.append((rel, Path(os.path.normpath(base / rel))))
     out.append(("cache", cache_dir()))
     seen: set[str] = set()
     unique = []

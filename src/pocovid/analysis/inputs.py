@@ -170,7 +170,7 @@ def collect_recordings(args=(), list_file: str | os.PathLike | None = None, excl
 
 def demo_recordings(data: str | os.PathLike | None = None) -> list[dict]:
     """The demo clips found on this machine (`pocovid.analysis.demo`: --data / $POCOVID_DEMO_DATA,
-    ../shared/data/pocus, the download cache; never downloaded here) as rows of clips.csv with `path`
+    the download cache; never downloaded here) as rows of clips.csv with `path`
     set to the copy found. They are not packaged; none found: a one-line `PocovidError` saying how to
     get them."""
     from pocovid.analysis.demo import find_demo_clips
