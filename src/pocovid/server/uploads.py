@@ -242,18 +242,12 @@ class _Collector:
         """Refuse the file part being read: the whole upload, or with `skip_refused` this file only."""
         if not self.skip_refused:
             raise e
-        if self._fh is not None:
-            with contextlib.suppress(OSError):
-                self._fh.close()
-            self._fh = None
-        if self._tmp is not None:
-            with contextlib.suppress(OSError):
-                self._tmp.unlink()
-            self._tmp = None
+        self._drop_file()
         self.form.refused.append(RefusedFile(self._n_files - 1, self._client_name, e.status, e.detail))
         self._part = "refused"
 
-    def cleanup(self):
+    def _drop_file(self) -> None:
+        """Close and delete the file part being written (a refused or unfinished upload)."""
         if self._fh is not None:
             with contextlib.suppress(OSError):
                 self._fh.close()
@@ -262,6 +256,9 @@ class _Collector:
             with contextlib.suppress(OSError):
                 self._tmp.unlink()
             self._tmp = None
+
+    def cleanup(self):
+        self._drop_file()
         self.form.discard()
 
     def callbacks(self) -> dict:
