@@ -89,9 +89,10 @@ def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec
     with tempfile.TemporaryDirectory(prefix="pocovid-archive-") as tmp:
         tmp = Path(tmp)
         paths = write_archive(tmp / "in", n, frames)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         local = analyze_files(paths, model, tmp / "local", cfg)
         t_local = time.perf_counter() - t0
+        cpu_local = time.process_time() - c0  # every thread of this process: the loop's own parallelism
         t0 = time.perf_counter()
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, logging_level="warning")
         t_start = time.perf_counter() - t0
@@ -100,8 +101,8 @@ def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec
         t_ray = time.perf_counter() - t0
         ray.shutdown()
         exact, close, n_compared, diffs = compare(local, distributed)
-    return dict(n=n, frames=frames, workers=workers, model=model_spec, t_local=t_local, t_ray=t_ray,
-                t_start=t_start, ok_local=len(local.results), failed_local=len(local.failures),
+    return dict(n=n, frames=frames, workers=workers, model=model_spec, t_local=t_local, cpu_local=cpu_local,
+                t_ray=t_ray, t_start=t_start, ok_local=len(local.results), failed_local=len(local.failures),
                 ok_ray=len(distributed.results), failed_ray=len(distributed.failures), exact=exact, close=close,
                 compared=n_compared, diffs=diffs, load_before=load_before, load_after=os.getloadavg())
 
@@ -112,6 +113,10 @@ def print_archive(r: dict, prefix: str = "") -> None:
           f"{os.cpu_count()} CPUs")
     print(f"{prefix}local loop : {r['t_local']:7.1f} s  {n / r['t_local']:6.2f} recordings/s  ({r['ok_local']} ok, "
           f"{r['failed_local']} failed)")
+    busy = r["cpu_local"] / r["t_local"]
+    # the loop's frame pass already runs on every core, so Ray can only add the cores the rest leaves idle
+    print(f"{prefix}  the loop kept {busy:.2f} of {os.cpu_count()} cores busy (CPU {r['cpu_local']:.1f} s): "
+          f"{w} workers can give at most ~{min(w, os.cpu_count() or w) / busy:.2f}x")
     print(f"{prefix}ray, {w} workers: {r['t_ray']:7.1f} s  {n / r['t_ray']:6.2f} recordings/s  ({r['ok_ray']} ok, "
           f"{r['failed_ray']} failed; + {r['t_start']:.1f} s to start Ray)")
     ratio = r["t_local"] / r["t_ray"]
