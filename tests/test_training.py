@@ -93,6 +93,26 @@ def test_run_resumes_without_retraining_finished_folds(dataset, tmp_path, monkey
     assert again.metrics["video"]["accuracy"] == first.metrics["video"]["accuracy"]
 
 
+def test_runs_on_other_split_files_share_the_frame_and_trunk_cache(dataset, tmp_path, monkeypatch):
+    root, splits = dataset
+    cfg = TrainConfig(**SMALL | {"n_heads": 1, "epochs": 1})
+    cache = tmp_path / "cache"
+    train_run(splits, tmp_path / "a", cfg, root=root, progress=False, cache_dir=cache)
+    assert not (tmp_path / "a" / "cache").exists() and len(list(cache.iterdir())) == 2
+    other = load_splits(patient_folds(index_dataset(root), n_folds=2, seed=1).save(tmp_path / "other.json"))
+
+    def boom(*a, **k):
+        raise AssertionError("cached frames or trunk features were computed again")
+
+    monkeypatch.setattr(cv_mod, "extract_frames", boom)
+    monkeypatch.setattr(cv_mod, "trunk_features", boom)
+    res = train_run(other, tmp_path / "b", cfg, root=root, progress=False, cache_dir=cache)
+    # the cached frames carry the folds of the split file being run, not of the run that cached them
+    fold_of = {it.path: k for k, fold in enumerate(other.folds) for it in fold}
+    assert all(c["fold"] == fold_of[c["path"]] for c in res.frames.clips)
+    assert res.metrics["folds"]["video"]["n_folds"] == 2
+
+
 def test_killed_final_training_leaves_no_model(dataset, tmp_path, monkeypatch):
     root, splits = dataset
 

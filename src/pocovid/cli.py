@@ -382,6 +382,8 @@ def train_cmd(
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Random backbone init (tests only)."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the training settings as TOML (a --config file) and exit."),
+    cache: str = typer.Option(None, "--cache", help="Folder caching frames and trunk features (default OUT/cache); "
+                              "runs on other split files of the same data can share one."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """Train and cross-validate a frame classifier; --final also trains the model to ship."""
@@ -406,7 +408,7 @@ def train_cmd(
     sp = load_splits(splits)
     root = folders[0] if len(folders) == 1 else sp.match_roots(folders)
     res = train_run(sp, out, cfg, final=final, cv=cv, root=root, progress=not quiet, weights=weights,
-                    pretrained=not no_pretrained)
+                    pretrained=not no_pretrained, cache_dir=cache)
     if res.metrics:
         typer.echo(format_summary(res.metrics))
         typer.echo(f"cross-validation results: {res.out_dir / 'cv'}")
@@ -701,6 +703,11 @@ def analyze_cmd(
     runtime: str = typer.Option(None, "--runtime", help="Where the model runs: torch, onnx (onnxruntime), openvino, "
                                 "or auto: the fastest installed, measured once on this machine; a runtime not "
                                 "installed falls back to torch (default {runtime})."),
+    graph: str = typer.Option(None, "--graph", help="An ONNX file of --model written by `pocovid export` (fp32, or "
+                              "--int8) that the graph runtime runs instead of its own export: needs --runtime onnx "
+                              "or openvino (auto: onnx, else openvino; not torch). Refused unless its metadata "
+                              "names this model; the result records the file and its precision "
+                              "(model_info.precision: fp32 / int8)."),
     full_screen: bool = typer.Option(None, "--full-screen/--scan-region-only",
                                      help="Key frames and videos show the whole screen, with any names and dates "
                                      "burnt into it; else the scan region only (default {full_screen})."),
@@ -724,6 +731,8 @@ def analyze_cmd(
     if given.get("rate_hz") == 0:
         given["rate_hz"] = None  # every frame
     cfg = dataclasses.replace(AnalysisConfig(), **given)
+    if cfg.graph is not None and cfg.runtime == "torch":
+        fail("--graph: an exported graph runs on --runtime onnx or openvino (or auto), not torch")
     try:
         cfg.check()
     except PocovidError as e:
@@ -734,6 +743,14 @@ def analyze_cmd(
     except PocovidError as e:
         hint = " (pass --model FILE: a model written by `pocovid train --final`)" if model == "default" else ""
         fail(f"{e}{hint}")
+    if cfg.graph is not None:  # an export of this model, readable by an installed graph runtime
+        from pocovid.models.runtime import graph_runtime_name, read_graph_file
+
+        try:
+            graph_runtime_name(cfg.runtime)
+            read_graph_file(cfg.graph, m)
+        except PocovidError as e:
+            fail(f"--graph: {e}")
     if engine not in ("local", "ray"):
         fail(f"--engine: use local or ray, not {engine!r}")
     if (address or workers is not None) and engine != "ray":

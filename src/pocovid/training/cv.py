@@ -117,11 +117,18 @@ def data_fingerprint(frames: FrameSet) -> str:
                          c["n_frames"]) for c in frames.clips])
 
 
-def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, progress=True):
-    """Frames and trunk features, from the run's cache when it matches the config."""
+def _clip_id(c: dict) -> tuple:
+    return c.get("dataset"), c.get("rel", c["path"])
+
+
+def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, progress=True,
+            cache_dir: str | os.PathLike | None = None):
+    """Frames and trunk features, from the cache when it matches the config. The cache (`cache_dir`,
+    default `out_dir/cache`) is keyed by the recordings, not by how the split file groups them into
+    folds: runs on other split files of the same data (k-fold, leave-one-source-out) share it."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = out_dir / "cache"
-    cache.mkdir(exist_ok=True)
+    cache = Path(cache_dir) if cache_dir is not None else out_dir / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
     size = cfg.size or model.input_size
     roots = _roots_of(splits, root)
     root = None if roots is not None else root if root is not None else splits.root
@@ -129,11 +136,16 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
     if not clips:
         raise PocovidError(f"no recordings of classes {','.join(cfg.classes)}"
                            f"{' and probe ' + cfg.probe if cfg.probe else ''} in the split file")
-    fkey = fingerprint(cfg.frames_key() | {"size": size, "clips": clips, "root": str(root)}
+    recordings = sorted(({k: v for k, v in c.items() if k != "fold"} for c in clips),
+                        key=lambda c: json.dumps(c, sort_keys=True))
+    fkey = fingerprint(cfg.frames_key() | {"size": size, "recordings": recordings, "root": str(root)}
                        | ({"roots": roots} if roots is not None else {}))
     fpath = cache / f"frames-{fkey}.npz"
     if fpath.exists():
         frames = FrameSet.load(fpath)
+        fold_of = {_clip_id(c): c["fold"] for c in clips}  # this split file's folds, whichever run cached them
+        for c in frames.clips:
+            c["fold"] = fold_of[_clip_id(c)]
     else:
         frames = extract_frames(clips, root, list(cfg.classes), model.input_config, progress=progress)
         frames.save(fpath)
@@ -203,9 +215,11 @@ def _ensemble_outputs(model, feats, idx: np.ndarray) -> dict[str, np.ndarray]:
 
 def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | None = None, *, final: bool = False,
               cv: bool = True, root=None, progress: bool = True, weights: str | None = None,
-              pretrained: bool = True) -> RunResult:
+              pretrained: bool = True, cache_dir: str | os.PathLike | None = None) -> RunResult:
     """Cross-validate over `splits` (one model per fold, out-of-fold predictions, metrics) and,
-    with `final`, train the model on all data and save it as `out_dir/model.pt`."""
+    with `final`, train the model on all data and save it as `out_dir/model.pt`. `cache_dir`: where
+    frames and trunk features are cached (default `out_dir/cache`; a shared folder lets runs on other
+    split files of the same data skip extraction)."""
     from pocovid.models import save_model
 
     cfg = cfg or TrainConfig()
@@ -220,7 +234,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                                          **({"splits_roots": dict(splits.roots), "split_mode": splits.mode}
                                             if len(splits.datasets()) > 1 else {}),
                                          "split_seed": splits.seed})
-    frames, feats = prepare(splits, out_dir, cfg, base, root=root, progress=progress)
+    frames, feats = prepare(splits, out_dir, cfg, base, root=root, progress=progress, cache_dir=cache_dir)
     targets, heads_note = _targets(splits, frames, cfg, root)
     torch.manual_seed(cfg.seed)
     base = _with_heads(base, build_model(cfg, pretrained=False, findings=heads_note["findings"],
