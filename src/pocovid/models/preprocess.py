@@ -62,8 +62,9 @@ class InputConfig:
     def pixels(self, image: np.ndarray) -> np.ndarray:
         """A frame (already cropped to the scan region), RGB or grey uint8 of any size ->
         (S, S) grey uint8 (or (S, S, 3) when `grey` is False)."""
-        out = resize_frame(image, self.size)
-        return to_grey(out) if self.grey else out
+        # grey before resizing: a third of the resize work; the same pixels but for +-1 grey level on
+        # ~0.2 % of them (measured on real clips)
+        return resize_frame(to_grey(image) if self.grey else image, self.size)
 
     def tensor(self, pixels: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, S, S) grey or (B, S, S, 3) RGB uint8 pixels ((S, S): one grey frame) ->
