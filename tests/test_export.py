@@ -3,6 +3,7 @@ the exported graph gives what `FrameClassifier.infer` gives, carries its metadat
 onnxruntime alone; int8 stays within its documented tolerance; a missing runtime falls back to
 torch; analyze writes the same result.json whichever runtime ran it. Generated data only."""
 
+import copy
 import json
 import logging
 import subprocess
@@ -118,6 +119,7 @@ def test_metadata_is_inside_and_reads_with_onnxruntime(model, onnx_file):
     assert meta["model_meta"]["extra"]["uncertainty"] == {"method": "entropy", "threshold": 0.5}
     assert meta["model_meta"]["extra"]["feature_density"]["n"] > 0
     assert meta["architecture"] == model.architecture() and meta["n_members"] == 2
+    assert meta["model_fingerprint"] == rt.model_fingerprint(model)  # what `analyze --graph` checks
     assert set(meta["outputs"]) == set(output_names(model))
 
 
@@ -325,3 +327,77 @@ def test_cli_export_and_analyze_runtime(model_file, clips, tmp_path):
     r = runner.invoke(app, ["analyze", str(clips["covid"]), "--model", str(model_file), "--runtime", "tpu",
                             "-o", str(tmp_path / "a")])
     assert r.exit_code != 0 and "--runtime" in r.output and "unknown runtime" in r.output
+
+
+def _one_line_error(r, *words):
+    assert r.exit_code == 1, (r.exit_code, r.output)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.output, r.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+
+
+def test_cli_analyze_runs_an_int8_graph_given_with_graph(model, model_file, clips, tmp_path):
+    """`pocovid export --int8` then `pocovid analyze --graph`: the frame pass runs the file, the result
+    says onnx and int8; `--resume` keeps it only for the same graph; torch, a missing file, a file that
+    is not ONNX, a graph of another model (or of an unknown one) are refused with one line, exit 1."""
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i, label in enumerate(("covid", "pneumonia", "regular")):
+        write_phantom(calib / f"{label}.mp4", label=label, n_frames=16, fps=10.0, width=240, height=200, seed=40 + i)
+    q = tmp_path / "model-int8.onnx"
+    r = runner.invoke(app, ["export", str(model_file), "--int8", "--calibration", str(calib), str(q)])
+    assert r.exit_code == 0 and "int8 ONNX" in r.output, r.output
+    base = ["analyze", str(clips["covid"]), "--model", str(model_file), "--no-overlay-video", "--quiet"]
+    out = tmp_path / "a"
+    r = runner.invoke(app, [*base, "--graph", str(q), "--runtime", "onnx", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    info = json.loads((out / "covid" / "result.json").read_text())["model_info"]
+    assert info["runtime"] == "onnx" and info["precision"] == "int8" and info["graph"] == q.name
+    assert info["graph_sha256"] == rt.hashlib.sha256(q.read_bytes()).hexdigest()
+    r = runner.invoke(app, [*base, "--graph", str(q), "-o", str(out), "--resume"])  # auto -> onnx; the same file
+    assert r.exit_code == 0 and "1 of 1 recording(s) skipped" in r.stderr, r.output
+    r = runner.invoke(app, [*base, "--runtime", "onnx", "-o", str(out), "--resume", "--json"])  # without it: fp32
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.stdout)
+    assert res["model_info"]["precision"] == "fp32" and res["model_info"]["graph"] is None  # redone, not kept
+    r = runner.invoke(app, [*base, "--graph", str(q), "-o", str(out), "--resume", "--json"])  # fp32 result: redone
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["model_info"]["precision"] == "int8", r.output
+
+    _one_line_error(runner.invoke(app, [*base, "--graph", str(q), "--runtime", "torch", "-o", str(out)]),
+                    "--graph", "torch")
+    _one_line_error(runner.invoke(app, [*base, "--graph", str(tmp_path / "none.onnx"), "-o", str(out)]),
+                    "--graph", "none.onnx", "no such graph file")
+    (tmp_path / "text.onnx").write_text("not a graph")
+    _one_line_error(runner.invoke(app, [*base, "--graph", str(tmp_path / "text.onnx"), "-o", str(out)]),
+                    "text.onnx", "not a readable ONNX graph")
+    other = copy.deepcopy(model)  # the same architecture, other weights
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    export_onnx(other, tmp_path / "other.onnx")
+    _one_line_error(runner.invoke(app, [*base, "--graph", str(tmp_path / "other.onnx"), "-o", str(out)]),
+                    "other.onnx", "another model")
+    import onnx
+
+    old = onnx.load(str(q))  # an export that does not say which model it is (before model_fingerprint)
+    keep = [p for p in old.metadata_props if p.key != "model_fingerprint"]
+    del old.metadata_props[:]
+    old.metadata_props.extend(keep)
+    onnx.save_model(old, str(tmp_path / "old.onnx"))
+    _one_line_error(runner.invoke(app, [*base, "--graph", str(tmp_path / "old.onnx"), "-o", str(out)]),
+                    "old.onnx", "does not identify the model")
+    with pytest.raises(PocovidError, match="not torch"):
+        AnalysisConfig(runtime="torch", graph=str(q)).check()
+
+
+def test_an_int8_graph_runs_on_openvino(model, clips, tmp_path):
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'pocovid[openvino]')")
+    calib = [model.input_tensor(stream_predict(c, model, max_frames=8, keep_pixels=True).pixels).numpy()
+             for c in clips.values()]
+    q = export_onnx(model, tmp_path / "q.onnx", calibration=calib)
+    r = analyze_recording(clips["regular"], model, tmp_path / "ov",
+                          AnalysisConfig(runtime="openvino", graph=str(q), report=False))
+    want = analyze_recording(clips["regular"], model, tmp_path / "t", AnalysisConfig(runtime="torch", report=False))
+    assert r.model_info.runtime == "openvino" and r.model_info.precision == "int8" and r.model_info.graph == "q.onnx"
+    assert want.model_info.precision == "fp32" and want.model_info.graph is None
+    assert r.prediction.label == want.prediction.label

@@ -41,6 +41,7 @@ from pocovid.media import open_media
 from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
 from pocovid.models.runtime import CHOICES as RUNTIME_CHOICES
+from pocovid.models.runtime import graph_runtime
 
 EXPLAINERS = ("cam", "gradcam")
 #: Containers a browser's <video> plays; for the others the overlay video comes with playback.mp4.
@@ -70,6 +71,9 @@ class AnalysisConfig:
     runtime: str = "auto"  # torch, onnx, openvino, or auto: the fastest installed here (models/runtime.py)
     full_screen: bool = False  # key frames and videos show the whole screen (default: the scan region only)
     show_path: bool = False  # the result and report name the file by its whole path (default: its name)
+    # an exported ONNX graph of the model (`pocovid export`, fp32 or int8) that the graph runtime runs instead of
+    # its own export: runtime onnx or openvino (auto: onnx, else openvino); checked to be this model's
+    graph: str | None = None
 
     def check(self) -> None:
         if self.explainer not in EXPLAINERS:
@@ -86,6 +90,15 @@ class AnalysisConfig:
             raise PocovidError(f"unknown runtime {self.runtime!r} (use {', '.join(RUNTIME_CHOICES)})")
         if self.gradcam_layer is not None and self.explainer != "gradcam":
             raise PocovidError("gradcam_layer is for explainer='gradcam'")
+        if self.graph is not None:
+            if not str(self.graph).strip():
+                raise PocovidError("graph: give the path of an exported ONNX file")
+            if not Path(self.graph).is_file():
+                why = "not a graph file (a folder or a device)" if os.path.exists(self.graph) else "no such graph file"
+                raise PocovidError(f"{path_text(self.graph)}: {why}")
+            if self.runtime == "torch":
+                raise PocovidError(f"{path_text(self.graph)}: an exported graph runs on runtime onnx or openvino "
+                                   "(or auto), not torch")
 
 
 def resolve_model(model) -> tuple[object, str]:
@@ -145,13 +158,15 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     path = Path(path)
     params = OODParams.from_model(model)
     report(0.0, "classify")
+    # a graph file given: checked against the model and built once per model and file (models/runtime.py)
+    engine = graph_runtime(model, cfg.runtime, cfg.graph) if cfg.graph is not None else cfg.runtime
     rec = stream_predict(path, model, rate_hz=cfg.rate_hz, max_frames=cfg.max_frames, crop=cfg.crop,
                          cams=cfg.explainer == "cam", keep_pixels=cfg.explainer == "gradcam",
-                         batch_size=cfg.batch_size, runtime=cfg.runtime,
+                         batch_size=cfg.batch_size, runtime=engine,
                          inspect=_ood_inspector(params, model.input_config.size),
                          n_inspect=params.frames_checked, progress=lambda f: report(0.05 + 0.65 * f, "classify"))
     timings = dict(rec.timings)
-    result = _conclude(rec, model, model_name, cfg, params)
+    result = _conclude(rec, model, model_name, cfg, params, getattr(engine, "graph", None))
     report(0.72, "explain")
     moments = _key_frame_maps(rec, model, cfg, result, timings)
     _write_key_frames(rec, result, moments, cfg, out_dir, timings)
@@ -163,8 +178,10 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     return result
 
 
-def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig, params: OODParams) -> AnalysisResult:
-    """The verdict: clip probabilities, uncertainty, out-of-distribution guard, disagreement."""
+def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig, params: OODParams,
+              graph=None) -> AnalysisResult:
+    """The verdict: clip probabilities, uncertainty, out-of-distribution guard, disagreement.
+    `graph`: the `GraphFile` the frame pass ran (`cfg.graph`), None for the runtime's own (fp32)."""
     classes = list(model.classes)
     members, times, n = rec.member_probs, rec.time_s, len(rec)
     frame_p = members.mean(1)
@@ -194,7 +211,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     input_cfg = model.input_config
     return AnalysisResult(
         file=path_text(rec.path if cfg.show_path else Path(rec.path).name), model=model_name,
-        model_info=ModelSummary(**model_summary(model), runtime=rec.runtime or None),
+        model_info=ModelSummary(**model_summary(model), runtime=rec.runtime or None, **frame_pass_of(graph)),
         pocovid_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notice=NOTICE,
         prediction=Prediction(label=classes[pred], probabilities=_probs_dict(classes, clip_p),
@@ -229,6 +246,14 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
                             density_d2=None if d2 is None else round(float(d2[i]), 2))
                 for i in range(n)],
         key_frames=[], full_screen=bool(cfg.full_screen))
+
+
+def frame_pass_of(graph) -> dict:
+    """`model_info`'s precision, graph and graph_sha256 of a frame pass on `graph` (a `GraphFile`,
+    `analyze --graph`), or on the runtime's own graph or torch (None: fp32)."""
+    if graph is None:
+        return {"precision": "fp32", "graph": None, "graph_sha256": None}
+    return {"precision": graph.precision, "graph": graph.name, "graph_sha256": graph.sha256}
 
 
 def clip_targets(outputs, model) -> dict:

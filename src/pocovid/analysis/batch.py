@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from pocovid.analysis.analyze import ARTIFACTS, AnalysisConfig, analyze_recording, resolve_model
+from pocovid.analysis.analyze import ARTIFACTS, AnalysisConfig, analyze_recording, frame_pass_of, resolve_model
 from pocovid.analysis.result import SCHEMA_VERSION, AnalysisResult, FailedAnalysis, ModelSummary
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
 from pocovid.models import model_summary
+from pocovid.models.runtime import read_graph_file
 
 SUMMARY_COLUMNS = ["file", "folder", "status", "skipped", "label", "withheld", "probabilities", "entropy",
                    "member_std", "review_recommended", "out_of_distribution", "frames_disagree", "n_frames", "error"]
@@ -174,8 +175,9 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
     """(the result in `folder`, "") when it is a finished analysis that this call would write again:
     the recording unchanged (`record`, written with the folder, against `source`, its record now),
     the same result schema version, the same model (its `model_info`: backbone, classes, creation
-    time, data fingerprint, ...), the same settings (sampling, crop, explainer, report, overlay
-    video) and every output file there; else (None, why not)."""
+    time, data fingerprint, ...; any runtime), the same frame-pass graph and precision (`cfg.graph`:
+    the same file's SHA-256; none: fp32 on the runtime's own graph), the same settings (sampling,
+    crop, explainer, report, overlay video) and every output file there; else (None, why not)."""
     if source is None or {k: record.get(k) for k in source} != source:
         return None, "the recording changed since"
     try:
@@ -185,14 +187,26 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
     if r.schema_version != SCHEMA_VERSION:
         return None, f"result schema version {r.schema_version}, not {SCHEMA_VERSION}"
     now = ModelSummary(**model_summary(model))
-    if now.created is None or r.model_info.model_copy(update={"runtime": None}) != now:  # any runtime will do
+    frame_pass = ("precision", "graph", "graph_sha256")
+    if now.created is None or r.model_info.model_copy(update=dict.fromkeys(("runtime", *frame_pass))) != now:
+        # any runtime will do (the same results up to rounding); the graph and precision are compared below
         return None, "another model" if now.created else "the model was never saved (no creation time to compare)"
+    want = frame_pass_of(read_graph_file(cfg.graph, model) if cfg.graph is not None else None)
+    made = r.model_info.model_dump(include=set(frame_pass))
+    made["precision"] = made["precision"] or "fp32"  # written before pocovid recorded it: fp32, no graph file
+    if (made["precision"], made["graph_sha256"]) != (want["precision"], want["graph_sha256"]):  # not the name
+        then, now_ = _frame_pass_text(made), _frame_pass_text(want)
+        return None, f"made with {then}, not {now_}" if then != now_ else f"made with another {then} (another file)"
     if _settings_of(r) != _settings_wanted(cfg, r):
         return None, "other settings"
     missing = [n for n in r.artifacts() if not (folder / n).is_file()]
     if missing:
         return None, f"output missing ({', '.join(missing)})"
     return r, ""
+
+
+def _frame_pass_text(fp: dict) -> str:
+    return f"the {fp['precision']} graph {fp['graph']}" if fp["graph"] else f"{fp['precision']} without --graph"
 
 
 # ------------------------------------------------------------------------------ the batch
@@ -249,6 +263,8 @@ def analyze_files(paths, model, out_dir: str | os.PathLike, config: AnalysisConf
             progress(ev.i, ev.n, ev.file)
 
     model, _ = resolve_model(model)  # loaded once for the whole batch
+    if cfg.graph is not None:  # not this model's (or unreadable): one error, before any recording
+        read_graph_file(cfg.graph, model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]

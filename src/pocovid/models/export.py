@@ -15,8 +15,10 @@ finding_cams (B, F, h, w). The graph is `FrameClassifier.infer` itself, traced: 
 Metadata (ONNX metadata_props, JSON text): format, format_version, pocovid_version, precision (fp32 /
 int8), calibration (int8: what the ranges came from), classes, findings, severity_levels,
 preprocessing (the model's `InputConfig` and the normalisation's scale / mean / std), outputs
-(name -> shape and meaning), architecture, model_meta (the model file's metadata but the weights:
-training config, metrics, extra = feature density, uncertainty threshold, exam method, adaptation).
+(name -> shape and meaning), architecture, model_fingerprint (`runtime.model_fingerprint`: a hash of
+the architecture, input and weights; `analyze --graph` runs a file only for the model it names),
+model_meta (the model file's metadata but the weights: training config, metrics, extra = feature
+density, uncertainty threshold, exam method, adaptation).
 
 int8: `onnxruntime.quantization.quantize_static` in QDQ format on the convolutions, their ReLU6 and
 the residual additions (weights int8 per output channel, activations uint8 per tensor, ranges from
@@ -56,6 +58,7 @@ INPUT = "input"
 #: every output the graph may have, in order (see the module docstring)
 OUTPUTS = ("log_probs", "probs", "pooled", "cams", "findings", "severity", "finding_cams")
 INSTALL_HINT = "pip install 'pocovid[onnx]'"
+PRECISIONS = ("fp32", "int8")
 #: int8: the ops quantised (a convolution with its ReLU6 / ReLU, so that the activation's range is the
 #: clipped one, and the residual additions) and the percentile of |activation| that sets each range
 INT8_OPS = ["Conv", "Clip", "Relu", "Add"]
@@ -88,6 +91,8 @@ class _Graph(nn.Module):
 
 def onnx_metadata(model, precision: str = "fp32", calibration: str | None = None) -> dict[str, str]:
     """The metadata_props of `model`'s ONNX graph: every value is JSON text."""
+    from pocovid.models.runtime import model_fingerprint  # runtime.py imports this module
+
     cfg = model.input_config
     scale, mean, std = NORMALIZATIONS[cfg.normalization]
     meta = {k: v for k, v in (getattr(model, "meta", None) or {}).items() if k != "state_dict"}
@@ -111,6 +116,7 @@ def onnx_metadata(model, precision: str = "fp32", calibration: str | None = None
                                       "per channel"),
         "outputs": {n: shapes.get(n, "") for n in output_names(model)},
         "architecture": model.architecture(),
+        "model_fingerprint": model_fingerprint(model),
         "model_meta": meta,
     }
     return {k: json.dumps(jsonable(v)) for k, v in values.items()}

@@ -21,6 +21,12 @@ keyed by the model's fingerprint, the runtimes' versions and the thread count. A
 not installed (or fails to build) falls back to torch with a one-line notice, never an error.
 Each runtime is built once per model and kept while the model lives (a batch or a service builds
 it once). The runtimes use as many threads as torch (`torch.get_num_threads()`).
+
+    engine = graph_runtime(model, "onnx", "model-int8.onnx")   # a `pocovid export` file instead (analyze --graph)
+
+`graph_runtime` runs a graph file written by `pocovid export` (fp32 or int8) instead of the
+runtime's own export, after `read_graph_file` checked that it is an export of this very model (the
+model fingerprint in its metadata); a missing or failing runtime is then an error, not torch.
 """
 
 from __future__ import annotations
@@ -36,18 +42,19 @@ import threading
 import time
 import weakref
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pocovid import __version__
-from pocovid.files import write_bytes, write_json
+from pocovid.files import path_text, write_bytes, write_json
 from pocovid.models.backbone import ModelError
 from pocovid.models.classifier import FrameOutput
 from pocovid.models.compiled import compiled_trunk
-from pocovid.models.export import INPUT, INSTALL_HINT, OPSET, onnx_bytes, output_names
+from pocovid.models.export import (INPUT, INSTALL_HINT, ONNX_FORMAT, ONNX_FORMAT_VERSION, OPSET, PRECISIONS,
+                                   onnx_bytes, output_names)
 
 RUNTIMES = ("torch", "onnx", "openvino")
 CHOICES = ("auto", *RUNTIMES)
@@ -111,6 +118,8 @@ class TorchRuntime:
     """The model itself (`FrameClassifier.infer`), on its compiled trunk when there is one."""
 
     name = "torch"
+    precision = "fp32"
+    graph = None  # `GraphFile`: the exported file a graph runtime runs (`graph_runtime`); None: its own
 
     def __init__(self, model, build: bool = True) -> None:
         self.model = model
@@ -146,6 +155,8 @@ class _GraphRuntime:
     per call on `streams` parallel single-thread streams (see the module docstring)."""
 
     name = ""
+    precision = "fp32"  # an exported file's own (`graph_runtime`): fp32 or int8
+    graph = None  # `GraphFile`: the exported file it runs (`graph_runtime`); None: the model's own graph
 
     def __init__(self, model) -> None:
         self.names = output_names(model)
@@ -290,6 +301,156 @@ def graph_source(model) -> Path | bytes:
     for old in graphs[KEEP_GRAPHS:]:
         old.unlink(missing_ok=True)
     return path
+
+
+# ------------------------------------------------------------------------------------ a graph file given
+
+
+@dataclass(frozen=True)
+class GraphFile:
+    """A `pocovid export` file checked against the model it is to run for (`read_graph_file`)."""
+
+    path: str  # as given
+    name: str  # its file name (what a result records)
+    sha256: str  # of the file's bytes (what `--resume` compares)
+    precision: str  # fp32 or int8, from its metadata
+    meta: dict  # its metadata, decoded (models/export.py)
+
+
+_GRAPH_FILES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # model -> {file key: GraphFile}
+
+
+def _graph_metadata(path: str) -> dict:
+    """The metadata_props of the ONNX file `path`, decoded: with onnxruntime, else with onnx."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        from pocovid.models.export import read_onnx_metadata
+
+        return read_onnx_metadata(path)
+    try:
+        import onnx
+    except ImportError:
+        raise ModelError(f"{path_text(path)}: reading an ONNX graph needs onnxruntime or onnx ({INSTALL_HINT})") \
+            from None
+    out = {}
+    for p in onnx.load(path, load_external_data=False).metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+def read_graph_file(path: str | os.PathLike, model) -> GraphFile:
+    """The exported graph `path` (`pocovid export`, fp32 or int8), checked to be an export of
+    `model`: its metadata's `format` is pocovid's and its `model_fingerprint` is `model`'s, and it
+    has every output the model's frame pass reads. Raises ModelError, one line naming the file and
+    why (missing, unreadable, not ONNX, not a pocovid export, another model). Read once per model
+    and file (its size and modification time)."""
+    where = path_text(path)
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise ModelError(f"{where}: cannot read the graph file ({e.strerror or type(e).__name__})") from None
+    if not os.path.isfile(path):
+        raise ModelError(f"{where}: not a graph file (a folder or a device)")
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns, _weights_key(model))
+    with _LOCK:
+        hit = _GRAPH_FILES.get(model, {}).get(key)
+    if hit is not None:
+        return hit
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ModelError(f"{where}: cannot read the graph file ({e.strerror or type(e).__name__})") from None
+    try:
+        meta = _graph_metadata(str(path))
+    except ModelError:
+        raise
+    except Exception as e:  # onnxruntime / onnx refuse it: not an ONNX graph (or a damaged one)
+        reason = " ".join(str(e).split())[:160]
+        raise ModelError(f"{where}: not a readable ONNX graph ({type(e).__name__}: {reason})") from None
+    if meta.get("format") != ONNX_FORMAT:
+        raise ModelError(f"{where}: not a pocovid export (its metadata has no format {ONNX_FORMAT!r}; write the file "
+                         "with `pocovid export`)")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > ONNX_FORMAT_VERSION:
+        raise ModelError(f"{where}: pocovid export format version {version!r}, this pocovid reads up to "
+                         f"{ONNX_FORMAT_VERSION}")
+    theirs, ours = meta.get("model_fingerprint"), model_fingerprint(model)
+    if not theirs:
+        raise ModelError(f"{where}: its metadata does not identify the model it was exported from (no "
+                         "model_fingerprint: written by an older pocovid); export the model again with "
+                         "`pocovid export`")
+    if theirs != ours:
+        raise ModelError(f"{where}: an export of another model (model fingerprint {theirs} in the file, {ours} of "
+                         "the model in use); export this model with `pocovid export`, or pass the model it "
+                         "was exported from")
+    precision = meta.get("precision")
+    if precision not in PRECISIONS:
+        raise ModelError(f"{where}: unknown precision {precision!r} in its metadata (pocovid writes "
+                         f"{' or '.join(PRECISIONS)})")
+    missing = [n for n in output_names(model) if n not in (meta.get("outputs") or {})]
+    if missing:
+        raise ModelError(f"{where}: the graph lacks output(s) {', '.join(missing)}; export the model again")
+    graph = GraphFile(path=str(path), name=path_text(Path(path).name), sha256=hashlib.sha256(data).hexdigest(),
+                      precision=precision, meta=meta)
+    with _LOCK:
+        _GRAPH_FILES.setdefault(model, {})[key] = graph
+    return graph
+
+
+def graph_runtime_name(name: str = "auto") -> str:
+    """The runtime that runs a given graph file: `name` (onnx or openvino), or for "auto" onnx
+    (the runtime its int8 ranges were calibrated with), else openvino, whichever is installed.
+    Raises ModelError for torch and when that runtime is not installed: no fallback (the file
+    was asked for)."""
+    if name not in CHOICES:
+        raise ModelError(f"unknown runtime {name!r} (use {', '.join(CHOICES)})")
+    if name == "torch":
+        raise ModelError("an exported graph runs on runtime onnx or openvino, not torch")
+    if name == "auto":
+        got = [n for n in ("onnx", "openvino") if importlib.util.find_spec(MODULES[n]) is not None]
+        if not got:
+            raise ModelError(f"an exported graph runs on onnx or openvino, neither is installed ({INSTALL_HINT})")
+        return got[0]
+    if importlib.util.find_spec(MODULES[name]) is None:
+        raise ModelError(f"runtime {name} is not installed ({INSTALL[name]}): it is needed to run the given graph")
+    return name
+
+
+def graph_runtime(model, name: str, path: str | os.PathLike):
+    """Runtime `name` (onnx, openvino, or auto: `graph_runtime_name`) on the exported graph file
+    `path` of `model` (checked: `read_graph_file`) instead of its own graph; the runtime's
+    `precision` and `graph` say what it runs. Built once per model, runtime and file. Raises
+    ModelError (one line) when the file is not this model's, or the runtime is missing or cannot
+    load it: the file was asked for, so nothing falls back to torch."""
+    name = graph_runtime_name(name)
+    graph = read_graph_file(path, model)
+    slot = f"{name}:{os.path.realpath(graph.path)}:{graph.sha256}"
+    rt = _built_slot(model, slot)
+    if rt is None:
+        try:
+            rt = _KINDS[name](model, graph.path)
+        except Exception as e:
+            reason = " ".join(str(e).split())[:200]
+            raise ModelError(f"{path_text(graph.path)}: runtime {name} cannot load the graph "
+                             f"({type(e).__name__}: {reason})") from None
+        rt.precision, rt.graph = graph.precision, graph
+        with _LOCK:
+            _BUILT.setdefault(model, {})[slot] = (_weights_key(model), rt)
+    _map_large_blocks()
+    return rt
+
+
+def _built_slot(model, slot: str):
+    key = _weights_key(model)
+    with _LOCK:
+        hit = _BUILT.get(model, {}).get(slot)
+    return hit[1] if hit is not None and hit[0] == key else None
 
 
 # ------------------------------------------------------------------------------------ choosing one
