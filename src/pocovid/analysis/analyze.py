@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -157,6 +159,8 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     _remove_stale(out_dir)
     path = Path(path)
     params = OODParams.from_model(model)
+    if cfg.report:
+        _import_plotting_meanwhile()
     report(0.0, "classify")
     # a graph file given: checked against the model and built once per model and file (models/runtime.py)
     engine = graph_runtime(model, cfg.runtime, cfg.graph) if cfg.graph is not None else cfg.runtime
@@ -374,6 +378,22 @@ def _overlay_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, frame_cls: 
             maps = np.zeros((len(rec), *m.shape[1:]), np.float32)
         maps[sel], scales[sel] = m, scale
     return maps, scales
+
+
+def _import_plotting_meanwhile() -> None:
+    """Import matplotlib (~0.3 s) in a thread while the scan region is searched (the decoder leaves
+    a core free), not after the frame pass when the timeline needs it."""
+    if "matplotlib.figure" in sys.modules:
+        return
+
+    def imp():
+        try:
+            import matplotlib.backends.backend_agg  # noqa: F401
+            import matplotlib.figure  # noqa: F401
+        except Exception:  # noqa: BLE001 - the timeline's own import says what is wrong
+            pass
+
+    threading.Thread(target=imp, name="pocovid-import-plotting", daemon=True).start()
 
 
 def _write_artifacts(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult, out_dir: Path,

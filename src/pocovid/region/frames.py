@@ -19,6 +19,11 @@ from pocovid.region.detect import detect_scan_region
 from pocovid.region.scan import ScanRegion
 
 DETECT_LONG_SIDE = 800  # frames kept for detection are shrunk to this: a 4K clip costs no more than HD
+# the region is searched on frames of a clip's first seconds: a video decodes from its start, so frames
+# spread over the whole clip cost a decode of all of it (as long again as the frame pass's own decode).
+# Against frames spread over the whole clip, on the 281 videos of ../shared/data (pocus + covid-blues):
+# mask IoU median 1.000, >= 0.95 on 279 (2 s: 0.997, >= 0.95 on 274)
+REGION_SPAN_S = 4.0
 
 
 @dataclass
@@ -32,13 +37,17 @@ class Clip:
 
 
 def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = True,
-                limits: MediaLimits | None = None) -> ScanRegion:
-    """Scan region of a recording from up to `max_frames` frames spread over the whole clip."""
+                limits: MediaLimits | None = None, span_s: float | None = REGION_SPAN_S) -> ScanRegion:
+    """Scan region of a recording from up to `max_frames` frames spread over its first `span_s`
+    seconds (None: the whole clip)."""
     with open_media(path, limits) as r:
         info = r.info
         if not enabled:
             return ScanRegion.full(info.height, info.width, method="off")
-        idx = sample_indices(info.n_frames, info.fps, None, max_frames)
+        n = info.n_frames
+        if span_s is not None:
+            n = min(n, max(max_frames, int(round(span_s * (info.fps or 25.0)))))
+        idx = sample_indices(n, info.fps, None, max_frames)
         factor = max(1, int(np.ceil(max(info.width, info.height) / DETECT_LONG_SIDE)))
         small = []
         for f in r.frames(idx):
