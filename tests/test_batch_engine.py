@@ -3,6 +3,7 @@
 recordings and the quick phantom model only."""
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -147,6 +148,12 @@ def test_resume_skips_finished_results_and_redoes_broken_or_outdated_ones(model,
                           resume=True, events=events.append)  # other settings: redone
     assert not other.entries[0].skipped and (events[0].stage, events[0].note) == ("redo", "other settings")
     assert _names(out) == ["b", "c", "scanner_export", "summary.csv", "x", "x-2"]
+    # settings that result.json does not hold (key frames, Grad-CAM layer, full screen, path shown)
+    events.clear()
+    cfg = dataclasses.replace(CFG, key_frames=CFG.key_frames + 1, full_screen=not CFG.full_screen)
+    analyze_files(paths[1:2], model, out, cfg, resume=True, events=events.append)
+    assert (events[0].stage, events[0].note) == ("redo", "other settings (key_frames, full_screen)")
+    assert analyze_files(paths[1:2], model, out, cfg, resume=True).entries[0].skipped
 
 
 def test_summary_withholds_label_and_probabilities_out_of_distribution(model, folder, tmp_path):

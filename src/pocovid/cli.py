@@ -382,8 +382,8 @@ def train_cmd(
     no_pretrained: bool = typer.Option(False, "--no-pretrained", help="Random backbone init (tests only)."),
     dry_run: bool = typer.Option(False, "--dry-run",
                                  help="Print the training settings as TOML (a --config file) and exit."),
-    cache: str = typer.Option(None, "--cache", help="Folder caching frames and trunk features, which runs on other split "
-                              "files of the same data can share; without it, OUT/cache."),
+    cache: str = typer.Option(None, "--cache", help="Folder caching frames and trunk features, which runs on other "
+                              "split files of the same data can share; without it, OUT/cache."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ):
     """Train and cross-validate a frame classifier; --final also trains the model to ship."""

@@ -170,6 +170,13 @@ def _settings_wanted(cfg: AnalysisConfig, r: AnalysisResult) -> dict:
             "report": cfg.report, "overlay_video": bool(cfg.overlay_video and r.media.kind == "video")}
 
 
+def _unrecorded_settings(cfg: AnalysisConfig) -> dict:
+    """Settings that change the outputs but that result.json does not hold: kept in the folder's
+    source record, so that `--resume` redoes a result made with other ones."""
+    return {"key_frames": cfg.key_frames, "gradcam_layer": cfg.gradcam_layer, "full_screen": cfg.full_screen,
+            "show_path": cfg.show_path}
+
+
 def finished_result(folder: Path, record: dict, source: dict | None, model,
                     cfg: AnalysisConfig) -> tuple[AnalysisResult | None, str]:
     """(the result in `folder`, "") when it is a finished analysis that this call would write again:
@@ -199,6 +206,9 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
         return None, f"made with {then}, not {now_}" if then != now_ else f"made with another {then} (another file)"
     if _settings_of(r) != _settings_wanted(cfg, r):
         return None, "other settings"
+    if record.get("settings", _unrecorded_settings(cfg)) != _unrecorded_settings(cfg):  # none: written before
+        changed = [k for k, v in _unrecorded_settings(cfg).items() if record["settings"].get(k) != v]
+        return None, f"other settings ({', '.join(changed)})"
     missing = [n for n in r.artifacts() if not (folder / n).is_file()]
     if missing:
         return None, f"output missing ({', '.join(missing)})"
@@ -302,6 +312,7 @@ class _Plan:
     sources: list[dict | None]  # `source_record` of every path, read before any analysis
     taken: set[str]  # folder names not to be replaced
     own: dict[int, str]  # index -> the recording's own outdated folder (replaced in place)
+    settings: dict  # `_unrecorded_settings` of this batch, written beside each result
 
 
 def _plan(paths: list[Path], model, out_dir: Path, cfg: AnalysisConfig, resume: bool, report) -> _Plan:
@@ -310,7 +321,8 @@ def _plan(paths: list[Path], model, out_dir: Path, cfg: AnalysisConfig, resume: 
     n = len(paths)
     earlier = earlier_analyses(out_dir) if resume else {}
     plan = _Plan([None] * n, [], [source_record(p) for p in paths],
-                 {d.name for d in out_dir.iterdir() if _is_ours(d)} if resume else set(), {})
+                 {d.name for d in out_dir.iterdir() if _is_ours(d)} if resume else set(), {},
+                 _unrecorded_settings(cfg))
     for i, p in enumerate(paths):
         folder, record = earlier.get((plan.sources[i] or {}).get("path_sha256"), (None, None))
         r, why = finished_result(folder, record, plan.sources[i], model, cfg) if folder else (None, "")
@@ -330,7 +342,7 @@ def _entry(i: int, p: Path, outcome: Outcome, plan: _Plan, out_dir: Path) -> Bat
         return BatchEntry(str(p), FailedAnalysis(file=path_text(p), reason=outcome[1]))
     _, r, tmp = outcome
     if plan.sources[i] is not None:  # read before the analysis: a recording changed meanwhile is redone
-        write_text(tmp / SOURCE_RECORD, json.dumps(plan.sources[i]))
+        write_text(tmp / SOURCE_RECORD, json.dumps(plan.sources[i] | {"settings": plan.settings}))
     return BatchEntry(str(p), r, _place(tmp, out_dir, _safe_name(p.stem), plan.taken, plan.own.get(i)))
 
 
