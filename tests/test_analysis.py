@@ -593,7 +593,7 @@ def test_cli_batch_reports_failures_and_exits_non_zero(model_file, clips, tmp_pa
     assert r.returncode == 1
     errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errs) == 1 and "bad.avi" in errs[0] and "Traceback" not in r.stderr
-    assert "not a diagnosis" in r.stdout and "most likely regular" in r.stdout
+    assert "not a diagnosis" in r.stdout and "most likely healthy" in r.stdout
     assert (tmp_path / "o" / "summary.csv").is_file() and (tmp_path / "o" / "regular" / "result.json").is_file()
 
 

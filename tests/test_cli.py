@@ -259,7 +259,7 @@ def test_analyze_prints_one_line_per_file_and_lists_failures(model_file, tmp_pat
             "--quiet", "--key-frames", "1", "--rate", "0")
     assert r.exit_code == 1, r.stderr
     (line,) = [ln for ln in r.stdout.splitlines() if ln.startswith(str(clip))]
-    assert "most likely covid" in line and "uncertainty" in line, line
+    assert "most likely COVID-19" in line and "uncertainty" in line, line
     assert "missing.mp4: no such file" in r.stderr and "Traceback" not in r.stderr
     r = cli("analyze", clip, "--model", model_file, "--out", tmp_path / "out", "--quiet", "--json", "--key-frames", "1")
     assert r.exit_code == 0, r.stderr

@@ -252,8 +252,8 @@ def test_demo_on_the_shared_dataset(shared_pocus, tmp_path):
     out = r.stdout
     assert "CC BY 4.0" in out and "10.1186/s13089-020-00177-4" in out and "saw these clips in training" in out
     assert "SYNTHETIC" not in out
-    for name, label in [("Cov_recommendations_lightbeam_mov6.mov", "covid"),
-                        ("Reg_recommendations_alines_mov1.mov", "regular")]:
+    for name, label in [("Cov_recommendations_lightbeam_mov6.mov", "COVID-19"),
+                        ("Reg_recommendations_alines_mov1.mov", "healthy")]:
         assert f"{shared_pocus / demo.CLIP_SUBDIR / name} (--data: {shared_pocus})" in out
         assert f"{name}: most likely {label} [" in out, out  # the bundled model saw them in training
         assert (tmp_path / "out" / Path(name).stem / "report.html").is_file()

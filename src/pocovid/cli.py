@@ -1015,10 +1015,12 @@ def _analysis_line(r, folder, name: str | None = None) -> str:
     if r.out_of_distribution:  # no label, no probabilities: they are not a diagnosis here
         return (f"{file}: OUTSIDE WHAT THE MODEL WAS TRAINED ON (e.g. a linear probe, another organ, not lung "
                 "ultrasound): no diagnosis (" + "; ".join(r.ood.reasons) + ")" + where)
-    p, u = r.prediction, r.uncertainty
-    probs = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
+    from pocovid.analysis.display import clinical_name
+
+    p, u = r.prediction, r.uncertainty  # the clinician's words (healthy, not regular); result.json keeps the keys
+    probs = ", ".join(f"{clinical_name(c)} {v:.2f}" for c, v in sorted(p.probabilities.items(), key=lambda kv: -kv[1]))
     flags = " REVIEW RECOMMENDED (" + "; ".join(r.review_reasons) + ")" if r.review_recommended else ""
-    return (f"{file}: most likely {p.label} [{probs}] uncertainty {u.score:.3f} ({u.method}, "
+    return (f"{file}: most likely {clinical_name(p.label)} [{probs}] uncertainty {u.score:.3f} ({u.method}, "
             f"review threshold {u.threshold:.3f}){flags}{where}")
 
 
