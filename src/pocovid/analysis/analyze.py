@@ -159,16 +159,20 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     _remove_stale(out_dir)
     path = Path(path)
     params = OODParams.from_model(model)
-    if cfg.report:
-        _import_plotting_meanwhile()
     report(0.0, "classify")
+
+    def classify_progress(f: float) -> None:
+        if cfg.report:  # the first frames are through: the region search is done, the GIL is mostly free
+            _import_plotting_meanwhile()
+        report(0.05 + 0.65 * f, "classify")
+
     # a graph file given: checked against the model and built once per model and file (models/runtime.py)
     engine = graph_runtime(model, cfg.runtime, cfg.graph) if cfg.graph is not None else cfg.runtime
     rec = stream_predict(path, model, rate_hz=cfg.rate_hz, max_frames=cfg.max_frames, crop=cfg.crop,
                          cams=cfg.explainer == "cam", keep_pixels=cfg.explainer == "gradcam",
                          batch_size=cfg.batch_size, runtime=engine,
                          inspect=_ood_inspector(params, model.input_config.size),
-                         n_inspect=params.frames_checked, progress=lambda f: report(0.05 + 0.65 * f, "classify"))
+                         n_inspect=params.frames_checked, progress=classify_progress)
     timings = dict(rec.timings)
     result = _conclude(rec, model, model_name, cfg, params, getattr(engine, "graph", None))
     report(0.72, "explain")
@@ -380,10 +384,14 @@ def _overlay_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, frame_cls: 
     return maps, scales
 
 
+_PLOTTING_IMPORT: list[threading.Thread] = []  # started once per process
+
+
 def _import_plotting_meanwhile() -> None:
-    """Import matplotlib (~0.3 s) in a thread while the scan region is searched (the decoder leaves
-    a core free), not after the frame pass when the timeline needs it."""
-    if "matplotlib.figure" in sys.modules:
+    """Import matplotlib (~0.3 s) in a thread during the frame pass, whose main thread mostly waits
+    on the model (the GIL is free), not after it when the timeline needs it. (Started beside the
+    region search it slowed that by as much, both being Python-bound.)"""
+    if _PLOTTING_IMPORT or "matplotlib.figure" in sys.modules:
         return
 
     def imp():
@@ -393,7 +401,8 @@ def _import_plotting_meanwhile() -> None:
         except Exception:  # noqa: BLE001 - the timeline's own import says what is wrong
             pass
 
-    threading.Thread(target=imp, name="pocovid-import-plotting", daemon=True).start()
+    _PLOTTING_IMPORT.append(threading.Thread(target=imp, name="pocovid-import-plotting", daemon=True))
+    _PLOTTING_IMPORT[0].start()
 
 
 def _write_artifacts(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: AnalysisResult, out_dir: Path,
