@@ -7,7 +7,7 @@ Each argument is `[LABEL[/MODE]=]RUN`: a folder written by `pocovid train ... --
 Runs with the same LABEL (default: the folder's name) form one column; MODE (kfold, lodo, loso) is
 read from RUN/config.json (`split_mode`; kfold when absent) unless given. Nothing is trained but the
 baseline: beside every config, the frozen-trunk logistic regression (`pocovid.evaluation.baseline`)
-on the run's own cached trunk features (RUN/cache/trunk-*.npy, clean copy, pooled) and the same
+on the run's cached trunk features (RUN/cache/trunk-*.npy or its `--cache` folder, clean copy, pooled) and the same
 folds. What a run lacks (no findings head, no cv/oof_targets.npz, no LODO run) prints "—".
 
 Rows (issue 11's table):
@@ -80,9 +80,9 @@ def _clip_means(values: np.ndarray, clip_of: np.ndarray, n_clips: int) -> np.nda
     return out
 
 
-def _frames_file(run: Path, paths: list[str]) -> tuple[Path | None, list[dict] | None]:
+def _frames_file(cache: Path, paths: list[str]) -> tuple[Path | None, list[dict] | None]:
     """The cached FrameSet whose clips are the run's (newest first), and its clips."""
-    for f in sorted((run / "cache").glob("frames-*.npz"), key=lambda p: -p.stat().st_mtime):
+    for f in sorted(cache.glob("frames-*.npz"), key=lambda p: -p.stat().st_mtime):
         with np.load(f, allow_pickle=False) as d:
             clips = json.loads(str(d["clips"]))
         names = [c.get("rel", c["path"]) for c in clips]
@@ -91,8 +91,8 @@ def _frames_file(run: Path, paths: list[str]) -> tuple[Path | None, list[dict] |
     return None, None
 
 
-def _trunk_file(run: Path, n_frames: int) -> Path | None:
-    for f in sorted((run / "cache").glob("trunk-*.npy"), key=lambda p: -p.stat().st_mtime):
+def _trunk_file(cache: Path, n_frames: int) -> Path | None:
+    for f in sorted(cache.glob("trunk-*.npy"), key=lambda p: -p.stat().st_mtime):
         if np.load(f, mmap_mode="r").shape[1] == n_frames:
             return f
     return None
@@ -124,7 +124,11 @@ def load_run(spec: str) -> Run:
         mem = {k: d[k] for k in d.files}
     paths = [str(p) for p in mem["paths"]]
     classes = [str(c) for c in mem["classes"]]
-    frames_file, clips = _frames_file(path, paths)
+    cache = Path(config["cache_dir"]) if config.get("cache_dir") else path / "cache"  # `train --cache` may share one
+    frames_file, clips = _frames_file(cache, paths)
+    if clips is not None:  # a shared cache's clips carry the folds of the run that cached them: this run's
+        for c, f in zip(clips, mem["folds"]):
+            c["fold"] = int(f)
     if clips is None:  # cache removed: what cv/predictions.csv says of each clip
         import csv
 
@@ -145,7 +149,7 @@ def load_run(spec: str) -> Run:
     if frames_file is not None:
         with np.load(frames_file, allow_pickle=False) as d:
             n_frames = len(d["clip_of"])
-    trunk = _trunk_file(path, n_frames) if n_frames else None
+    trunk = _trunk_file(cache, n_frames) if n_frames else None
     return Run(path, label or path.name, mode, preds, info, frames_file, trunk)
 
 

@@ -233,7 +233,9 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                                          "splits_root": str(splits.root), "n_folds": splits.n_folds,
                                          **({"splits_roots": dict(splits.roots), "split_mode": splits.mode}
                                             if len(splits.datasets()) > 1 else {}),
-                                         "split_seed": splits.seed})
+                                         "split_seed": splits.seed,
+                                         "cache_dir": str(Path(cache_dir) if cache_dir is not None
+                                                          else out_dir / "cache")})
     frames, feats = prepare(splits, out_dir, cfg, base, root=root, progress=progress, cache_dir=cache_dir)
     targets, heads_note = _targets(splits, frames, cfg, root)
     torch.manual_seed(cfg.seed)
