@@ -25,7 +25,6 @@ with `method="fallback"` and the reason in `note`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -67,21 +66,6 @@ def detect_scan_region(frames: Sequence[np.ndarray] | np.ndarray, **params) -> S
     if min(h, w) < 16:
         return ScanRegion.full(h, w, method="fallback", note=f"frame of {w}x{h} pixels is too small to search")
     return _detect(grey, h, w, k, p)
-
-
-def scan_region_of(path: str | os.PathLike, max_frames: int = 32, **params) -> ScanRegion:
-    """Sample a recording (`pocovid.media.sample_frames`) and detect its scan region.
-
-    Raises `pocovid.media.MediaError` for a file that cannot be read.
-    """
-    from pocovid.media import MediaError, open_media, sample_indices
-
-    with open_media(path) as r:  # grey as they decode (what the search uses): a third of the memory
-        idx = sample_indices(r.info.n_frames, r.info.fps, None, max_frames)
-        grey = [cv2.cvtColor(f.image, cv2.COLOR_RGB2GRAY) for f in r.frames(idx)]
-    if not grey:
-        raise MediaError(path, "no frames could be decoded")
-    return detect_scan_region(grey, max_frames=max_frames, **params)
 
 
 # ---------------------------------------------------------------------- internals

@@ -37,9 +37,9 @@ class Clip:
 
 
 def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = True,
-                limits: MediaLimits | None = None, span_s: float | None = REGION_SPAN_S) -> ScanRegion:
+                limits: MediaLimits | None = None, span_s: float | None = REGION_SPAN_S, **params) -> ScanRegion:
     """Scan region of a recording from up to `max_frames` frames spread over its first `span_s`
-    seconds (None: the whole clip)."""
+    seconds (None: the whole clip); `params`: the detector's (`RegionParams` fields)."""
     with open_media(path, limits) as r:
         info = r.info
         if not enabled:
@@ -60,13 +60,20 @@ def clip_region(path: str | os.PathLike, max_frames: int = 32, enabled: bool = T
             small.append(cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY))  # frames: H x W x 3 uint8 RGB
     if not small:
         return ScanRegion.full(info.height, info.width, method="fallback", note="no frame decoded")
-    region = detect_scan_region(small)
+    region = detect_scan_region(small, **params)
     if factor == 1:
         return region
     if region.is_full or region.polygon is None:
         return ScanRegion.full(info.height, info.width, method=region.method, note=region.note)
     poly = np.asarray(region.polygon) * factor  # back to full-resolution pixel coordinates
     return ScanRegion.from_polygon(poly, (info.height, info.width), region.shape, region.method, region.note)
+
+
+def scan_region_of(path: str | os.PathLike, max_frames: int = 32, **params) -> ScanRegion:
+    """The scan region of a recording, as the frame pass finds it (`clip_region`); `params`: the
+    detector's (`RegionParams` fields, e.g. `use_motion=False`). Raises `MediaError` for a file that
+    cannot be read."""
+    return clip_region(path, max_frames, **params)
 
 
 def resize_frame(image: np.ndarray, size: int | None) -> np.ndarray:
