@@ -362,8 +362,9 @@ def read_graph_file(path: str | os.PathLike, model) -> GraphFile:
         hit = _GRAPH_FILES.get(model, {}).get(key)
     if hit is not None:
         return hit
-    try:
-        data = Path(path).read_bytes()
+    try:  # streamed: any file may be given, and only its hash is kept
+        with open(path, "rb") as f:
+            sha256 = hashlib.file_digest(f, "sha256").hexdigest()
     except OSError as e:
         raise ModelError(f"{where}: cannot read the graph file ({e.strerror or type(e).__name__})") from None
     try:
@@ -396,7 +397,7 @@ def read_graph_file(path: str | os.PathLike, model) -> GraphFile:
     missing = [n for n in output_names(model) if n not in (meta.get("outputs") or {})]
     if missing:
         raise ModelError(f"{where}: the graph lacks output(s) {', '.join(missing)}; export the model again")
-    graph = GraphFile(path=str(path), name=path_text(Path(path).name), sha256=hashlib.sha256(data).hexdigest(),
+    graph = GraphFile(path=str(path), name=path_text(Path(path).name), sha256=sha256,
                       precision=precision, meta=meta)
     with _LOCK:
         _GRAPH_FILES.setdefault(model, {})[key] = graph
