@@ -159,6 +159,32 @@ def test_scan_region_of_a_recording(tmp_path, ext):
     assert region.method == ("temporal+intensity" if ext == ".mp4" else "intensity")
 
 
+def test_the_region_is_searched_on_the_first_seconds_only(tmp_path, monkeypatch):
+    """A video decodes from its start: the search reads the first REGION_SPAN_S seconds, not the
+    whole clip (which the frame pass decodes anyway), and finds the same region."""
+    from pocovid.media.reader import VideoReader
+    from pocovid.region import clip_region
+    from pocovid.region.frames import REGION_SPAN_S
+
+    path = tmp_path / "long.mp4"
+    ph = write_phantom(path, PhantomConfig(label="covid", probe="convex", width=320, height=256, n_frames=120,
+                                           fps=10.0, overlays=True, seed=4))
+    asked = []
+    real = VideoReader.frames
+
+    def spy(self, indices=None):
+        indices = list(indices) if indices is not None else None
+        asked.append(max(indices) if indices else None)
+        return real(self, indices)
+
+    monkeypatch.setattr(VideoReader, "frames", spy)
+    first = clip_region(path)
+    assert asked[-1] < REGION_SPAN_S * 10
+    whole = clip_region(path, span_s=None)
+    assert asked[-1] == 119
+    assert iou(first.mask, ph.mask) > 0.9 and iou(first.mask, whole.mask) > 0.95
+
+
 @pytest.mark.realdata
 def test_real_cropped_clips_are_not_cut(shared_pocus):
     """The real data is already cropped to the image: the detector must not cut into it."""
