@@ -202,7 +202,7 @@ def _fake_run(path, dataset_of_clip, labels, folds, probs, mode=None, targets=Tr
     (path / "cache").mkdir()
     cfg = {"config": {"probe": "convex"}, **({"split_mode": mode} if mode else {})}
     (path / "config.json").write_text(json.dumps(cfg))
-    (path / "run.json").write_text(json.dumps({"timings": {"total_s": 90.0}, "peak_rss_mb": 2048}))
+    (path / "run.json").write_text(json.dumps({"timings": {"total_s": 90.0, "peak_memory_gb": 2.0}}))
     members = np.asarray(probs, float)[clip_of][:, None, :]
     np.savez(path / "cv" / "oof_members.npz", members=members, clip_of=clip_of, y=np.zeros(2 * n),
              classes=np.array(CLASSES), paths=np.array([c["path"] for c in clips]), folds=np.array(folds))
