@@ -91,6 +91,8 @@ def test_run_resumes_without_retraining_finished_folds(dataset, tmp_path, monkey
     monkeypatch.setattr(cv_mod, "fit_head", boom)
     again = train_run(splits, tmp_path, cfg, root=root, progress=False)
     assert again.metrics["video"]["accuracy"] == first.metrics["video"]["accuracy"]
+    # what the first call's training took is kept beside this call's (which only read the folds)
+    assert json.loads((tmp_path / "run.json").read_text())["timings"]["earlier"]["cv_s"] == first.timings["cv_s"]
 
 
 def test_runs_on_other_split_files_share_the_frame_and_trunk_cache(dataset, tmp_path, monkeypatch):

@@ -250,6 +250,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     n_frames_all = len(frames.frames)
     metrics, oof, exam = None, None, None
     fold_records = []
+    resumed = False
     if cv:
         t1 = time.perf_counter()
         oof_out = None
@@ -266,6 +267,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                 if d["key"].item() == run_key:
                     outs = {name: d[name] for name in ("probs", "findings", "severity")}
                     fold_records.append(json.loads(str(d["records"])))
+                    resumed = True
             if outs is None:
                 base.load_state_dict(head_state0)
                 rec = _train_ensemble(base, feats, frames, ft, train_c, cfg, cfg.seed + 1 + k, f"fold {k}", progress)
@@ -302,6 +304,13 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                           "exam": exam or _exam_without_cv(cfg)})
     timings["total_s"] = time.perf_counter() - t0
     timings["peak_memory_gb"] = _peak_memory_gb()
+    if resumed:  # folds trained by an earlier call: its record of what that took is kept, not overwritten
+        try:
+            earlier = json.loads((out_dir / "run.json").read_text()).get("timings")
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict):
+            timings["earlier"] = earlier
     write_json(out_dir / "run.json", {"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
                                       "n_clips": len(frames.clips), "n_frames": n_frames_all,
                                       "failures": frames.failures, "targets": heads_note,
