@@ -167,13 +167,10 @@ def _set_metadata(proto, values: dict[str, str]) -> None:
 class _Batches:
     """`onnxruntime.quantization.CalibrationDataReader` over normalised float32 batches, held in
     memory (256 frames at 224 px: 150 MB) so that the calibrator can take them a stride at a time
-    (`set_range`); a batch of another size than the first is left out (the calibrator stacks them)."""
+    (`set_range`: one batch, histogrammed alone, so batches may differ in size)."""
 
     def __init__(self, batches: Iterable[np.ndarray]) -> None:
-        self.batches: list[np.ndarray] = []
-        for x in batches:
-            if not self.batches or len(x) == len(self.batches[0]):
-                self.batches.append(np.ascontiguousarray(x, np.float32))
+        self.batches = [np.ascontiguousarray(x, np.float32) for x in batches if len(x)]
         self.n_frames = sum(len(x) for x in self.batches)
         self.set_range(0, len(self.batches))
 
