@@ -33,8 +33,7 @@ import numpy as np
 from pocovid.errors import PocovidError
 from pocovid.files import path_text
 from pocovid.media import Frame, MediaError, MediaInfo, MediaLimits, open_media, sample_indices
-from pocovid.models import FrameOutput, load_model
-from pocovid.models.export import export_onnx
+from pocovid.models.outputs import FrameOutput
 from pocovid.models.runtime import get_runtime, runtime_name
 from pocovid.region import ScanRegion, clip_region, iter_clip_frames
 
@@ -58,10 +57,23 @@ def model_path(spec: str | os.PathLike) -> Path:
 
 def load(spec: str | os.PathLike = "default"):
     """A trained `FrameClassifier` from 'default' or a model file, in eval mode."""
-    m = load_model(model_path(spec))
+    from pocovid.models import load_model
+    from pocovid.models.graph_model import file_sha256
+
+    path = model_path(spec)
+    m = load_model(path)
     m.eval()
     m.meta = dict(m.meta or {}, source=str(spec))
+    m.file_sha256 = file_sha256(path)  # what a later run finds its cached graph by (models/graph_model.py)
     return m
+
+
+def load_for_runtime(spec: str | os.PathLike, runtime: str):
+    """`load(spec)`, or on a graph runtime (onnx, openvino, auto) the model as its cached graph
+    when an earlier run left one for this very file (`GraphModel`: no PyTorch import, ~1 s less)."""
+    from pocovid.models.graph_model import cached_graph_model
+
+    return cached_graph_model(model_path(spec), runtime, str(spec)) or load(spec)
 
 
 @dataclass
@@ -186,6 +198,8 @@ def export_model(spec: str | os.PathLike, out: str | os.PathLike, *, int8: bool 
     """`pocovid export`: the model 'default' or a model file as an ONNX file `out` (every head,
     metadata inside: models/export.py). `int8`: quantised, its activation ranges calibrated on
     frames of the `calibration` recordings (real recordings of the site: what the model will see)."""
+    from pocovid.models.export import export_onnx
+
     model = load(spec)
     if not int8:
         return export_onnx(model, out)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pocovid import __version__
 from pocovid.analysis.display import clinical_name, percent, uncertainty_sentence
@@ -38,7 +37,7 @@ from pocovid.analysis.result import (AnalysisResult, FrameResult, KeyFrame, Medi
 from pocovid.analysis.uncertainty import clip_uncertainty, frame_uncertainty, threshold_of
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
-from pocovid.inference import RecordingOutputs, load, stream_predict
+from pocovid.inference import RecordingOutputs, load, load_for_runtime, stream_predict
 from pocovid.media import open_media
 from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
@@ -103,14 +102,24 @@ class AnalysisConfig:
                                    "(or auto), not torch")
 
 
-def resolve_model(model) -> tuple[object, str]:
-    """(FrameClassifier in eval mode, its name for the result) from a model or a spec."""
-    if isinstance(model, torch.nn.Module):
+def resolve_model(model, config: AnalysisConfig | None = None) -> tuple[object, str]:
+    """(the model in eval mode, its name for the result) from a model or a spec ("default" or a
+    model file). With a `config` whose frame pass needs no PyTorch (a graph runtime, CAM, no graph
+    file given), a spec may give the model as its cached graph (`inference.load_for_runtime`)."""
+    if not isinstance(model, (str, os.PathLike)):  # a FrameClassifier, or a GraphModel
         meta = getattr(model, "meta", None) or {}
         name = meta.get("source") or (f"{getattr(model, 'backbone_name', 'model')} created {meta['created']}"
                                       if meta.get("created") else "in-memory model")
         return model.eval(), str(name)
+    if config is not None and torch_free(config):
+        return load_for_runtime(str(model), config.runtime), str(model)
     return load(str(model)), str(model)
+
+
+def torch_free(config: AnalysisConfig) -> bool:
+    """Whether an analysis with `config` can run on a model's cached graph alone: on a graph
+    runtime, with CAM heatmaps (Grad-CAM differentiates the PyTorch model), no graph file given."""
+    return config.runtime != "torch" and config.explainer == "cam" and config.graph is None
 
 
 def _probs_dict(classes, p) -> dict:
@@ -153,7 +162,7 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     cfg.check()
     t_start = time.perf_counter()
     report = progress or (lambda f, s: None)
-    model, model_name = resolve_model(model)
+    model, model_name = resolve_model(model, cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale(out_dir)

@@ -19,14 +19,13 @@ import contextlib
 
 import cv2
 import numpy as np
-import torch
 
 from pocovid.analysis.display import heat_lut
 from pocovid.region import ScanRegion
 
 
 @contextlib.contextmanager
-def _scoped_hooks(model: torch.nn.Module):
+def _scoped_hooks(model):
     """Remove every hook added to `model`'s modules inside the block (MONAI never removes its own)."""
     names = ("_forward_hooks", "_backward_hooks", "_forward_pre_hooks", "_backward_pre_hooks",
              "_forward_hooks_with_kwargs", "_forward_hooks_always_called")
@@ -46,10 +45,11 @@ def _scoped_hooks(model: torch.nn.Module):
                 m._is_full_backward_hook = full.get(id(m))
 
 
-def gradcam_maps(model, x: torch.Tensor, class_index: int, layer: str | None = None) -> np.ndarray:
+def gradcam_maps(model, x, class_index: int, layer: str | None = None) -> np.ndarray:
     """Grad-CAM (B, h, w) of class `class_index` for normalised input `x`, summed over the heads'
     target layers (= the mean of the heads' own Grad-CAMs, as the model's output is their mean),
     or at the module named `layer`; one forward and backward pass through MONAI's hooks."""
+    import torch  # here, not at import: CAM (the default) on a model run from its graph needs no PyTorch
     from monai.visualize import GradCAM
 
     if layer is not None:

@@ -13,20 +13,31 @@ a `FrameClassifier` on it. See `classifier.py` for the layout and module names (
 `heads.0.adapter.act2`), `model_file.py` for the file format.
 """
 
-from pocovid.models.backbone import (DEFAULT_MODEL, Backbone, ModelError, create_backbone, list_models,
-                                     register_model)
-from pocovid.models import efficientnet_lite as _efficientnet_lite  # noqa: F401  (registers)
-from pocovid.models import vgg as _vgg  # noqa: F401  (registers)
-from pocovid.models.classifier import Adapter, FrameClassifier, FrameOutput, Head, OrdinalHead, create_model
-from pocovid.models.compiled import compiled_trunk
-from pocovid.models.density import FeatureDensity, fit_feature_density
-from pocovid.models.preprocess import InputConfig, resolve_input_config, to_grey
-from pocovid.models.model_file import FORMAT, FORMAT_VERSION, load_model, model_summary, read_model_meta, save_model
+import importlib
 
-__all__ = [
-    "DEFAULT_MODEL", "FORMAT", "FORMAT_VERSION", "Adapter", "Backbone", "FeatureDensity", "FrameClassifier",
-    "FrameOutput", "Head", "InputConfig", "ModelError", "OrdinalHead", "compiled_trunk", "create_backbone",
-    "create_model",
-    "fit_feature_density", "list_models", "load_model", "model_summary", "read_model_meta", "register_model",
-    "resolve_input_config", "save_model", "to_grey",
-]
+#: name -> the module that defines it. Imported on first use (PEP 562): `import pocovid.models.runtime`
+#: or a model run from its cached graph (`graph_model.py`) must not import PyTorch (~1 s).
+_WHERE = {
+    "DEFAULT_MODEL": "backbone", "Backbone": "backbone", "create_backbone": "backbone", "list_models": "backbone",
+    "register_model": "backbone", "ModelError": "backbone",
+    "Adapter": "classifier", "FrameClassifier": "classifier", "Head": "classifier", "OrdinalHead": "classifier",
+    "create_model": "classifier", "FrameOutput": "outputs", "compiled_trunk": "compiled",
+    "FeatureDensity": "density", "fit_feature_density": "density",
+    "InputConfig": "preprocess", "resolve_input_config": "preprocess", "to_grey": "preprocess",
+    "FORMAT": "model_file", "FORMAT_VERSION": "model_file", "load_model": "model_file", "read_model_meta": "model_file",
+    "save_model": "model_file", "model_summary": "summary",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'pocovid.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"pocovid.models.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_WHERE))

@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-from pocovid.models.backbone import ModelError
+from pocovid.errors import ModelError
 
 ADAPTATION_KEY = "adaptation"
 

@@ -16,13 +16,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from pocovid.errors import PocovidError
+from pocovid.errors import ModelError  # noqa: F401  (re-exported: where it was defined before)
 from pocovid.models.preprocess import NORMALIZATIONS
 
-
-
-class ModelError(PocovidError):
-    """A model cannot be built or loaded (unknown name, missing weights, bad model file)."""
 
 
 @dataclass
@@ -71,17 +67,25 @@ def register_model(fn: Callable[..., Backbone]) -> Callable[..., Backbone]:
     return fn
 
 
+def _register_builtin() -> None:
+    """The backbones pocovid ships register on import (the package imports nothing eagerly)."""
+    from pocovid.models import efficientnet_lite, vgg  # noqa: F401
+
+
 def list_models() -> list[str]:
     """Registered backbone names, the default first."""
+    _register_builtin()
     return sorted(_REGISTRY, key=lambda n: (n != DEFAULT_MODEL, n))
 
 
 def is_model(name: str) -> bool:
+    _register_builtin()
     return name in _REGISTRY
 
 
 def create_backbone(name: str, pretrained: bool = True, weights: str | None = None) -> Backbone:
     """Build the registered backbone `name`; `weights` is a local checkpoint (or, for vgg16, a URL)."""
+    _register_builtin()
     try:
         builder = _REGISTRY[name]
     except KeyError:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from dataclasses import dataclass, fields
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -47,63 +46,13 @@ from torch import nn
 
 from pocovid.data.labels import THREE_CLASSES
 from pocovid.models.backbone import DEFAULT_MODEL, ModelError, create_backbone
+from pocovid.models.outputs import FrameOutput
 from pocovid.models.preprocess import InputConfig, resolve_input_config
 
 
 #: Frames per model call in `infer`. On a small CPU a few frames at a time run ~2.5x faster than
 #: 32: the activations stay in the caches (benchmarks/analyze_speed.py measures it).
 INFER_CHUNK = 4
-
-
-@dataclass
-class FrameOutput:
-    """What one pass of the model gives for a batch of B frames. A new head adds its field here
-    and in `FrameClassifier.infer`; `cat`, `numpy` and the frame pass carry every field along.
-
-    log_probs: (B, M, C) every ensemble member's class log-probabilities
-    pooled:    (B, K) globally pooled trunk features (the out-of-distribution density)
-    cams:      (B, C, h, w) class activation map of every class, mean over heads (None: not asked)
-    findings:  (B, M, F) every member's probability of each finding (`model.findings`; None: no head)
-    severity:  (B, M, S) every member's probability of each severity level 0..S-1 (None: no head)
-    finding_cams: (B, F, h, w) activation map of every finding, mean over heads (None: not asked
-               or no findings head)
-    """
-
-    log_probs: torch.Tensor | np.ndarray
-    pooled: torch.Tensor | np.ndarray
-    cams: torch.Tensor | np.ndarray | None = None
-    findings: torch.Tensor | np.ndarray | None = None
-    severity: torch.Tensor | np.ndarray | None = None
-    finding_cams: torch.Tensor | np.ndarray | None = None
-
-    @classmethod
-    def cat(cls, parts: Sequence["FrameOutput"]) -> "FrameOutput":
-        """Parts along the frame axis (torch or numpy alike)."""
-        def join(vs):
-            if vs[0] is None:
-                return None
-            return torch.cat(vs) if isinstance(vs[0], torch.Tensor) else np.concatenate(vs)
-        return cls(**{f.name: join([getattr(p, f.name) for p in parts]) for f in fields(cls)})
-
-    def numpy(self) -> "FrameOutput":
-        return FrameOutput(**{f.name: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v)
-                              for f in fields(self) for v in [getattr(self, f.name)]})
-
-    def select(self, sel) -> "FrameOutput":
-        """The frames `sel` (a slice or index array) of every field."""
-        return FrameOutput(**{f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[sel])
-                              for f in fields(self)})
-
-    @property
-    def probs(self):
-        """(B, C) the ensemble's class probabilities: the mean of the members'."""
-        return np.exp(self.log_probs).mean(1) if isinstance(self.log_probs, np.ndarray) else \
-            self.log_probs.exp().mean(1)
-
-    @property
-    def member_probs(self):
-        """(B, M, C) every member's class probabilities."""
-        return np.exp(self.log_probs) if isinstance(self.log_probs, np.ndarray) else self.log_probs.exp()
 
 
 class Adapter(nn.Sequential):

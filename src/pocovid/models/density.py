@@ -11,7 +11,6 @@ reads it (`pocovid.analysis.ood`).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 QUANTILES = (("q50", 50), ("q95", 95), ("q99", 99), ("q999", 99.9))
 
@@ -23,6 +22,8 @@ def fit_feature_density(pooled: np.ndarray) -> dict:
     pooled = np.asarray(pooled, np.float32)
     lw = LedoitWolf().fit(pooled)
     d2 = lw.mahalanobis(pooled)
+    import torch  # the model file stores tensors
+
     return {"mean": torch.from_numpy(lw.location_.astype(np.float32)),
             "precision": torch.from_numpy(lw.precision_.astype(np.float32)),
             "d2_train": {name: float(np.percentile(d2, p)) for name, p in QUANTILES}, "n": int(len(pooled))}
@@ -32,8 +33,9 @@ class FeatureDensity:
     """The Gaussian of the training frames' pooled trunk features, ready to score new frames."""
 
     def __init__(self, d: dict):
-        self.mean = torch.as_tensor(d["mean"], dtype=torch.float32)
-        self.precision = torch.as_tensor(d["precision"], dtype=torch.float32)
+        # numpy: a tensor (the model file) or a list (a model run from its cached graph, no torch)
+        self.mean = np.asarray(d["mean"], np.float32)
+        self.precision = np.asarray(d["precision"], np.float32)
         self.q = {k: float(v) for k, v in (d.get("d2_train") or {}).items()}
         self.n = int(d.get("n", 0))
 
@@ -44,9 +46,9 @@ class FeatureDensity:
         if not isinstance(d, dict) or "mean" not in d or "precision" not in d:
             return None
         fd = cls(d)
-        return fd if fd.q.get("q999") and fd.mean.numel() == fd.precision.shape[0] else None
+        return fd if fd.q.get("q999") and fd.mean.size == fd.precision.shape[0] else None
 
-    def d2(self, pooled: torch.Tensor | np.ndarray) -> np.ndarray:
+    def d2(self, pooled) -> np.ndarray:
         """Squared Mahalanobis distance of each row of `pooled` (N, K) to the training frames."""
-        x = torch.as_tensor(pooled, dtype=torch.float32).cpu() - self.mean
-        return ((x @ self.precision) * x).sum(1).numpy()
+        x = np.asarray(pooled.detach().cpu() if hasattr(pooled, "detach") else pooled, np.float32) - self.mean
+        return ((x @ self.precision) * x).sum(1)

@@ -49,30 +49,11 @@ from torch import nn
 from pocovid import __version__
 from pocovid.files import atomic_path, jsonable
 from pocovid.models.backbone import ModelError
+from pocovid.models.onnx_format import (INPUT, INSTALL_HINT, INT8_OPS, INT8_PERCENTILE, ONNX_FORMAT,  # noqa: F401
+                                        ONNX_FORMAT_VERSION, OPSET, OUTPUTS, PRECISIONS, output_names,
+                                        read_onnx_metadata)
 from pocovid.models.preprocess import NORMALIZATIONS
 
-ONNX_FORMAT = "pocovid-onnx"
-ONNX_FORMAT_VERSION = 1
-OPSET = 17
-INPUT = "input"
-#: every output the graph may have, in order (see the module docstring)
-OUTPUTS = ("log_probs", "probs", "pooled", "cams", "findings", "severity", "finding_cams")
-INSTALL_HINT = "pip install 'pocovid[onnx]'"
-PRECISIONS = ("fp32", "int8")
-#: int8: the ops quantised (a convolution with its ReLU6 / ReLU, so that the activation's range is the
-#: clipped one, and the residual additions) and the percentile of |activation| that sets each range
-INT8_OPS = ["Conv", "Clip", "Relu", "Add"]
-INT8_PERCENTILE = 99.999
-
-
-def output_names(model) -> list[str]:
-    """The outputs the exported graph of `model` has (a head the model lacks has none)."""
-    skip = set()
-    if not model.findings:
-        skip |= {"findings", "finding_cams"}
-    if not model.severity_levels:
-        skip.add("severity")
-    return [n for n in OUTPUTS if n not in skip]
 
 
 class _Graph(nn.Module):
@@ -251,18 +232,3 @@ def export_onnx(model, path: str | os.PathLike, *, calibration: Iterable[np.ndar
     return Path(path)
 
 
-def read_onnx_metadata(path: str | os.PathLike) -> dict:
-    """The metadata of an exported graph, decoded (reads it with onnxruntime alone)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.log_severity_level = 3
-    props = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).get_modelmeta()
-    out = {}
-    for k, v in props.custom_metadata_map.items():
-        try:
-            out[k] = json.loads(v)
-        except ValueError:
-            out[k] = v
-    return out

@@ -28,6 +28,7 @@ from pocovid.files import atomic_path
 from pocovid.models.backbone import ModelError, is_model, list_models
 from pocovid.models.preprocess import NORMALIZATIONS
 from pocovid.models.classifier import FrameClassifier
+from pocovid.models.summary import model_summary  # noqa: F401  (re-exported)
 
 FORMAT = "pocovid-model"
 FORMAT_VERSION = 2  # 2: findings / severity_levels (multi-task heads); version 1 files load as without them
@@ -157,17 +158,3 @@ def load_model(path: str | os.PathLike) -> FrameClassifier:
     model.meta = {k: v for k, v in obj.items() if k != "state_dict"}
     model.training_config = model.meta.get("training_config") or {}
     return model.eval()
-
-
-def model_summary(model: FrameClassifier) -> dict:
-    """What results and the service say about a model, from its file's metadata (plain JSON)."""
-    from pocovid.models.density import FeatureDensity
-
-    meta = getattr(model, "meta", None) or {}
-    video = (meta.get("metrics") or {}).get("video") or {}
-    return {"backbone": model.backbone_name, "classes": list(model.classes), "n_heads": int(model.n_heads),
-            "input_size": int(model.input_config.size), "created": meta.get("created"),
-            "pocovid_version": meta.get("pocovid_version"), "format_version": meta.get("format_version"),
-            "data_fingerprint": meta.get("data_fingerprint"),
-            "cv_video_balanced_accuracy": video.get("balanced_accuracy"),
-            "has_feature_density": FeatureDensity.of(model) is not None}

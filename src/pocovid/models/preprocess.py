@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass
 
 import cv2
 import numpy as np
-import torch
 
 from pocovid.region import resize_frame
 
@@ -66,9 +65,28 @@ class InputConfig:
         # ~0.2 % of them (measured on real clips)
         return resize_frame(to_grey(image) if self.grey else image, self.size)
 
-    def tensor(self, pixels: np.ndarray | torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    def array(self, pixels: np.ndarray) -> np.ndarray:
+        """`tensor` in numpy, for a model run from its exported graph without PyTorch: the same
+        float32 arithmetic, (B, 3, S, S) C-contiguous."""
+        x = np.asarray(pixels)
+        if x.dtype != np.uint8:
+            raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")
+        if x.ndim == 2:
+            x = x[None]
+        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
+            raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
+        scale, mean, std = NORMALIZATIONS[self.normalization]
+        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+        x = x.astype(np.float32) / np.float32(scale)
+        m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
+        s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+        return np.ascontiguousarray((x - m) / s)
+
+    def tensor(self, pixels, device=None):
         """(B, S, S) grey or (B, S, S, 3) RGB uint8 pixels ((S, S): one grey frame) ->
-        normalised float (B, 3, S, S) on `device`."""
+        normalised float (B, 3, S, S) on `device` (a torch.Tensor)."""
+        import torch  # not at import: a model run from its graph (`array`) needs no PyTorch
+
         x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
         if x.dtype != torch.uint8:
             raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")

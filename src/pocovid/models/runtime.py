@@ -46,15 +46,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from pocovid import __version__
+from pocovid.errors import ModelError
 from pocovid.files import path_text, write_bytes, write_json
-from pocovid.models.backbone import ModelError
-from pocovid.models.classifier import FrameOutput
-from pocovid.models.compiled import compiled_trunk
-from pocovid.models.export import (INPUT, INSTALL_HINT, ONNX_FORMAT, ONNX_FORMAT_VERSION, OPSET, PRECISIONS,
-                                   onnx_bytes, output_names)
+from pocovid.models.onnx_format import (INPUT, INSTALL_HINT, ONNX_FORMAT, ONNX_FORMAT_VERSION, OPSET, PRECISIONS,
+                                        output_names)
+from pocovid.models.outputs import FrameOutput
 
 RUNTIMES = ("torch", "onnx", "openvino")
 CHOICES = ("auto", *RUNTIMES)
@@ -88,11 +86,35 @@ def _notice(text: str) -> None:
         log.warning("pocovid: %s", text)
 
 
+def torch_version() -> str:
+    """PyTorch's version, without importing it when it is not imported yet (~1 s)."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].__version__
+    import importlib.metadata
+
+    return importlib.metadata.version("torch")
+
+
+def threads() -> int:
+    """Threads the runtimes use: torch's (`torch.set_num_threads` honoured) once torch is imported;
+    without it what torch would take: $OMP_NUM_THREADS (Ray sets it for its workers), else this
+    process's CPUs."""
+    if "torch" in sys.modules:
+        return max(1, sys.modules["torch"].get_num_threads())
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    if n < 1:
+        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, n)
+
+
 def runtime_version(name: str) -> str | None:
     """The installed version of a runtime, None when it cannot be imported."""
     try:
         if name == "torch":
-            return torch.__version__
+            return torch_version()
         if name in MODULES and importlib.util.find_spec("onnx") is None:
             return None  # the exporter needs it (found, not imported: importing onnx takes ~0.5 s)
         if name == "onnx":
@@ -104,6 +126,21 @@ def runtime_version(name: str) -> str | None:
     except Exception:  # an import that fails in any way: the runtime is not there
         return None
     raise ModelError(f"unknown runtime {name!r} (use {', '.join(CHOICES)})")
+
+
+def installed_version(name: str) -> str | None:
+    """The version a runtime's package declares, without importing it (~0.2 s each for onnxruntime
+    and openvino): what the cached `auto` choice is keyed by. None when it is not installed."""
+    import importlib.metadata
+
+    if name == "torch":
+        return torch_version()
+    if importlib.util.find_spec("onnx") is None or importlib.util.find_spec(MODULES[name]) is None:
+        return None  # the exporter needs onnx (see runtime_version)
+    try:
+        return importlib.metadata.version(MODULES[name])
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def available_runtimes() -> list[str]:
@@ -122,10 +159,19 @@ class TorchRuntime:
     graph = None  # `GraphFile`: the exported file a graph runtime runs (`graph_runtime`); None: its own
 
     def __init__(self, model, build: bool = True) -> None:
+        from pocovid.models.compiled import compiled_trunk
+
+        if not hasattr(model, "state_dict"):
+            raise ModelError("this model runs from its exported graph only (no weights loaded): use runtime "
+                             "onnx or openvino, or load the model file")
         self.model = model
         self.trunk = compiled_trunk(model, model.input_config.size, build)
 
-    def infer(self, x: torch.Tensor, cams: bool = True, finding_cams: bool = False) -> FrameOutput:
+    def infer(self, x, cams: bool = True, finding_cams: bool = False) -> FrameOutput:
+        if isinstance(x, np.ndarray):
+            import torch
+
+            x = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         return self.model.infer(x, cams=cams, trunk=self.trunk, finding_cams=finding_cams)
 
 
@@ -160,14 +206,14 @@ class _GraphRuntime:
 
     def __init__(self, model) -> None:
         self.names = output_names(model)
-        self.streams = max(1, torch.get_num_threads())
+        self.streams = threads()
 
     def _run_frames(self, frames: list[np.ndarray]) -> list[list[np.ndarray]]:
         """Every output of each (1, 3, S, S) frame, in order."""
         raise NotImplementedError
 
     def infer(self, x, cams: bool = True, finding_cams: bool = False) -> FrameOutput:
-        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        x = x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)  # a torch tensor, or numpy
         x = np.ascontiguousarray(x, np.float32)
         parts = self._run_frames([x[i:i + 1] for i in range(len(x))])
         got = {n: np.concatenate([p[j] for p in parts]) for j, n in enumerate(self.names)}
@@ -280,8 +326,13 @@ def _graph(model, path) -> str | bytes:
 def graph_path(model) -> Path:
     """Where `model`'s exported fp32 graph is cached: keyed by the model's fingerprint and by what
     the export depends on (torch, pocovid and its model code, the opset)."""
-    key = hashlib.sha256(f"{torch.__version__}|{__version__}|{OPSET}|{_code_hash()}".encode()).hexdigest()[:12]
-    return cache_dir() / GRAPHS / f"{model_fingerprint(model)}-{key}.onnx"
+    return graph_path_of(model_fingerprint(model))
+
+
+def graph_path_of(fingerprint: str) -> Path:
+    """`graph_path` of the model with this fingerprint (`model_fingerprint`)."""
+    key = hashlib.sha256(f"{torch_version()}|{__version__}|{OPSET}|{_code_hash()}".encode()).hexdigest()[:12]
+    return cache_dir() / GRAPHS / f"{fingerprint}-{key}.onnx"
 
 
 def graph_source(model) -> Path | bytes:
@@ -291,6 +342,10 @@ def graph_source(model) -> Path | bytes:
     path = graph_path(model)
     if path.is_file():
         return path
+    if not hasattr(model, "state_dict"):  # a `GraphModel` whose cached graph went meanwhile
+        raise ModelError(f"{path_text(path)}: the model's cached graph is gone (the cache was cleared); run again")
+    from pocovid.models.export import onnx_bytes
+
     data = onnx_bytes(model, metadata=False)
     try:
         write_bytes(path, data)
@@ -458,6 +513,8 @@ def _built_slot(model, slot: str):
 
 
 def _weights_key(model):
+    if not hasattr(model, "parameters"):  # a model run from its graph (`GraphModel`): fixed weights
+        return (int(model.input_config.size), model.fingerprint)
     params = list(model.parameters())
     return (int(model.input_config.size), sum(p._version for p in params), params[0].data_ptr())
 
@@ -482,6 +539,9 @@ def _built(model, name: str, build: bool):
             cached.unlink(missing_ok=True)  # a damaged cached graph: export it again, once
             rt = _KINDS[name](model)
         held[name] = (key, rt)
+    from pocovid.models.graph_model import remember_model_file
+
+    remember_model_file(model)  # the next process on this model file may run from the graph, without torch
     return rt
 
 
@@ -502,6 +562,9 @@ def get_runtime(model, name="torch", build: bool = True):
         rt = _built(model, name, build)
     except Exception as e:  # a runtime that cannot take this model: torch always can
         reason = " ".join(str(e).split())[:200]
+        if not hasattr(model, "state_dict"):  # a model run from its graph has no torch to fall back on
+            raise ModelError(f"runtime {name} failed to load the model's cached graph ({type(e).__name__}: "
+                             f"{reason})") from None
         _notice(f"runtime {name} failed to load the model ({type(e).__name__}: {reason}); running on torch")
         return TorchRuntime(model, build)
     if rt is None:
@@ -522,6 +585,8 @@ def runtime_name(model, name: str = "auto", build: bool = True) -> str:
 
 def model_fingerprint(model) -> str:
     """A hash of the model's architecture, input and weights (what the measured speed depends on)."""
+    if not hasattr(model, "state_dict"):  # a `GraphModel`: the fingerprint its graph was cached under
+        return model.fingerprint
     key = _weights_key(model)
     hit = _FINGERPRINTS.get(model)
     if hit is not None and hit[0] == key:
@@ -535,8 +600,12 @@ def model_fingerprint(model) -> str:
 
 
 def _cache_key(model) -> str:
-    versions = ",".join(f"{n}={runtime_version(n)}" for n in available_runtimes())
-    return (f"{model_fingerprint(model)}|{versions}|threads={torch.get_num_threads()}|pocovid={__version__}"
+    return _cache_key_of(model_fingerprint(model))
+
+
+def _cache_key_of(fingerprint: str) -> str:
+    versions = ",".join(f"{n}={v}" for n in RUNTIMES if (v := installed_version(n)) is not None)
+    return (f"{fingerprint}|{versions}|threads={threads()}|pocovid={__version__}"
             f"|scheme={MEASURE_SCHEME}")
 
 
@@ -549,16 +618,22 @@ def _read_cache() -> dict:
 
 
 def _cached_choice(model) -> str | None:
-    hit = _read_cache().get(_cache_key(model))
+    return cached_choice_of(model_fingerprint(model))
+
+
+def cached_choice_of(fingerprint: str) -> str | None:
+    """The runtime `auto` measured fastest here for the model with this fingerprint, None when not
+    measured yet (or that runtime is gone)."""
+    hit = _read_cache().get(_cache_key_of(fingerprint))
     name = hit.get("runtime") if isinstance(hit, dict) else None
-    return name if name in available_runtimes() else None
+    return name if name in RUNTIMES and installed_version(name) is not None else None
 
 
 def measure(engine, model, batch: int = MEASURE_BATCH, repeats: int = MEASURE_REPEATS) -> float:
     """Frames per second of `engine` on `model`'s input (every head and CAMs): best of `repeats`
     batches after a warm-up."""
     size = model.input_config.size
-    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32))
+    x = np.random.default_rng(0).uniform(-1, 1, (batch, 3, size, size)).astype(np.float32)
     engine.infer(x, cams=True)
     best = float("inf")
     for _ in range(repeats):
