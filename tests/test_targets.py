@@ -66,6 +66,27 @@ def test_severity_kappa_on_a_known_confusion():
     assert m["support"] == [1, 1, 1, 1] and m["predicted"] == [1, 1, 0, 2]
 
 
+def test_severity_median_decoding_of_a_weak_ordinal_head():
+    """A weak cumulative-logit (CORAL) head, thresholds 1 apart and a score that rises a little with
+    the true level: its argmax only ever says 0 or 3 (the middle levels never win), its median
+    (P(y > k) > 0.5 counted, the head's own rule) follows the truth's order. COVID-BLUES out of fold
+    (runs/mt_k5_wlnone): argmax 152 x 0 and 32 x 3 of 184 videos, kappa 0.019; median 0.128."""
+    y = np.repeat([0, 1, 2, 3], 5).astype(float)
+    z = 0.4 * (y - 1.5) + np.tile(np.linspace(-.05, .05, 5), 4)
+    above = 1 / (1 + np.exp(-(z[:, None] + np.array([1.0, 0.0, -1.0]))))  # P(y > k), k = 0, 1, 2
+    prob = np.concatenate([np.ones((20, 1)), above], 1) - np.concatenate([above, np.zeros((20, 1))], 1)
+    m = strict(severity_metrics(y, prob))
+    assert m["predicted"] == [10, 0, 0, 10]  # argmax: the middle levels never win
+    assert m["predicted_median"] == [0, 10, 10, 0]
+    assert m["predicted_median"] == np.bincount((above > 0.5).sum(1), minlength=4).tolist()  # CORAL's rule
+    # median: 0 -> 1, 1 -> 1, 2 -> 2, 3 -> 2; observed weighted disagreement 2 * 1/4 * 1/9 = 1/18,
+    # by chance 1/4 * 1/2 * (5 + 1 + 1 + 5)/9 = 1/6 -> kappa 1 - 1/3
+    assert m["kappa_median"] == pytest.approx(2 / 3)
+    # ties: a cumulative probability of exactly 0.5 is the lower median
+    tie = severity_metrics(np.array([0.0, 3.0]), np.array([[.5, .5, 0, 0], [0, 0, .5, .5]]))
+    assert tie["predicted_median"] == [1, 0, 1, 0]
+
+
 def test_severity_expected_value_and_undefined_kappa():
     # expected severity 1.5 -> rounds to 2 (numpy rounds half to even); argmax 1 (first of the tie)
     prob = np.array([[0, .5, .5, 0], [0, .5, .5, 0]])

@@ -246,6 +246,6 @@ def _target_lines(metrics: Mapping) -> list[str]:
     sv = metrics.get("severity")
     if isinstance(sv, Mapping):
         lines += ["", f"severity (recordings): n {sv.get('n')}, weighted kappa {_f(sv.get('kappa'))} "
-                      f"(expected value: {_f(sv.get('kappa_expected'))}), accuracy {_f(sv.get('accuracy'))}, "
-                      f"MAE {_f(sv.get('mae_expected'))}"]
+                      f"(expected value: {_f(sv.get('kappa_expected'))}, median: {_f(sv.get('kappa_median'))}), "
+                      f"accuracy {_f(sv.get('accuracy'))}, MAE {_f(sv.get('mae_expected'))}"]
     return lines
