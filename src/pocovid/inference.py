@@ -306,7 +306,10 @@ def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, 
 
     try:
         with open_media(path, limits) as reader:
-            for f in _timed(reader.frames(idx), timer, "decode_s"):
+            # a grey model's frames come grey (a video's from its decoded luma, no RGB conversion), but
+            # those `inspect` looks at, which come as decoded (RGB)
+            frames = reader.frames(idx, grey=cfg.grey, rgb=inspect_at)
+            for f in _timed(frames, timer, "decode_s"):
                 if stop.is_set():
                     return
                 t0 = time.perf_counter()

@@ -3,6 +3,11 @@
 `open_media(path)` returns a reader with `.info` (a `MediaInfo`) that iterates over
 `Frame`s: RGB uint8 arrays with their timestamps. Videos and multi-frame DICOM are
 decoded as a stream, so memory stays flat however long the clip is.
+
+`reader.frames(indices, grey=True, rgb=some)` gives grey frames instead (the RGB frames' BT.601
+grey, as `cv2.COLOR_RGB2GRAY` makes it), RGB for the indices in `some`: a video in a YUV or grey
+pixel format gives them from its decoded luma plane, without the RGB conversion (a model that
+looks at grey frames needs no more).
 """
 
 from __future__ import annotations
@@ -66,7 +71,7 @@ class MediaInfo:
 class Frame(NamedTuple):
     index: int
     time_s: float
-    image: np.ndarray  # H x W x 3, uint8, RGB
+    image: np.ndarray  # H x W x 3, uint8, RGB (H x W grey when the frames were asked for grey)
 
 
 def media_kind_of(path: str | os.PathLike) -> str | None:
@@ -152,14 +157,21 @@ def looks_like_dicom(path: Path) -> bool:
 
 
 class MediaReader:
-    """Base: iterate for all frames, `frames(indices)` for some, `.info` for the facts."""
+    """Base: iterate for all frames, `frames(indices)` for some, `.info` for the facts.
+
+    `frames(indices, grey=True, rgb=...)`: the frames as H x W grey uint8, the grey that
+    `rgb_to_grey` makes of the RGB frame (a video in a YUV or grey pixel format gives it from the
+    decoded luma: the same where the chroma is the frame's commonest, +-1 grey level elsewhere where
+    FFmpeg's RGB conversion rounds it, more on the edges of colour overlays), but those whose index
+    is in `rgb`, which come as RGB (the frames an image check looks at), from the same single decode."""
 
     info: MediaInfo
 
     def __iter__(self) -> Iterator[Frame]:
         return self.frames(None)
 
-    def frames(self, indices: Iterable[int] | None = None) -> Iterator[Frame]:
+    def frames(self, indices: Iterable[int] | None = None, *, grey: bool = False,
+               rgb: Iterable[int] = ()) -> Iterator[Frame]:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -177,6 +189,91 @@ def _wanted(indices: Iterable[int] | None):
         return None, None
     want = sorted(set(int(i) for i in indices))
     return set(want), (want[-1] if want else -1)
+
+
+def rgb_to_grey(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> grey uint8, BT.601 (0.299 R + 0.587 G + 0.114 B, OpenCV's fixed point); grey as is."""
+    import cv2
+
+    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def _as_asked(image: np.ndarray, index: int, grey: bool, rgb: set[int]) -> np.ndarray:
+    """An RGB frame as `frames(grey=..., rgb=...)` hands it out."""
+    return rgb_to_grey(image) if grey and index not in rgb else image
+
+
+#: Pixel formats whose first plane is the full-resolution 8-bit luma (Y) of the frame: their grey
+#: frames are a table look-up on that plane. Any other (RGB, palette, 10-bit, ...) goes through RGB.
+LUMA_FORMATS = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "gray"})
+_LUMA_TABLES: dict[tuple, np.ndarray | None] = {}
+_UNMEASURED = object()
+
+
+def _plane(frame, k: int) -> np.ndarray:
+    """Plane `k` of a decoded PyAV frame as an (rows, line_size) uint8 view (rows padded to the stride)."""
+    p = frame.planes[k]
+    return np.frombuffer(p, np.uint8, count=p.line_size * p.height).reshape(p.height, p.line_size)
+
+
+def _rgb(frame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
+def _luma_table(frame) -> np.ndarray | None:
+    """256 entries: luma value -> the grey `rgb_to_grey(_rgb(frame))` gives a pixel of that luma and
+    of the frame's commonest chroma (grey ultrasound: U = V = 128, or near it where the encoder left
+    a faint tint, which FFmpeg's RGB rounding turns into a grey level), for frames of this one's
+    pixel format, colour range, colour matrix and size. Measured once each on a frame of that size
+    holding every luma value, through the very conversion of the RGB path (FFmpeg's own range
+    scaling and rounding, which differ with the range and even with the frame size: an odd height
+    takes another code path). None when the format has no luma plane, the frame is too small to
+    hold every value, or the measurement is not a function of the luma."""
+    import av
+    import cv2
+
+    fmt = frame.format.name
+    w, h = frame.width, frame.height
+    if fmt not in LUMA_FORMATS or w * h < 256:
+        return None
+    uv = tuple(_common_chroma(frame, k) for k in (1, 2)) if fmt != "gray" else ()
+    key = (fmt, int(frame.color_range), int(frame.colorspace), w, h, uv)
+    table = _LUMA_TABLES.get(key, _UNMEASURED)
+    if table is _UNMEASURED:
+        cal = av.VideoFrame(w, h, fmt)
+        for k, c in enumerate(uv, 1):
+            _plane(cal, k)[:] = c
+        y = np.resize(np.arange(256, dtype=np.uint8), (h, w))  # 0, 1, ..., 255, 0, 1, ... row after row
+        _plane(cal, 0)[:, :w] = y
+        cal.color_range, cal.colorspace = frame.color_range, frame.colorspace
+        g = rgb_to_grey(_rgb(cal))
+        table = np.ascontiguousarray(g).ravel()[:256].copy()
+        table = table if np.array_equal(cv2.LUT(y, table), g) else None
+        if len(_LUMA_TABLES) >= 256:  # a long-running service meeting many frame sizes
+            _LUMA_TABLES.clear()
+        _LUMA_TABLES[key] = table
+    return table
+
+
+_CHROMA_TINT = 8  # a commonest chroma further than this from 128 is colour, not a faint tint: 128
+
+
+def _common_chroma(frame, k: int) -> int:
+    """The commonest value of chroma plane `k` (every 4th pixel of every 4th row), 128 unless near it."""
+    p = frame.planes[k]
+    c = int(np.bincount(_plane(frame, k)[::4, :p.width:4].ravel(), minlength=256).argmax())
+    return c if abs(c - 128) <= _CHROMA_TINT else 128
+
+
+def _video_image(frame, grey: bool) -> np.ndarray:
+    if not grey:
+        return _rgb(frame)
+    table = _luma_table(frame)
+    if table is None:
+        return rgb_to_grey(_rgb(frame))
+    import cv2
+
+    return cv2.LUT(_plane(frame, 0)[:, :frame.width], table)
 
 
 class VideoReader(MediaReader):
@@ -248,8 +345,9 @@ class VideoReader(MediaReader):
         self._container = self._open()
         return n
 
-    def frames(self, indices=None):
+    def frames(self, indices=None, *, grey=False, rgb=()):
         wanted, last = _wanted(indices)
+        rgb = set(rgb)
         if self._used:  # decode again from the start on a fresh demuxer
             self._container.close()
             self._container = self._open()
@@ -272,7 +370,7 @@ class VideoReader(MediaReader):
                         continue
                 has_pts = frame.pts is not None and self._time_base
                 t = (frame.pts - self._start) * self._time_base if has_pts else i / fps
-                yield Frame(i, float(max(t, 0.0)), frame.to_ndarray(format="rgb24"))
+                yield Frame(i, float(max(t, 0.0)), _video_image(frame, grey and i not in rgb))
         except MediaError:
             raise
         except Exception as e:
@@ -312,9 +410,9 @@ class ImageReader(MediaReader):
             raise MediaError(path, f"image of {w}x{h} pixels holds no image")
         self.info = MediaInfo(str(path), "image", path.suffix.lower().lstrip("."), None, 1, w, h)
 
-    def frames(self, indices=None):
+    def frames(self, indices=None, *, grey=False, rgb=()):
         if indices is None or 0 in set(indices):
-            yield Frame(0, 0.0, self._image)
+            yield Frame(0, 0.0, _as_asked(self._image, 0, grey, set(rgb)))
 
 
 def _pil_to_rgb8(im) -> np.ndarray:
@@ -371,10 +469,11 @@ class DicomReader(MediaReader):
         self.info = MediaInfo(str(path), "video" if there > 1 else "image", "dicom", fps, there, cols, rows,
                               n_frames_declared=n if there < n else None)
 
-    def frames(self, indices=None):
+    def frames(self, indices=None, *, grey=False, rgb=()):
         from pydicom.pixels import iter_pixels
 
         wanted, last = _wanted(indices)
+        rgb = set(rgb)
         fps = self.info.fps or 1.0
         n = self.info.n_frames
         # fewer frames than the header says (a cut file, a lying header): decode only those
@@ -391,7 +490,7 @@ class DicomReader(MediaReader):
                     raise MediaError(self.path, problem)
                 if self._photometric == "MONOCHROME1":  # MONOCHROME1 shows low values as white
                     arr = arr.max() - arr
-                yield Frame(i, i / fps if n > 1 else 0.0, to_rgb8(arr))
+                yield Frame(i, i / fps if n > 1 else 0.0, _as_asked(to_rgb8(arr), i, grey, rgb))
         except MediaError:
             raise
         except Exception as e:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
+from pocovid.media.reader import rgb_to_grey
 from pocovid.region import resize_frame
 
 #: (scale, mean, std) of each normalisation a backbone may ask for: x = (pixels / scale - mean) / std.
@@ -29,8 +29,10 @@ NORMALIZATIONS: dict[str, tuple[float, tuple[float, ...], tuple[float, ...]]] = 
 
 
 def to_grey(image: np.ndarray) -> np.ndarray:
-    """RGB -> grey: scanner colour tints say which site a clip is from, not what the lung shows."""
-    return image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    """RGB -> grey: scanner colour tints say which site a clip is from, not what the lung shows. The
+    reader's own conversion, so that the grey frames a reader gives (`frames(grey=True)`, what the
+    frame pass asks for) are these, or for a video the same but for a grey level here and there."""
+    return rgb_to_grey(image)
 
 
 @dataclass(frozen=True)
