@@ -552,6 +552,8 @@ def get_runtime(model, name="torch", build: bool = True):
     `name` may be a runtime object already (e.g. `OnnxRuntime(model, "model-int8.onnx")`): returned as is."""
     if not isinstance(name, str):
         return name
+    if not hasattr(model, "state_dict"):  # a `GraphModel`: its graph is there to read, and it has no torch
+        build = True
     name = runtime_name(model, name, build)
     if name == "torch":
         return TorchRuntime(model, build)
