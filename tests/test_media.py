@@ -293,3 +293,24 @@ def test_truncated_and_garbage_files_give_one_line_errors(tmp_path, clip):
     with pytest.raises(MediaError) as e:
         read_frames(tmp_path / "cut.dcm")
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,opts", [("h264.mp4", {}), ("gop12.mpg", {"codec": "mpeg2video"}),
+                                       ("mjpeg.avi", {}), ("anim.gif", {}), ("still.png", {}),
+                                       ("cine.dcm", {})])
+def test_frames_at_gives_the_frames_that_decoding_from_the_start_gives(tmp_path, name, opts):
+    """Key frames are fetched by their times (a video seeks to the key frame before each): the same
+    images, indices and times as the sequential decode, whichever frames are asked for."""
+    path = tmp_path / name
+    write_phantom(path, label="covid", n_frames=40, fps=10.0, width=160, height=120, seed=3, **opts)
+    with open_media(path) as r:
+        every = {f.index: f for f in r.frames()}
+    rng = np.random.default_rng(0)
+    for want in ([0], [len(every) - 1], sorted(rng.choice(len(every), min(3, len(every)), replace=False)),
+                 [1, 13, 14, 38] if len(every) > 38 else [0]):
+        with open_media(path) as r:
+            got = list(r.frames_at({int(i): every[int(i)].time_s for i in want}))
+        assert [g.index for g in got] == [int(i) for i in want]
+        for g in got:
+            assert g.time_s == every[g.index].time_s and np.array_equal(g.image, every[g.index].image)
+            assert g.image.ndim == 3  # RGB, as a key frame is shown

@@ -334,8 +334,8 @@ def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, moments: li
     t0 = time.perf_counter()
     want = {int(rec.index[i]): i for i, *_ in moments}
     originals = {}
-    with open_media(rec.path) as r:
-        for f in r.frames(sorted(want)):
+    with open_media(rec.path) as r:  # found by their times: a video seeks rather than decode all before them
+        for f in r.frames_at({k: float(rec.time_s[i]) for k, i in want.items()}):
             originals[want[f.index]] = f.image
     timings["key_frames_decode_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()

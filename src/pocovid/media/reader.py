@@ -174,6 +174,11 @@ class MediaReader:
                rgb: Iterable[int] = ()) -> Iterator[Frame]:
         raise NotImplementedError
 
+    def frames_at(self, targets: dict[int, float]) -> Iterator[Frame]:
+        """The frames `targets` ({index: time_s}, as `frames` gave them earlier), RGB, in index
+        order. A video seeks to the key frame before each instead of decoding from its start."""
+        return self.frames(sorted(targets))
+
     def close(self) -> None:
         pass
 
@@ -378,6 +383,71 @@ class VideoReader(MediaReader):
                 raise MediaError(self.path, f"not a readable video ({_short(e)})") from None
             # A truncated file: keep what decoded, as players do; the caller sees fewer frames.
             return
+
+    def frames_at(self, targets):
+        # A few frames of a long clip (the key frames of an analysis): decoding from the start to the
+        # last of them costs as much as the frame pass did. Each is found by seeking to the key frame
+        # before its time and decoding on to the frame with its timestamp (exactly the time `frames`
+        # gave it, the same arithmetic on the same pts); frames decoded before the first key frame
+        # after a seek are not used (an open GOP's leading frames may reference the GOP before).
+        # Whatever is not found so (no timestamps, a file that will not seek, times clipped at 0) is
+        # decoded from the start as `frames` does: the same frames either way.
+        targets = {int(i): float(t) for i, t in targets.items()}
+        found: dict[int, Frame] = {}
+        if self._time_base and len(set(targets.values())) == len(targets) and min(targets.values(), default=0) > 0:
+            try:
+                found = self._seek_frames(targets)
+            except MediaError:
+                raise
+            except Exception:  # a container or codec that does not seek well: decode from the start
+                found = {}
+        missing = sorted(set(targets) - set(found))
+        if missing:
+            found.update((f.index, f) for f in self.frames(missing))
+        for i in sorted(found):
+            yield found[i]
+
+    def _seek_frames(self, targets: dict[int, float]) -> dict[int, Frame]:
+        found: dict[int, Frame] = {}
+        by_time = {t: i for i, t in targets.items()}
+        lim = self.limits
+        container = self._open()
+        try:
+            s = container.streams.video[0]
+            # the key frames' timestamps (demuxing reads packets, decodes nothing): a target whose key
+            # frame the decoder has passed is decoded on to, not sought again
+            keys = sorted(p.pts for p in container.demux(s) if p.is_keyframe and p.pts is not None)
+            if not keys:
+                return found
+            decoded, last = None, None
+            for i in sorted(targets):
+                if i in found:
+                    continue
+                pts = int(round(targets[i] / self._time_base)) + self._start
+                key = max((k for k in keys if k <= pts), default=keys[0])
+                if decoded is None or last is None or not key <= last < pts:
+                    container.seek(key, stream=s, backward=True, any_frame=False)
+                    decoded, keyed = container.decode(s), False
+                for frame in decoded:
+                    if frame.pts is None:
+                        return found
+                    if problem := lim.frame_problem(frame.width, frame.height):
+                        raise MediaError(self.path, problem)
+                    if (frame.width, frame.height) != (self.info.width, self.info.height):
+                        return found  # the sequential decode says what is wrong
+                    keyed = keyed or bool(frame.key_frame)
+                    last = frame.pts
+                    t = float(max((frame.pts - self._start) * self._time_base, 0.0))
+                    j = by_time.get(t)
+                    if keyed and j is not None and j not in found:
+                        found[j] = Frame(j, t, _video_image(frame, False))
+                    if frame.pts >= pts:
+                        break
+                else:
+                    decoded = None  # the stream ended
+        finally:
+            container.close()
+        return found
 
     def close(self):
         self._container.close()
