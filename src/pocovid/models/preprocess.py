@@ -69,7 +69,9 @@ class InputConfig:
 
     def array(self, pixels: np.ndarray) -> np.ndarray:
         """`tensor` in numpy, for a model run from its exported graph without PyTorch: the same
-        float32 arithmetic, (B, 3, S, S) C-contiguous."""
+        float32 arithmetic, (B, 3, S, S) C-contiguous. Computed in place in the one output array:
+        a batch's input is ~19 MB, and each temporary of that size is a fresh mapping whose pages
+        fault in (large blocks are mapped: see runtime._map_large_blocks), 3x the arithmetic."""
         x = np.asarray(pixels)
         if x.dtype != np.uint8:
             raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")
@@ -78,11 +80,16 @@ class InputConfig:
         if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
             raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
         scale, mean, std = NORMALIZATIONS[self.normalization]
-        x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-        x = x.astype(np.float32) / np.float32(scale)
-        m = np.asarray(mean, np.float32).reshape(1, 3, 1, 1)
-        s = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-        return np.ascontiguousarray((x - m) / s)
+        out = np.empty((x.shape[0], 3, *x.shape[1:3]), np.float32)
+        for c in range(3):
+            o = out[:, c]
+            if x.ndim == 3 and c and (mean[c], std[c]) == (mean[0], std[0]):
+                o[...] = out[:, 0]  # grey: the same values as the first channel
+                continue
+            np.divide(x if x.ndim == 3 else x[..., c], np.float32(scale), out=o, dtype=np.float32)
+            np.subtract(o, np.float32(mean[c]), out=o)
+            np.divide(o, np.float32(std[c]), out=o)
+        return out
 
     def tensor(self, pixels, device=None):
         """(B, S, S) grey or (B, S, S, 3) RGB uint8 pixels ((S, S): one grey frame) ->
