@@ -14,6 +14,7 @@ from pocovid.data import Findings
 from pocovid.models import OrdinalHead, create_model, load_model, save_model
 from pocovid.models.exam import exam_probabilities, expected_severity, fit_exam_combiner, lus_score
 from pocovid.models.model_file import FORMAT_VERSION
+from pocovid.models.outputs import FrameOutput, severity_level
 from pocovid.training import TrainConfig
 from pocovid.training.config import ConfigError
 from pocovid.training.fit import multitask_loss
@@ -62,6 +63,22 @@ def test_ordinal_head_keeps_levels_in_order():
     p = OrdinalHead.probabilities(logits)
     assert torch.all(p >= 0) and torch.allclose(p.sum(1), torch.ones(50), atol=1e-6)
     assert np.allclose(expected_severity(p.detach().numpy()), gt.sum(1).detach().numpy(), atol=1e-5)
+    # the level is the head's own decoding: the number of thresholds with P(y > k) > 0.5
+    assert np.array_equal(severity_level(p.detach().numpy()), (gt > 0.5).sum(1).numpy())
+
+
+def test_clip_severity_level_is_the_median_not_the_argmax():
+    """A weak ordinal head (thresholds a logit apart, score near the middle): the argmax says 0, the
+    median 1; `analyze` (Severity.level), hence the exam's zones and LUS score, take the median."""
+    from pocovid.analysis.analyze import clip_targets
+
+    gt = 1 / (1 + np.exp(-np.array([0.2, -0.8, -1.8])))  # P(y > k), k = 0, 1, 2
+    p = np.concatenate([[1.0], gt]) - np.concatenate([gt, [0.0]])
+    assert np.argmax(p) == 0 and severity_level(p) == 1 == int((gt > 0.5).sum())
+    out = FrameOutput(log_probs=np.zeros((3, 2, 3)), pooled=np.zeros((3, 4)),
+                      severity=np.broadcast_to(p, (3, 2, 4)).copy())
+    sev = clip_targets(out, object())["severity"]
+    assert sev.level == 1 and sev.probabilities == [round(float(v), 4) for v in p]
 
 
 def test_model_file_round_trip_and_old_files_load(tmp_path):
@@ -288,10 +305,11 @@ def test_trained_model_shows_findings_and_severity_in_analyze(trained, tmp_path)
     res = analyze_recording(tmp_path / "c.mp4", model, tmp_path / "out")
     assert set(res.findings) == set(model.findings) and all(0 <= v <= 1 for v in res.findings.values())
     assert len(res.severity.probabilities) == 4 and 0 <= res.severity.expected <= 3
-    assert res.severity.level == int(np.argmax(res.severity.probabilities))
+    assert res.severity.level == severity_level(res.severity.probabilities)  # the median level
     saved = json.loads((tmp_path / "out" / "result.json").read_text())
     from pocovid.analysis.result import SCHEMA_VERSION
 
     assert saved["schema_version"] == SCHEMA_VERSION >= 3 and saved["findings"] == res.findings
     html = (tmp_path / "out" / "report.html").read_text()
     assert "Findings and severity" in html and "B-lines" in html and "Lung severity" in html
+    assert "reach 50%" in html and "most likely severity" not in html

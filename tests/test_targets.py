@@ -61,40 +61,63 @@ def test_severity_kappa_on_a_known_confusion():
     assert m["confusion_matrix"] == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
     # quadratic weights (i-j)^2/9; observed 1/36, expected 1/3 (hand-computed margins) -> 1 - 1/12
     assert m["kappa"] == pytest.approx(11 / 12)
-    assert m["kappa_expected"] == pytest.approx(11 / 12)
-    assert m["accuracy"] == 0.75 and m["mae"] == 0.25 and m["mae_expected"] == 0.25
-    assert m["support"] == [1, 1, 1, 1] and m["predicted"] == [1, 1, 0, 2]
+    assert m["kappa_argmax"] == m["kappa_expected"] == pytest.approx(11 / 12)  # one-hot: every decoding agrees
+    assert m["accuracy"] == m["accuracy_argmax"] == 0.75 and m["mae"] == m["mae_argmax"] == 0.25
+    assert m["mae_expected"] == 0.25 and m["confusion_matrix_argmax"] == m["confusion_matrix"]
+    assert m["support"] == [1, 1, 1, 1] and m["predicted"] == m["predicted_argmax"] == [1, 1, 0, 2]
 
 
 def test_severity_median_decoding_of_a_weak_ordinal_head():
     """A weak cumulative-logit (CORAL) head, thresholds 1 apart and a score that rises a little with
     the true level: its argmax only ever says 0 or 3 (the middle levels never win), its median
-    (P(y > k) > 0.5 counted, the head's own rule) follows the truth's order. COVID-BLUES out of fold
-    (runs/mt_k5_wlnone): argmax 152 x 0 and 32 x 3 of 184 videos, kappa 0.019; median 0.128."""
+    (P(y > k) > 0.5 counted, the head's own rule) follows the truth's order. The headline kappa,
+    accuracy, MAE and confusion matrix are the median's; the argmax's are kept as *_argmax.
+    COVID-BLUES out of fold (runs/mt_k5_wlnone): argmax 152 x 0 and 32 x 3 of 184 videos, kappa
+    0.019; median 0.128."""
     y = np.repeat([0, 1, 2, 3], 5).astype(float)
     z = 0.4 * (y - 1.5) + np.tile(np.linspace(-.05, .05, 5), 4)
     above = 1 / (1 + np.exp(-(z[:, None] + np.array([1.0, 0.0, -1.0]))))  # P(y > k), k = 0, 1, 2
     prob = np.concatenate([np.ones((20, 1)), above], 1) - np.concatenate([above, np.zeros((20, 1))], 1)
     m = strict(severity_metrics(y, prob))
-    assert m["predicted"] == [10, 0, 0, 10]  # argmax: the middle levels never win
-    assert m["predicted_median"] == [0, 10, 10, 0]
-    assert m["predicted_median"] == np.bincount((above > 0.5).sum(1), minlength=4).tolist()  # CORAL's rule
+    assert m["predicted_argmax"] == [10, 0, 0, 10]  # argmax: the middle levels never win
+    assert m["predicted"] == [0, 10, 10, 0]
+    assert m["predicted"] == np.bincount((above > 0.5).sum(1), minlength=4).tolist()  # CORAL's rule
+    assert m["confusion_matrix"] == [[0, 5, 0, 0], [0, 5, 0, 0], [0, 0, 5, 0], [0, 0, 5, 0]]
     # median: 0 -> 1, 1 -> 1, 2 -> 2, 3 -> 2; observed weighted disagreement 2 * 1/4 * 1/9 = 1/18,
     # by chance 1/4 * 1/2 * (5 + 1 + 1 + 5)/9 = 1/6 -> kappa 1 - 1/3
-    assert m["kappa_median"] == pytest.approx(2 / 3)
+    assert m["kappa"] == pytest.approx(2 / 3) and m["kappa_argmax"] is not None
+    assert m["accuracy"] == 0.5 and m["mae"] == 0.5
     # ties: a cumulative probability of exactly 0.5 is the lower median
     tie = severity_metrics(np.array([0.0, 3.0]), np.array([[.5, .5, 0, 0], [0, 0, .5, .5]]))
-    assert tie["predicted_median"] == [1, 0, 1, 0]
+    assert tie["predicted"] == [1, 0, 1, 0]
+
+
+def test_severity_level_is_the_median_level_for_one_clip_or_many():
+    from pocovid.models.outputs import severity_level
+
+    assert severity_level([.4, .05, .05, .5]) == 2  # argmax 3: the cumulative reaches 0.5 at level 2
+    assert severity_level(np.array([.45, .1, .05, .4])) == 1 and isinstance(severity_level([1, 0, 0, 0]), int)
+    assert severity_level([.5, .5, 0, 0]) == 0  # exactly 0.5: the lower level
+    assert severity_level([2.0, 1.0, 1.0, 4.0]) == 2  # normalised first: 0.25, 0.125, 0.125, 0.5
+    assert severity_level([0, 0, 0, 0]) == 1  # no probability at all: uniform, the lower median
+    rows = np.array([[.7, .1, .1, .1], [.1, .3, .3, .3], [.1, .1, .2, .6], [.25, .25, .25, .25]])
+    out = severity_level(rows)
+    assert out.tolist() == [0, 2, 3, 1] and out.dtype.kind == "i"
+    assert severity_level(rows[None]).shape == (1, 4)  # any leading shape
+    with pytest.raises(ValueError):
+        severity_level(np.zeros((3, 0)))
 
 
 def test_severity_expected_value_and_undefined_kappa():
-    # expected severity 1.5 -> rounds to 2 (numpy rounds half to even); argmax 1 (first of the tie)
+    # expected severity 1.5 -> rounds to 2 (numpy rounds half to even); argmax 1 (first of the tie);
+    # median 1 (the cumulative is exactly 0.5 at level 1)
     prob = np.array([[0, .5, .5, 0], [0, .5, .5, 0]])
     m = severity_metrics(np.array([2.0, 2.0]), prob)
-    assert m["accuracy"] == 0.0 and m["mae_expected"] == pytest.approx(0.5)
+    assert m["accuracy"] == m["accuracy_argmax"] == 0.0 and m["mae_expected"] == pytest.approx(0.5)
     assert m["kappa"] is None or m["kappa"] == pytest.approx(0.0)  # one true level: no agreement by chance
     empty = strict(severity_metrics(np.array([NAN]), np.full((1, 4), .25)))
     assert empty["n"] == 0 and empty["kappa"] is None and empty["confusion_matrix"] == [[0] * 4] * 4
+    assert empty["kappa_argmax"] is None and set(empty) == set(m)  # the same keys either way
     with pytest.raises(ValueError):
         severity_metrics(np.array([0.0]), np.zeros((1, 3)))
 
@@ -269,6 +292,7 @@ def test_cross_site_prints_every_row(tmp_path, capsys, monkeypatch):
     lodo_row = rows["LODO POCUS -> BLUES patients: COVID AUC"].split()
     assert lodo_row[-2] == "0.500"  # the model: every BLUES patient at p_covid .1
     assert "—" in rows["LOSO POCUS convex clips: BA / sens / spec"]
-    assert rows["BLUES severity per video: weighted kappa"].split()[-2] == "1.000"
+    sev = rows["BLUES severity per video: weighted kappa, median / argmax"].split()
+    assert sev[-6:-3] == ["1.000", "/", "1.000"] and sev[-2] == "/"  # the model, then the baseline
     assert rows["BLUES B-lines per video: F1"].split()[-2] == "1.000"
     assert "1.5 min / 2.00 GB" in rows["kfold run: wall / peak memory"]

@@ -41,6 +41,7 @@ from pocovid.inference import RecordingOutputs, load, load_for_runtime, stream_p
 from pocovid.media import open_media
 from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
+from pocovid.models.outputs import severity_level
 from pocovid.models.runtime import CHOICES as RUNTIME_CHOICES
 from pocovid.models.runtime import graph_runtime
 
@@ -275,7 +276,8 @@ def frame_pass_of(graph) -> dict:
 
 def clip_targets(outputs, model) -> dict:
     """{"findings": {name: probability}, "severity": Severity} of a clip: each head's probabilities,
-    mean over frames and members; None for a head the model does not have (or no frame)."""
+    mean over frames and members; None for a head the model does not have (or no frame). The
+    severity level is the ordinal head's median level (`models.outputs.severity_level`)."""
     out: dict = {"findings": None, "severity": None}
     f = outputs.findings
     if f is not None and np.size(f):
@@ -286,7 +288,7 @@ def clip_targets(outputs, model) -> dict:
         p = np.asarray(s, float).mean((0, 1))
         p = p / p.sum()
         out["severity"] = Severity(expected=round(float(p @ np.arange(len(p))), 3),
-                                   probabilities=[round(float(v), 4) for v in p], level=int(np.argmax(p)))
+                                   probabilities=[round(float(v), 4) for v in p], level=severity_level(p))
     return out
 
 

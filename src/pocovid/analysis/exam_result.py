@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from pocovid.analysis.result import ModelSummary, Severity
 
-EXAM_SCHEMA_VERSION = 1
+EXAM_SCHEMA_VERSION = 2  # 2: zone severity and the LUS score from the clips' median severity level (was argmax)
 
 
 class _Model(BaseModel):

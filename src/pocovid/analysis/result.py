@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 5  # 5: model_info.runtime (where the frame pass ran)
+SCHEMA_VERSION = 6  # 6: severity.level is the ordinal head's median level (was the argmax)
+# 5: model_info.runtime (where the frame pass ran)
 # 4: playback_video, full_screen, uncertainty.summary; file is the base name; key moments per class
 # 3: findings, severity (multi-task heads)
 
@@ -112,7 +113,9 @@ class Severity(_Model):
 
     expected: float = Field(description="expected severity: sum_k k * probability_k, mean over frames and members")
     probabilities: list[float] = Field(description="probability of each level 0..3, mean over frames and members")
-    level: int = Field(description="the most likely level")
+    level: int = Field(description="the ordinal head's median level: the first level whose cumulative "
+                                   "probability reaches 0.5 (the number of thresholds with P(y > k) > 0.5), "
+                                   "not the argmax (which skips the middle levels of a weak ordinal head)")
 
 
 class FrameResult(_Model):

@@ -110,14 +110,17 @@ def _finding_names(model) -> list[str]:
 
 
 def _target_columns(model, findings: np.ndarray | None, severity: np.ndarray | None) -> dict:
-    """predictions.csv columns of the targets: f_<finding> probabilities, severity (argmax) and
+    """predictions.csv columns of the targets: f_<finding> probabilities, severity (the ordinal
+    head's median level, `models.outputs.severity_level`, as `analyze` gives it) and
     severity_expected (sum_k k p_k)."""
+    from pocovid.models.outputs import severity_level
+
     out = {}
     if findings is not None:
         names = _finding_names(model) or [str(j) for j in range(len(findings))]
         out.update({f"f_{n}": round(float(v), 4) for n, v in zip(names, findings)})
     if severity is not None:
-        out["severity"] = int(np.argmax(severity))
+        out["severity"] = severity_level(severity)
         out["severity_expected"] = round(float(np.dot(np.arange(len(severity)), severity / severity.sum())), 4)
     return out
 

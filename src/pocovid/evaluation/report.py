@@ -245,7 +245,8 @@ def _target_lines(metrics: Mapping) -> list[str]:
             lines.append(f"  {name:<20}" + "".join(f"{c:>{w}}" for c in cells))
     sv = metrics.get("severity")
     if isinstance(sv, Mapping):
-        lines += ["", f"severity (recordings): n {sv.get('n')}, weighted kappa {_f(sv.get('kappa'))} "
-                      f"(expected value: {_f(sv.get('kappa_expected'))}, median: {_f(sv.get('kappa_median'))}), "
-                      f"accuracy {_f(sv.get('accuracy'))}, MAE {_f(sv.get('mae_expected'))}"]
+        lines += ["", f"severity (recordings, median level): n {sv.get('n')}, weighted kappa {_f(sv.get('kappa'))} "
+                      f"(argmax: {_f(sv.get('kappa_argmax'))}, expected value: {_f(sv.get('kappa_expected'))}), "
+                      f"accuracy {_f(sv.get('accuracy'))}, MAE {_f(sv.get('mae'))} (expected value "
+                      f"{_f(sv.get('mae_expected'))})"]
     return lines

@@ -21,6 +21,7 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_a
 
 from pocovid.evaluation.metrics import _groups, _num, _unique_ids, classification_metrics
 from pocovid.files import jsonable
+from pocovid.models.outputs import severity_level
 
 #: Ways of turning the clip probabilities of one exam into the exam's (`aggregate_exams`).
 EXAM_METHODS = ("mean", "max", "noisy_or")
@@ -104,15 +105,18 @@ def finding_metrics(y_true: np.ndarray, prob: np.ndarray, names: list[str], thre
 def severity_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict:
     """Severity 0-3 against the truth where it is known (`y_true` not NaN).
 
-    The prediction is the argmax of `prob` (n, 4); the expected severity is sum_k k p_k (after
-    normalising each row); the median level is the first level whose cumulative probability reaches
-    0.5 (for a cumulative-logit / CORAL head, the number of thresholds k with P(y > k) > 0.5: the
-    head's own decoding; a weak ordinal head's argmax skips the middle levels, its median does not).
-    Returns {"n", "kappa" (quadratic weighted Cohen kappa of the argmax), "kappa_expected" (of the
-    rounded expected severity), "kappa_median" (of the median level), "accuracy" (argmax),
-    "mae_expected" (mean absolute error of the expected severity), "mae" (of the argmax),
-    "confusion_matrix" (4 x 4, rows true, columns predicted: argmax), "levels": [0, 1, 2, 3],
-    "support" / "predicted" / "predicted_median" (count per level)}.
+    The predicted level is the median level of `prob` (n, 4) (`models.outputs.severity_level`: the
+    first level whose cumulative probability reaches 0.5, after normalising each row): for the
+    cumulative-logit / CORAL head, the number of thresholds k with P(y > k) > 0.5, the head's own
+    decoding and the level the product shows (`analyze`'s `severity.level`, the exam's zones and LUS
+    score, predictions.csv). The argmax is kept beside it (`*_argmax`): a weak ordinal head's argmax
+    skips the middle levels, its median does not. The expected severity is sum_k k p_k.
+    Returns {"n", "kappa" (quadratic weighted Cohen kappa of the median level), "kappa_argmax" (of
+    the argmax), "kappa_expected" (of the rounded expected severity), "accuracy" / "mae" (of the
+    median level), "accuracy_argmax" / "mae_argmax", "mae_expected" (mean absolute error of the
+    expected severity), "confusion_matrix" (4 x 4, rows true, columns the median level),
+    "confusion_matrix_argmax", "levels": [0, 1, 2, 3], "support" / "predicted" (median) /
+    "predicted_argmax" (count per level)}.
     Kappa is None when it is undefined (n 0, or truth and prediction each one same single level)."""
     y = np.asarray(y_true, dtype=float).reshape(-1)
     p = np.asarray(prob, dtype=float)
@@ -127,29 +131,35 @@ def severity_metrics(y_true: np.ndarray, prob: np.ndarray) -> dict:
     n = len(yi)
     levels = list(SEVERITY_LEVELS)
     if n == 0:
-        return jsonable({"n": 0, "kappa": None, "kappa_expected": None, "kappa_median": None, "accuracy": None,
-                         "mae_expected": None, "mae": None, "confusion_matrix": np.zeros((k, k), int),
-                         "levels": levels, "support": [0] * k, "predicted": [0] * k, "predicted_median": [0] * k})
+        zeros = np.zeros((k, k), int)
+        return jsonable({"n": 0, "kappa": None, "kappa_argmax": None, "kappa_expected": None,
+                         "accuracy": None, "accuracy_argmax": None, "mae": None, "mae_argmax": None,
+                         "mae_expected": None, "confusion_matrix": zeros, "confusion_matrix_argmax": zeros,
+                         "levels": levels, "support": [0] * k, "predicted": [0] * k, "predicted_argmax": [0] * k})
     s = p.sum(axis=1, keepdims=True)
     p = np.where(s > 0, p / np.where(s > 0, s, 1.0), 1.0 / k)
-    pred = p.argmax(axis=1)
+    pred = severity_level(p)
+    pred_argmax = p.argmax(axis=1)
     expected = p @ np.asarray(levels, dtype=float)
     pred_expected = np.clip(np.rint(expected), 0, k - 1).astype(int)
-    pred_median = np.argmax(np.cumsum(p, axis=1) >= 0.5 - 1e-9, axis=1)
     cm = confusion_matrix(yi, pred, labels=levels)
+    cm_argmax = confusion_matrix(yi, pred_argmax, labels=levels)
     return jsonable({
         "n": n,
         "kappa": _kappa(yi, pred),
+        "kappa_argmax": _kappa(yi, pred_argmax),
         "kappa_expected": _kappa(yi, pred_expected),
-        "kappa_median": _kappa(yi, pred_median),
         "accuracy": float(np.mean(pred == yi)),
-        "mae_expected": float(np.mean(np.abs(expected - yi))),
+        "accuracy_argmax": float(np.mean(pred_argmax == yi)),
         "mae": float(np.mean(np.abs(pred - yi))),
+        "mae_argmax": float(np.mean(np.abs(pred_argmax - yi))),
+        "mae_expected": float(np.mean(np.abs(expected - yi))),
         "confusion_matrix": cm,
+        "confusion_matrix_argmax": cm_argmax,
         "levels": levels,
         "support": cm.sum(axis=1),
         "predicted": cm.sum(axis=0),
-        "predicted_median": np.bincount(pred_median, minlength=k),
+        "predicted_argmax": cm_argmax.sum(axis=0),
     })
 
 

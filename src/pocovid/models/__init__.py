@@ -21,7 +21,7 @@ _WHERE = {
     "DEFAULT_MODEL": "backbone", "Backbone": "backbone", "create_backbone": "backbone", "list_models": "backbone",
     "register_model": "backbone", "ModelError": "backbone",
     "Adapter": "classifier", "FrameClassifier": "classifier", "Head": "classifier", "OrdinalHead": "classifier",
-    "create_model": "classifier", "FrameOutput": "outputs", "compiled_trunk": "compiled",
+    "create_model": "classifier", "FrameOutput": "outputs", "severity_level": "outputs", "compiled_trunk": "compiled",
     "FeatureDensity": "density", "fit_feature_density": "density",
     "InputConfig": "preprocess", "resolve_input_config": "preprocess", "to_grey": "preprocess",
     "FORMAT": "model_file", "FORMAT_VERSION": "model_file", "load_model": "model_file", "read_model_meta": "model_file",

@@ -354,7 +354,9 @@
     sev.hidden = !S;
     if (S) {
       const n = S.probabilities.length;
-      sev.textContent = "Lung severity: most likely " + severityText(S.level, n) + ", probability " + pct(S.probabilities[S.level]) + ".";
+      // the level is the ordinal head's median (result.json severity.level), as the report says it
+      sev.textContent = "Lung severity: " + severityText(S.level, n) + ", the level at which the probabilities added up " +
+        "from level 0 reach 50% (" + S.probabilities.map((p, k) => k + ": " + pct(p)).join(", ") + ").";
     }
   }
 
