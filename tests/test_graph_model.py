@@ -68,13 +68,18 @@ def test_the_second_analysis_runs_without_torch_and_agrees(clip, model_file, tmp
     assert second == first
 
 
-def test_gradcam_and_torch_still_load_the_model_file(clip, model_file, tmp_path):
-    cache = tmp_path / "cache"
-    _analyze(clip, model_file, tmp_path / "a", cache, "onnx")
-    _, imported = _analyze(clip, model_file, tmp_path / "b", cache, "onnx", "--explainer", "gradcam")
-    assert "'torch'" in imported
-    _, imported = _analyze(clip, model_file, tmp_path / "c", cache, "torch")
-    assert "'torch'" in imported
+def test_gradcam_torch_and_a_graph_file_still_load_the_model_file(model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("POCOVID_CACHE_DIR", str(tmp_path / "cache"))
+    from pocovid.models.runtime import get_runtime
+
+    get_runtime(load(model_file), "onnx")  # the graph exported and the file described, as a first run does
+    graph_file = tmp_path / "g.onnx"
+    graph_file.write_bytes(b"")
+    assert isinstance(resolve_model(str(model_file), AnalysisConfig(runtime="onnx"))[0], GraphModel)
+    for cfg in (AnalysisConfig(runtime="onnx", explainer="gradcam"), AnalysisConfig(runtime="torch"),
+                AnalysisConfig(runtime="onnx", graph=str(graph_file))):
+        assert not isinstance(resolve_model(str(model_file), cfg)[0], GraphModel), cfg
+    assert not isinstance(resolve_model(str(model_file))[0], GraphModel)  # no config: the exam, the service
 
 
 def test_the_cached_graph_is_found_only_for_the_same_file(model_file, tmp_path, monkeypatch):
