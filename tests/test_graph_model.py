@@ -122,3 +122,15 @@ def test_load_records_the_file_hash(model_file):
     import hashlib
 
     assert load(model_file).file_sha256 == hashlib.sha256(model_file.read_bytes()).hexdigest()
+
+
+def test_array_refuses_what_tensor_refuses():
+    from pocovid.models.preprocess import InputConfig
+
+    cfg = InputConfig()
+    for bad in (np.zeros((2, 8, 8), np.float32), np.zeros((2, 8, 8, 4), np.uint8), np.zeros(8, np.uint8)):
+        with pytest.raises(ValueError):
+            cfg.array(bad)
+        with pytest.raises(ValueError):
+            cfg.tensor(bad)
+    assert cfg.array(np.zeros((8, 8), np.uint8)).shape == (1, 3, 8, 8)

@@ -72,13 +72,7 @@ class InputConfig:
         float32 arithmetic, (B, 3, S, S) C-contiguous. Computed in place in the one output array:
         a batch's input is ~19 MB, and each temporary of that size is a fresh mapping whose pages
         fault in (large blocks are mapped: see runtime._map_large_blocks), 3x the arithmetic."""
-        x = np.asarray(pixels)
-        if x.dtype != np.uint8:
-            raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
-            raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
+        x = _batch_of_pixels(np.asarray(pixels), np.uint8)
         scale, mean, std = NORMALIZATIONS[self.normalization]
         out = np.empty((x.shape[0], 3, *x.shape[1:3]), np.float32)
         for c in range(3):
@@ -97,12 +91,7 @@ class InputConfig:
         import torch  # not at import: a model run from its graph (`array`) needs no PyTorch
 
         x = torch.from_numpy(np.ascontiguousarray(pixels)) if isinstance(pixels, np.ndarray) else pixels
-        if x.dtype != torch.uint8:
-            raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")
-        if x.ndim == 2:
-            x = x[None]
-        if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
-            raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
+        x = _batch_of_pixels(x, torch.uint8)
         scale, mean, std = NORMALIZATIONS[self.normalization]
         # grey (B, S, S): scaled once and broadcast to the 3 channels by the per-channel step (the same
         # arithmetic on every element as on three copies, a third of the work)
@@ -113,6 +102,18 @@ class InputConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _batch_of_pixels(x, uint8):
+    """`x` (numpy or torch) checked to be uint8 pixels (B, H, W) grey or (B, H, W, 3) RGB; one grey
+    frame (H, W) becomes a batch of one."""
+    if x.dtype != uint8:
+        raise ValueError(f"model input must be uint8 pixels, got {x.dtype}")
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[-1] != 3):
+        raise ValueError(f"model input must be (B, H, W) grey or (B, H, W, 3) RGB pixels, got {tuple(x.shape)}")
+    return x
 
 
 def resolve_input_config(model) -> InputConfig:
