@@ -29,6 +29,7 @@ from pocovid.files import jsonable, write_json
 from pocovid.models.preprocess import InputConfig
 
 MODELS = "models"  # cache_dir() folder: one description per model file (its bytes' SHA-256)
+KEEP_MODELS = 32  # descriptions kept (the newest; ~0.4 MB each with a feature density)
 RECORD_VERSION = 1
 
 
@@ -86,7 +87,9 @@ def remember_model_file(model) -> None:
               "input_config": model.input_config.to_dict(), "meta": jsonable(meta)}
     try:
         write_json(path, record)
-    except OSError:
+        for old in sorted(path.parent.glob("*.json"), key=lambda q: q.stat().st_mtime, reverse=True)[KEEP_MODELS:]:
+            old.unlink(missing_ok=True)
+    except OSError:  # an unwritable cache (or a race with another process pruning it): no harm
         pass
 
 
