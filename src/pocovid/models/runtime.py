@@ -50,6 +50,7 @@ import numpy as np
 from pocovid import __version__
 from pocovid.errors import ModelError
 from pocovid.files import path_text, write_bytes, write_json
+from pocovid.models.graph_model import GraphModel, remember_model_file
 from pocovid.models.onnx_format import (INPUT, INSTALL_HINT, ONNX_FORMAT, ONNX_FORMAT_VERSION, OPSET, PRECISIONS,
                                         output_names)
 from pocovid.models.outputs import FrameOutput
@@ -161,7 +162,7 @@ class TorchRuntime:
     def __init__(self, model, build: bool = True) -> None:
         from pocovid.models.compiled import compiled_trunk
 
-        if not hasattr(model, "state_dict"):
+        if isinstance(model, GraphModel):
             raise ModelError("this model runs from its exported graph only (no weights loaded): use runtime "
                              "onnx or openvino, or load the model file")
         self.model = model
@@ -342,7 +343,7 @@ def graph_source(model) -> Path | bytes:
     path = graph_path(model)
     if path.is_file():
         return path
-    if not hasattr(model, "state_dict"):  # a `GraphModel` whose cached graph went meanwhile
+    if isinstance(model, GraphModel):  # its cached graph went meanwhile
         raise ModelError(f"{path_text(path)}: the model's cached graph is gone (the cache was cleared); run again")
     from pocovid.models.export import onnx_bytes
 
@@ -513,7 +514,7 @@ def _built_slot(model, slot: str):
 
 
 def _weights_key(model):
-    if not hasattr(model, "parameters"):  # a model run from its graph (`GraphModel`): fixed weights
+    if isinstance(model, GraphModel):  # fixed weights: those of its graph
         return (int(model.input_config.size), model.fingerprint)
     params = list(model.parameters())
     return (int(model.input_config.size), sum(p._version for p in params), params[0].data_ptr())
@@ -539,8 +540,6 @@ def _built(model, name: str, build: bool):
             cached.unlink(missing_ok=True)  # a damaged cached graph: export it again, once
             rt = _KINDS[name](model)
         held[name] = (key, rt)
-    from pocovid.models.graph_model import remember_model_file
-
     remember_model_file(model)  # the next process on this model file may run from the graph, without torch
     return rt
 
@@ -552,7 +551,7 @@ def get_runtime(model, name="torch", build: bool = True):
     `name` may be a runtime object already (e.g. `OnnxRuntime(model, "model-int8.onnx")`): returned as is."""
     if not isinstance(name, str):
         return name
-    if not hasattr(model, "state_dict"):  # a `GraphModel`: its graph is there to read, and it has no torch
+    if isinstance(model, GraphModel):  # its graph is there to read, and it has no torch
         build = True
     name = runtime_name(model, name, build)
     if name == "torch":
@@ -564,7 +563,7 @@ def get_runtime(model, name="torch", build: bool = True):
         rt = _built(model, name, build)
     except Exception as e:  # a runtime that cannot take this model: torch always can
         reason = " ".join(str(e).split())[:200]
-        if not hasattr(model, "state_dict"):  # a model run from its graph has no torch to fall back on
+        if isinstance(model, GraphModel):  # no torch to fall back on
             raise ModelError(f"runtime {name} failed to load the model's cached graph ({type(e).__name__}: "
                              f"{reason})") from None
         _notice(f"runtime {name} failed to load the model ({type(e).__name__}: {reason}); running on torch")
@@ -587,7 +586,7 @@ def runtime_name(model, name: str = "auto", build: bool = True) -> str:
 
 def model_fingerprint(model) -> str:
     """A hash of the model's architecture, input and weights (what the measured speed depends on)."""
-    if not hasattr(model, "state_dict"):  # a `GraphModel`: the fingerprint its graph was cached under
+    if isinstance(model, GraphModel):  # the fingerprint its graph was cached under
         return model.fingerprint
     key = _weights_key(model)
     hit = _FINGERPRINTS.get(model)
