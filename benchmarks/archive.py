@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from pocovid.analysis import AnalysisConfig, analyze_files
-from pocovid.inference import load
+from pocovid.analysis.analyze import resolve_model
 from pocovid.phantom import write_phantom
 
 LABELS = ("covid", "pneumonia", "regular")
@@ -84,8 +84,8 @@ def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec
     import ray
 
     load_before = os.getloadavg()
-    model = load(model_spec)
     cfg = AnalysisConfig()
+    model, _ = resolve_model(model_spec, cfg)  # as `pocovid analyze` does: torch-free from a cached graph
     with tempfile.TemporaryDirectory(prefix="pocovid-archive-") as tmp:
         tmp = Path(tmp)
         paths = write_archive(tmp / "in", n, frames)
@@ -101,7 +101,7 @@ def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec
         t_ray = time.perf_counter() - t0
         ray.shutdown()
         exact, close, n_compared, diffs = compare(local, distributed)
-    return dict(n=n, frames=frames, workers=workers, model=model_spec, t_local=t_local, cpu_local=cpu_local,
+    return dict(n=n, frames=frames, workers=workers, model=model_spec, model_kind=type(model).__name__, t_local=t_local, cpu_local=cpu_local,
                 t_ray=t_ray, t_start=t_start, ok_local=len(local.results), failed_local=len(local.failures),
                 ok_ray=len(distributed.results), failed_ray=len(distributed.failures), exact=exact, close=close,
                 compared=n_compared, diffs=diffs, load_before=load_before, load_after=os.getloadavg())
@@ -109,8 +109,8 @@ def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec
 
 def print_archive(r: dict, prefix: str = "") -> None:
     n, w = r["n"], r["workers"]
-    print(f"{prefix}archive: {n} phantom clips x {r['frames']} frames (320x240, 15 fps), model {r['model']}, "
-          f"{os.cpu_count()} CPUs")
+    print(f"{prefix}archive: {n} phantom clips x {r['frames']} frames (320x240, 15 fps), model {r['model']} "
+          f"({r['model_kind']}), {os.cpu_count()} CPUs")
     print(f"{prefix}local loop : {r['t_local']:7.1f} s  {n / r['t_local']:6.2f} recordings/s  ({r['ok_local']} ok, "
           f"{r['failed_local']} failed)")
     busy = r["cpu_local"] / r["t_local"]

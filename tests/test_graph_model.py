@@ -139,3 +139,41 @@ def test_array_refuses_what_tensor_refuses():
         with pytest.raises(ValueError):
             cfg.tensor(bad)
     assert cfg.array(np.zeros((8, 8), np.uint8)).shape == (1, 3, 8, 8)
+
+
+def test_ray_workers_get_the_graph_and_run_without_torch(clip, model_file, tmp_path, monkeypatch):
+    """A cluster node's worker has no cache: it is sent the graph's bytes, writes them into its own
+    cache, runs them on the same runtime as the caller, and imports no torch."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'pocovid[ray]')")
+    from pocovid.analysis import analyze_files
+    from pocovid.models.runtime import get_runtime
+
+    monkeypatch.setenv("POCOVID_CACHE_DIR", str(tmp_path / "cache"))
+    get_runtime(load(model_file), "onnx")  # a first run: the graph exported and the file described
+    cfg = AnalysisConfig(runtime="onnx", rate_hz=4, report=False, key_frames=1)
+    g, _ = resolve_model(str(model_file), cfg)
+    assert isinstance(g, GraphModel)
+    local = analyze_files([clip], g, tmp_path / "local", cfg)
+    node = tmp_path / "node"  # the workers' cache: another machine's
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, logging_level="warning",
+             runtime_env={"env_vars": {"POCOVID_CACHE_DIR": str(node), "OMP_NUM_THREADS": "1"}})
+    try:
+        distributed = analyze_files([clip], str(model_file), tmp_path / "ray", cfg, engine="ray")
+
+        def worker_state():
+            from pocovid.analysis import ray_engine
+
+            return len(ray_engine._MODELS), "torch" in sys.modules
+
+        # the one worker (1 CPU) that ran the analysis: it kept the model, and never imported torch
+        state = ray.get(ray.remote(num_cpus=1)(worker_state).remote())
+    finally:
+        ray.shutdown()
+    assert not distributed.failures, distributed.failures
+    assert state == (1, False)
+    assert [p.name for p in (node / "graphs").glob("*.onnx")] == [g.graph.name]
+    a, b = (json.loads((r.entries[0].folder / "result.json").read_text()) for r in (local, distributed))
+    assert b["model_info"]["runtime"] == "onnx"
+    for k in _VARYING:
+        a.pop(k), b.pop(k)
+    assert a == b

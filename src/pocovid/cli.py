@@ -738,8 +738,8 @@ def analyze_cmd(
     except PocovidError as e:
         check_alone = lambda kw: dataclasses.replace(AnalysisConfig(), **kw).check()
         fail(f"{_culprit(ctx, given, check_alone, PocovidError)}{e}")
-    try:  # on a graph runtime, the model's cached graph when there is one (no PyTorch); Ray ships the model
-        m, _ = resolve_model(model, None if engine == "ray" else cfg)
+    try:  # on a graph runtime, the model's cached graph when there is one (no PyTorch), Ray's workers too
+        m, _ = resolve_model(model, cfg)
     except PocovidError as e:
         hint = " (pass --model FILE: a model written by `pocovid train --final`)" if model == "default" else ""
         fail(f"{e}{hint}")

@@ -272,8 +272,8 @@ def analyze_files(paths, model, out_dir: str | os.PathLike, config: AnalysisConf
         if progress and ev.stage in ("start", "skipped"):
             progress(ev.i, ev.n, ev.file)
 
-    # loaded once for the whole batch (Ray workers get the model itself: their cache may hold no graph)
-    model, _ = resolve_model(model, cfg if engine != "ray" else None)
+    # loaded once for the whole batch (torch-free from a cached graph when `cfg` allows; Ray ships it)
+    model, _ = resolve_model(model, cfg)
     if cfg.graph is not None:  # not this model's (or unreadable): one error, before any recording
         read_graph_file(cfg.graph, model)
     out_dir = Path(out_dir)
