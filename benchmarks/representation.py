@@ -54,6 +54,9 @@ CANDIDATES = {
     "lite2 s5": ("lite2", ["stage5"], "avg"),
     "lite2 s4-s7": ("lite2", ["stage4", "stage5", "stage6", "stage7"], "avg"),
     "lite2 head": ("lite2", ["head_conv"], "avg"),
+    "lite0 s5 + site norm.": ("lite0", ["stage5"], "avg+site"),
+    "lite1 s5 + site norm.": ("lite1", ["stage5"], "avg+site"),
+    "lite0 s4-s7 + site norm.": ("lite0", ["stage4", "stage5", "stage6", "stage7"], "avg+site"),
 }
 
 
@@ -114,12 +117,20 @@ def load_features(variant: str, frames, cache: Path) -> dict[str, np.ndarray]:
     return feats
 
 
-def clip_matrix(feats: dict, taps: list[str], pooling: str, clip_of: np.ndarray, n_clips: int) -> np.ndarray:
+def clip_matrix(feats: dict, taps: list[str], pooling: str, clip_of: np.ndarray, n_clips: int,
+                site: np.ndarray | None = None) -> np.ndarray:
     cols = [feats[f"{t}/avg"] for t in taps] + ([feats[f"{t}/max"] for t in taps] if pooling == "avgmax" else [])
     X = np.concatenate(cols, 1)
     out = np.zeros((n_clips, X.shape[1]), np.float64)
     np.add.at(out, clip_of, X)
-    return out / np.bincount(clip_of, minlength=n_clips)[:, None]
+    out /= np.bincount(clip_of, minlength=n_clips)[:, None]
+    if pooling.endswith("+site"):
+        # AdaBN-style: each site's features standardised by that site's own frames (no labels needed,
+        # so a new hospital can do it with its unlabelled recordings)
+        for s in np.unique(site):
+            m = site == s
+            out[m] = (out[m] - out[m].mean(0)) / (out[m].std(0) + 1e-6)
+    return out
 
 
 def probe_oof(X, y, folds, groups, n_classes, Cs=(0.01, 0.1, 1.0)):
@@ -241,7 +252,7 @@ def main(argv=None) -> int:
     cands = {k: v for k, v in CANDIDATES.items() if not args.only or k in args.only}
     for cname, (variant, taps, pooling) in cands.items():
         feats = load_features(variant, frames, args.cache)
-        X = clip_matrix(feats, taps, pooling, frames.clip_of, n)
+        X = clip_matrix(feats, taps, pooling, frames.clip_of, n, site=np.array([c["dataset"] for c in frames.clips]))
         for sname, folds in fold_of.items():
             t0 = time.time()
             P_dx = probe_oof(X, t.y, folds, groups, 3)
