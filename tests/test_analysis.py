@@ -381,7 +381,7 @@ def test_written_results_validate_against_the_published_schema(analysed):
     import jsonschema
 
     schema = result_schema()
-    assert schema["properties"]["schema_version"]["default"] == 6
+    assert schema["properties"]["schema_version"]["default"] == 7
     assert {"prediction", "uncertainty", "key_frames", "out_of_distribution"} <= set(schema["required"])
     for _, out, _ in analysed.values():
         jsonschema.validate(json.loads((out / "result.json").read_text()), schema)

@@ -34,6 +34,7 @@ from pocovid.errors import PocovidError
 from pocovid.files import path_text
 from pocovid.media import Frame, MediaError, MediaInfo, MediaLimits, open_media, sample_indices
 from pocovid.models.outputs import FrameOutput
+from pocovid.models.preprocess import is_blank
 from pocovid.models.runtime import get_runtime, runtime_name
 from pocovid.region import ScanRegion, clip_region, iter_clip_frames
 
@@ -96,6 +97,9 @@ class RecordingOutputs:
     inspected: list = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     n_planned: int = 0  # frames the sampling asked for; more than decoded when the file is cut short
+    # sampled frames left out because they show nothing (`is_blank`: a black first frame); when every
+    # frame is blank they are analysed all the same (up to a batch), so the guard can say so
+    n_blank: int = 0
     runtime: str = ""  # the runtime the model ran on: torch, onnx or openvino
 
     @property
@@ -241,6 +245,8 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
     pixels = _pixels_store(n, cfg.size) if keep_pixels else None
     batch = np.empty((batch_size, cfg.size, cfg.size), np.uint8)
     index, times, inspected, parts = [], [], [], []
+    blank: list = []  # the first blank frames: analysed only when no frame shows anything
+    n_blank = 0
     q: queue.Queue = queue.Queue(maxsize=2 * batch_size)
     stop = threading.Event()
     producer = pool.submit(_produce, path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits)
@@ -257,27 +263,39 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
         parts.append(engine.infer(model.input_tensor(batch[:k]), cams=cams).numpy())
         timer.add("model_s", t0)
         if progress:
-            progress(len(index) / max(n, 1))
+            progress((len(index) + n_blank) / max(n, 1))
+
+    def take(f_index, t, px) -> int:
+        batch[k] = px
+        if pixels is not None:
+            pixels[len(index)] = px
+        index.append(f_index)
+        times.append(t)
+        if k + 1 == batch_size:
+            run_batch(batch_size)
+            return 0
+        return k + 1
 
     try:
         k = 0
         while (item := q.get()) is not _END:
             if isinstance(item, BaseException):
                 raise item
-            if len(index) >= n:
+            if len(index) + n_blank >= n:
                 continue
-            f_index, t, px, seen = item
-            batch[k] = px
-            if pixels is not None:
-                pixels[len(index)] = px
-            if seen is not None:
+            f_index, t, px, seen, empty = item
+            if seen is not None:  # the guard's image cues see every inspected frame, blank ones too
                 inspected.append(seen)
-            index.append(f_index)
-            times.append(t)
-            k += 1
-            if k == batch_size:
-                run_batch(k)
-                k = 0
+            if empty:
+                n_blank += 1
+                if len(blank) < batch_size:
+                    blank.append((f_index, t, px))
+                continue
+            k = take(f_index, t, px)
+        if not index:  # nothing but blank frames: those are what the recording is
+            for f_index, t, px in blank:
+                k = take(f_index, t, px)
+            n_blank -= len(blank)
         if k:
             run_batch(k)
     finally:
@@ -292,7 +310,7 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
     got = len(index)  # fewer than planned: a truncated file, keep what decoded
     return RecordingOutputs(str(path), info, region, np.array(index, np.int64), np.array(times, np.float64),
                             FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected,
-                            n_planned=n, runtime=str(getattr(engine, "name", "")))
+                            n_planned=n, runtime=str(getattr(engine, "name", "")), n_blank=n_blank)
 
 
 def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits) -> None:
@@ -324,7 +342,7 @@ def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, 
                     t0 = time.perf_counter()
                     seen = inspect(f, px, region)
                     timer.add("inspect_s", t0)
-                put((f.index, f.time_s, px, seen))
+                put((f.index, f.time_s, px, seen, is_blank(px)))
         put(_END)
     except BaseException as e:  # handed to the consumer, raised there
         put(e)

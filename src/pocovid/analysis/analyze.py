@@ -252,6 +252,7 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
         media=MediaSummary(kind=info.kind, format=info.format, fps=info.fps, n_frames=info.n_frames,
                            width=info.width, height=info.height, duration_s=round(duration, 3)),
         sampling=Sampling(rate_hz=cfg.rate_hz, max_frames=cfg.max_frames, n_frames_analyzed=int(n),
+                          n_frames_blank=int(rec.n_blank),
                           input_size=int(input_cfg.size), crop=bool(cfg.crop), grey=input_cfg.grey),
         explainer=cfg.explainer,
         explainer_description=("class activation map (CAM) of the pooled linear head, mean over heads"
@@ -299,8 +300,9 @@ def _cut_short(rec: RecordingOutputs) -> str | None:
     if declared and declared > rec.info.n_frames:
         return (f"the recording is cut short: its header declares {declared} frames, the file holds "
                 f"{rec.info.n_frames}; only those were analysed")
-    if len(rec) < rec.n_planned:
-        return f"the recording is cut short: {len(rec)} of {rec.n_planned} sampled frames could be decoded"
+    if len(rec) + rec.n_blank < rec.n_planned:
+        return (f"the recording is cut short: {len(rec) + rec.n_blank} of {rec.n_planned} sampled frames could "
+                f"be decoded")
     return None
 
 

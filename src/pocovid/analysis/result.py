@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 6  # 6: severity.level is the ordinal head's median level (was the argmax)
+SCHEMA_VERSION = 7  # 7: sampling.n_frames_blank (blank frames are no evidence: left out)
+# 6: severity.level is the ordinal head's median level (was the argmax)
 # 5: model_info.runtime (where the frame pass ran)
 # 4: playback_video, full_screen, uncertainty.summary; file is the base name; key moments per class
 # 3: findings, severity (multi-task heads)
@@ -77,6 +78,9 @@ class Sampling(_Model):
     rate_hz: float | None
     max_frames: int | None
     n_frames_analyzed: int
+    n_frames_blank: int = Field(0, description="sampled frames left out because they show nothing (a black first "
+                                               "frame; `models.preprocess.is_blank`); when every frame is blank, "
+                                               "those are analysed")
     input_size: int
     crop: bool
     grey: bool

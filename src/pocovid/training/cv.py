@@ -36,7 +36,7 @@ from pocovid.errors import PocovidError
 from pocovid.files import atomic_path, write_json
 from pocovid.training.config import TrainConfig, fingerprint
 from pocovid.training.fit import fit_head, inner_split, predict_head_outputs
-from pocovid.training.frames import FrameSet, extract_frames, trunk_features
+from pocovid.training.frames import FRAMES_VERSION, FrameSet, extract_frames, trunk_features
 from pocovid.training.supervision import ClipTargets, FrameTargets, clip_targets, index_lookup
 
 
@@ -138,7 +138,8 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
                            f"{' and probe ' + cfg.probe if cfg.probe else ''} in the split file")
     recordings = sorted(({k: v for k, v in c.items() if k != "fold"} for c in clips),
                         key=lambda c: json.dumps(c, sort_keys=True))
-    fkey = fingerprint(cfg.frames_key() | {"size": size, "recordings": recordings, "root": str(root)}
+    fkey = fingerprint(cfg.frames_key() | {"size": size, "recordings": recordings, "root": str(root),
+                                           "extraction": FRAMES_VERSION}
                        | ({"roots": roots} if roots is not None else {}))
     fpath = cache / f"frames-{fkey}.npz"
     if fpath.exists():

@@ -16,8 +16,13 @@ from pocovid.errors import PocovidError
 from pocovid.files import atomic_path
 from pocovid.media import MediaError
 from pocovid.models import InputConfig
+from pocovid.models.preprocess import is_blank
 from pocovid.region import load_clip
 from pocovid.training.augment import AugmentConfig, augment_grey, ultrasound_augmentation
+
+
+#: what `extract_frames` does, in the frame cache's key: 2 = blank frames left out
+FRAMES_VERSION = 2
 
 
 @dataclass
@@ -63,7 +68,9 @@ def extract_frames(clips: list[dict], root: str | os.PathLike | None, classes: l
                    progress: bool = True) -> FrameSet:
     """The model's pixels (`InputConfig.pixels`: cropped to each clip's scan region, resized, grey)
     of the frames of `clips` (dicts with at least `path` and `label`), sampled as `input_config`
-    says. Unreadable clips are left out and listed in `failures`."""
+    says, but for blank frames (`is_blank`: left out, as the frame pass of `analyze` leaves them).
+    Unreadable clips, and clips with no frame that shows anything, are left out and listed in
+    `failures`."""
     cfg = input_config
     frames, clip_of, times, kept, failures = [], [], [], [], []
     for c in tqdm(clips, desc="frames", unit="clip", disable=not progress):
@@ -73,10 +80,15 @@ def extract_frames(clips: list[dict], root: str | os.PathLike | None, classes: l
         except (MediaError, ValueError) as e:
             failures.append(str(e) if str(path) in str(e) else f"{path}: {e}")
             continue
+        pxs = [(cfg.pixels(f), t) for f, t in zip(clip.frames, clip.times)]
+        shown = [(px, t) for px, t in pxs if not is_blank(px)]  # as the frame pass: blank frames are no evidence
+        if not shown:
+            failures.append(f"{path}: no sampled frame shows anything (all blank)")
+            continue
         ci = len(kept)
-        kept.append(dict(c, n_frames=len(clip.frames), region=clip.region.to_dict()))
-        for f, t in zip(clip.frames, clip.times):
-            frames.append(cfg.pixels(f))
+        kept.append(dict(c, n_frames=len(shown), n_blank=len(pxs) - len(shown), region=clip.region.to_dict()))
+        for px, t in shown:
+            frames.append(px)
             clip_of.append(ci)
             times.append(t)
     if not frames:
