@@ -265,7 +265,8 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
         if progress:
             progress((len(index) + n_blank) / max(n, 1))
 
-    def take(f_index, t, px) -> int:
+    def take(k: int, f_index, t, px) -> int:
+        """Frame into slot `k` of the batch (run when full); the next free slot."""
         batch[k] = px
         if pixels is not None:
             pixels[len(index)] = px
@@ -291,10 +292,10 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
                 if len(blank) < batch_size:
                     blank.append((f_index, t, px))
                 continue
-            k = take(f_index, t, px)
+            k = take(k, f_index, t, px)
         if not index:  # nothing but blank frames: those are what the recording is
             for f_index, t, px in blank:
-                k = take(f_index, t, px)
+                k = take(k, f_index, t, px)
             n_blank -= len(blank)
         if k:
             run_batch(k)
