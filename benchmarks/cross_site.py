@@ -250,11 +250,14 @@ def _exam_labels(p: Preds, sel: np.ndarray) -> dict:
     return out
 
 
-def blues_exams(p: Preds, method: str) -> dict | None:
-    """COVID-19 vs not over the BLUES exams (patients): exam_metrics' covid_vs_rest block."""
+def blues_exams(p: Preds, method: str, model_classes_only: bool = False) -> dict | None:
+    """COVID-19 vs not over the BLUES exams (patients): exam_metrics' covid_vs_rest block. All
+    patients (`other` ones count as not COVID-19), or those whose label is a model class."""
     from pocovid.evaluation import exam_metrics
 
     sel = (p.column("dataset") == BLUES) & np.isfinite(p.probs).all(1)
+    if model_classes_only:
+        sel &= np.isin(p.column("label"), p.classes)
     if not sel.any() or "covid" not in p.classes:
         return None
     return exam_metrics(p.column("exam")[sel], p.probs[sel], _exam_labels(p, sel), p.classes,
@@ -299,6 +302,8 @@ ROWS = (  # (name, target, mode of the run it reads, function of (run, exam meth
      lambda r, m: _acc_auc(blues_exams(r.preds, m))),
     ("LODO POCUS -> BLUES patients: COVID AUC", ">=.75", "lodo",
      lambda r, m: _f((blues_exams(r.preds, m) or {}).get("auc"))),
+    ("  same, patients of the model's classes only (no 'other')", "", "lodo",
+     lambda r, m: _f((blues_exams(r.preds, m, model_classes_only=True) or {}).get("auc"))),
     ("LODO BLUES -> POCUS convex clips: BA / sens / spec", "", "lodo", lambda r, m: pocus_convex(r.preds)),
     ("LOSO POCUS convex clips: BA / sens / spec", "", "loso", lambda r, m: pocus_convex(r.preds)),
     ("BLUES severity per video: weighted kappa, median / argmax", ">=.6", "kfold",
