@@ -101,7 +101,8 @@ def measure_archive(n: int = 100, frames: int = 20, workers: int = 2, model_spec
         t_ray = time.perf_counter() - t0
         ray.shutdown()
         exact, close, n_compared, diffs = compare(local, distributed)
-    return dict(n=n, frames=frames, workers=workers, model=model_spec, model_kind=type(model).__name__, t_local=t_local, cpu_local=cpu_local,
+    return dict(n=n, frames=frames, workers=workers, model=model_spec, model_kind=type(model).__name__,
+                t_local=t_local, cpu_local=cpu_local,
                 t_ray=t_ray, t_start=t_start, ok_local=len(local.results), failed_local=len(local.failures),
                 ok_ray=len(distributed.results), failed_ray=len(distributed.failures), exact=exact, close=close,
                 compared=n_compared, diffs=diffs, load_before=load_before, load_after=os.getloadavg())
