@@ -27,13 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from pocovid import __version__
-from pocovid.analysis.display import clinical_name, percent, uncertainty_sentence
+from pocovid.analysis.display import clinical_name, finding_name, percent, uncertainty_sentence
 from pocovid.analysis.explain import gradcam_maps, heat_scale, mass_inside, overlay_frame, scan_view
 from pocovid.analysis.key_moments import class_key_moments, disagreement, min_gap_s
 from pocovid.analysis.ood import OUTSIDE_WORDS, OODParams, decide, frame_cues, small_mask
 from pocovid.analysis.report import NOTICE, key_frame_image, timeline_plot, write_html, write_overlay_video
-from pocovid.analysis.result import (AnalysisResult, FrameResult, KeyFrame, MediaSummary, ModelSummary,
-                                     OutOfDistribution, Prediction, Sampling, Segment, Severity, Uncertainty)
+from pocovid.analysis.result import (AnalysisResult, FindingMap, FrameResult, KeyFrame, MediaSummary,
+                                     ModelSummary, OutOfDistribution, Prediction, Sampling, Segment, Severity,
+                                     Uncertainty)
 from pocovid.analysis.uncertainty import clip_uncertainty, frame_uncertainty, threshold_of
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
@@ -43,7 +44,7 @@ from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
 from pocovid.models.outputs import severity_level
 from pocovid.models.runtime import CHOICES as RUNTIME_CHOICES
-from pocovid.models.runtime import graph_runtime
+from pocovid.models.runtime import get_runtime, graph_runtime
 
 EXPLAINERS = ("cam", "gradcam")
 #: Containers a browser's <video> plays; for the others the overlay video comes with playback.mp4.
@@ -187,7 +188,8 @@ def analyze_recording(path: str | os.PathLike, model, out_dir: str | os.PathLike
     result = _conclude(rec, model, model_name, cfg, params, getattr(engine, "graph", None))
     report(0.72, "explain")
     moments = _key_frame_maps(rec, model, cfg, result, timings)
-    _write_key_frames(rec, result, moments, cfg, out_dir, timings)
+    originals = _write_key_frames(rec, result, moments, cfg, out_dir, timings)
+    _write_finding_maps(rec, model, engine, result, originals, cfg, out_dir, timings)
     _write_artifacts(rec, model, cfg, result, out_dir, timings, report)
     timings["total_s"] = time.perf_counter() - t_start
     result.timings = {k: round(v, 3) for k, v in timings.items()}
@@ -330,11 +332,12 @@ def _key_frame_maps(rec: RecordingOutputs, model, cfg: AnalysisConfig, result: A
 
 
 def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, moments: list, cfg: AnalysisConfig,
-                      out_dir: Path, timings: dict) -> None:
+                      out_dir: Path, timings: dict) -> dict[int, np.ndarray]:
     """Each key moment's full-resolution frame beside the same frame with the heatmap of its class
-    (PNG): the scan region only, unless `cfg.full_screen`."""
+    (PNG): the scan region only, unless `cfg.full_screen`. Returns the decoded frames {analysed
+    frame: image}."""
     if not moments:
-        return
+        return {}
     t0 = time.perf_counter()
     want = {int(rec.index[i]): i for i, *_ in moments}
     originals = {}
@@ -367,6 +370,53 @@ def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, moments: li
                                           evidence=round(float(rec.probs[i, c]), 4),
                                           heat_inside_region=_nan_none(mass_inside(cam, rec.region))))
     timings["key_frames_render_s"] = time.perf_counter() - t0
+    return originals
+
+
+#: a finding the clip's probability reaches this is one the result reads in it: its map is drawn
+FINDING_MAP_MIN = 0.5
+
+
+def _write_finding_maps(rec: RecordingOutputs, model, engine, result: AnalysisResult, originals: dict,
+                        cfg: AnalysisConfig, out_dir: Path, timings: dict) -> None:
+    """For each finding the clip shows (probability >= FINDING_MAP_MIN), the class activation map of
+    the finding's head (`FrameOutput.finding_cams`) on the key frame where the finding is most
+    probable, beside the frame (PNG `key_frame_<rank>_<finding>.png`). The frames are those the key
+    frames decoded; the model runs again on them alone (the frame pass keeps no finding maps: a
+    few frames need them). Heat is scaled to the map's own peak: one frame, no clip-wide scale."""
+    names = list(getattr(model, "findings", None) or [])
+    if not names or not result.findings or result.out_of_distribution or not originals:
+        return
+    shown = sorted((n for n, p in result.findings.items() if p >= FINDING_MAP_MIN and n in names),
+                   key=lambda n: -result.findings[n])
+    if not shown:
+        return
+    t0 = time.perf_counter()
+    frames = sorted(originals)  # analysed-frame positions of the key frames
+    rank = {int(np.flatnonzero(rec.index == k.index)[0]): k.rank for k in result.key_frames}
+    probs = np.asarray(rec.outputs.findings, np.float32).mean(1)  # (N, F): the members' mean
+    pixels = np.stack([model.input_config.pixels(rec.region.crop(originals[i])) for i in frames])
+    runtime = get_runtime(model, engine, build=False)  # the frame pass's (ready), or the eager model
+    maps = runtime.infer(model.input_tensor(pixels), cams=False, finding_cams=True).numpy().finding_cams
+    for name in shown:
+        j = names.index(name)
+        at = int(np.argmax(probs[frames, j]))
+        i, cam = frames[at], maps[at, j]
+        img = originals[i]
+        file = f"key_frame_{rank[i]}_{name}.png"
+        when = f"{rec.time_s[i]:.2f} s (frame {int(rec.index[i])})"
+        lines = [f"{finding_name(name)}: {percent(result.findings[name])} over the clip, {percent(probs[i, j])} "
+                 f"at {when}",
+                 f"right: where the model sees {finding_name(name)} (CAM of its findings head, scaled to its peak)",
+                 "decision support, not a diagnosis"]
+        key_frame_image(out_dir / file, scan_view(img, rec.region, cfg.full_screen),
+                        overlay_frame(img, cam, rec.region, heat_scale(cam[None], 100.0),
+                                      full_screen=cfg.full_screen), lines)
+        result.finding_maps.append(FindingMap(
+            finding=name, probability=result.findings[name], index=int(rec.index[i]),
+            time_s=round(float(rec.time_s[i]), 3), frame_probability=round(float(probs[i, j]), 4), image=file,
+            heat_inside_region=_nan_none(mass_inside(cam, rec.region))))
+    timings["finding_maps_s"] = time.perf_counter() - t0
 
 
 def _overlay_classes(rec: RecordingOutputs, result: AnalysisResult, classes: list[str]) -> np.ndarray:

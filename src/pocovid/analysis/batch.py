@@ -92,7 +92,7 @@ def _is_ours(folder: Path) -> bool:
     """A folder an earlier pocovid analysis wrote: it holds only the names analyze writes."""
     if not folder.is_dir() or not (folder / "result.json").is_file():
         return False
-    return all(p.name in ARTIFACTS or p.name == SOURCE_RECORD or re.fullmatch(r"key_frame_\d+\.png", p.name)
+    return all(p.name in ARTIFACTS or p.name == SOURCE_RECORD or re.fullmatch(r"key_frame_\d+(_[a-z_]+)?\.png", p.name)
                for p in folder.iterdir())
 
 

@@ -269,7 +269,8 @@ def write_html(path: str | os.PathLike, result: AnalysisResult, out_dir: str | o
     no bold, the probabilities greyed in a fold); with review recommended, it is shown outlined and
     hatched with a badge, never as a filled bar."""
     out_dir = Path(out_dir)
-    names = [n for n in [result.timeline, *(k.image for k in result.key_frames)] if n]
+    names = [n for n in [result.timeline, *(k.image for k in result.key_frames),
+                         *(m.image for m in result.finding_maps)] if n]
     unc, pred = result.uncertainty, result.prediction
     page = _environment().get_template("report.html.j2").render(
         result=result, file_name=Path(result.file).name, images={n: _data_uri(out_dir / n) for n in names},

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 7  # 7: sampling.n_frames_blank (blank frames are no evidence: left out)
+SCHEMA_VERSION = 7  # 7: sampling.n_frames_blank (blank frames are no evidence: left out), finding_maps
 # 6: severity.level is the ordinal head's median level (was the argmax)
 # 5: model_info.runtime (where the frame pass ran)
 # 4: playback_video, full_screen, uncertainty.summary; file is the base name; key moments per class
@@ -143,6 +143,16 @@ class KeyFrame(_Model):
     heat_inside_region: float | None
 
 
+class FindingMap(_Model):
+    finding: str
+    probability: float = Field(description="the clip's probability of the finding (as in `findings`)")
+    index: int = Field(description="the frame shown: of the key frames, the one where the finding is most probable")
+    time_s: float
+    frame_probability: float = Field(description="that frame's probability of the finding")
+    image: str = Field(description="file name in the result's folder")
+    heat_inside_region: float | None
+
+
 class AnalysisResult(_Model):
     """One recording analysed (see docs/analyze.md)."""
 
@@ -172,6 +182,10 @@ class AnalysisResult(_Model):
     key_frame_min_gap_s: float
     frames: list[FrameResult]
     key_frames: list[KeyFrame]
+    finding_maps: list[FindingMap] = Field(
+        default_factory=list, description="where the model sees each finding it reads in the clip (probability >= "
+                                          "0.5): the class activation map of the finding's head on a key frame; "
+                                          "none out of distribution")
     timeline: str | None = Field(None, description="file name of the timeline plot")
     report: str | None = Field(None, description="file name of the HTML report")
     overlay_video: str | None = Field(None, description="file name of the overlay video")
@@ -186,7 +200,7 @@ class AnalysisResult(_Model):
     def artifacts(self) -> list[str]:
         """File names this result wrote into its folder (result.json included)."""
         names = ["result.json", self.report, self.timeline, self.overlay_video, self.playback_video]
-        names += [k.image for k in self.key_frames]
+        names += [k.image for k in self.key_frames] + [m.image for m in self.finding_maps]
         return [n for n in names if n]
 
     def to_json(self) -> dict:
