@@ -84,10 +84,10 @@ class ModelProvider:
                     try:
                         if self.loader is not None:
                             m = self.loader(self.spec)
-                        else:
-                            from pocovid.inference import load
+                        else:  # the service analyses on `auto` with CAM: a cached graph needs no PyTorch
+                            from pocovid.inference import load_for_runtime
 
-                            m = load(self.spec)
+                            m = load_for_runtime(self.spec, "auto")
                     except PocovidError as e:
                         self._error = str(e)
                         raise
