@@ -378,6 +378,9 @@ def exam_server(tmp_path_factory):
 
     m = quick_phantom_model(size=96, n_heads=2, steps=40, severity_levels=4,
                             findings=("b_lines", "a_lines", "consolidation", "effusion", "pleural_irregularity"))
+    with torch.no_grad():  # B-lines read as present in every frame: a finding map to show
+        for head in m.heads:
+            head.findings.bias[0] = 14.0
     model = tmp_path_factory.mktemp("model") / "phantom_exam.pt"
     save_model(m, model, training_config=m.training_config, data_fingerprint="phantom", extra=m.meta["extra"])
     proc, base = start_server(tmp_path_factory.mktemp("srv"), model, None, "--threads", "1",
@@ -549,3 +552,24 @@ def test_exam_report_of_a_real_blues_patient(browser, shared_blues, tmp_path_fac
         _shot(page, tmp_path, f"blues_exam_{size[0]}x{size[1]}.png")
     finally:
         page.close()
+
+
+def test_finding_maps_on_the_page(exam_server, browser, exam_clips):
+    """A finding read as present gets its map beside the findings: an image that loads, captioned with
+    the finding, its probability and the time, and a button that moves the recording there."""
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    errors, _ = _watch(page, exam_server)
+    page.goto(exam_server + "/")
+    page.set_input_files("#file-input", str(exam_clips[0]))
+    page.wait_for_selector("#result:not([hidden])", timeout=120_000)
+    a = httpx.get(exam_server + "/api/analyses", headers={"Authorization": f"Bearer {TOKEN}"}).json()["items"][0]
+    res = httpx.get(exam_server + a["url"], headers={"Authorization": f"Bearer {TOKEN}"}).json()["result"]
+    names = [m["finding"] for m in res["finding_maps"]]  # the other heads are untrained: any may pass 0.5
+    assert names[0] == "b_lines"
+    items = page.locator("#finding-maps li")
+    assert page.locator("#finding-maps").is_visible() and items.count() == len(names)
+    assert "B-lines" in items.first.inner_text() and "%" in items.first.inner_text()
+    page.wait_for_function("() => [...document.querySelectorAll('#finding-maps img')].every(i => i.naturalWidth > 0)")
+    _no_sideways_scroll(page)
+    assert not errors, errors
+    page.close()

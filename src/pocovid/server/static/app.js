@@ -305,7 +305,7 @@
     $("probs-fold").hidden = !R.withheld;
     $("probs-fold").open = false;
     $("probs-grey").replaceChildren(...(R.withheld ? order.map(row) : []));
-    showTargets(R);
+    showTargets(R, a.files || {});
 
     // links
     const links = $("links");
@@ -333,8 +333,9 @@
     res.scrollIntoView({ behavior: "smooth", block: "start" });
   }
 
-  function showTargets(R) {
-    // findings (probability each) and severity, greyed when the input is outside the training data
+  function showTargets(R, files) {
+    // findings (probability each) and severity, greyed when the input is outside the training data;
+    // where the model sees each finding read as present (finding_maps: none out of distribution)
     const box = $("targets");
     const F = R.findings, S = R.severity;
     box.hidden = !(F || S);
@@ -350,6 +351,19 @@
       });
     }
     $("findings").hidden = !F;
+    const maps = $("finding-maps");
+    maps.replaceChildren();
+    const FM = (R.withheld ? [] : R.raw.finding_maps || []).filter((m) => files[m.image]);
+    FM.forEach((m) => {
+      const name = findingName(m.finding), when = fmtTime(m.time_s);
+      const img = el("img", { src: files[m.image], alt: "Where the model sees " + name + " at " + when +
+        ": the frame and the map of its findings head" });
+      const btn = el("button", { type: "button", "aria-label": "Jump to " + when + " (" + name + ")",
+        onclick: () => { seek(m.time_s); $("media-h").scrollIntoView({ behavior: "smooth", block: "start" }); } },
+      [img, el("span", { class: "cap", text: name + " · " + pct(m.probability) + " over the clip · " + when })]);
+      maps.append(el("li", {}, [btn]));
+    });
+    maps.hidden = !FM.length;
     const sev = $("severity");
     sev.hidden = !S;
     if (S) {
