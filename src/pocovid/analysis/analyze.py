@@ -392,17 +392,17 @@ def _write_finding_maps(rec: RecordingOutputs, model, engine, result: AnalysisRe
     if not shown:
         return
     t0 = time.perf_counter()
-    frames = sorted(originals)  # analysed-frame positions of the key frames
+    keys = sorted(originals)  # analysed-frame positions of the key frames
     rank = {int(np.flatnonzero(rec.index == k.index)[0]): k.rank for k in result.key_frames}
     probs = np.asarray(rec.outputs.findings, np.float32).mean(1)  # (N, F): the members' mean
+    at = {n: keys[int(np.argmax(probs[keys, names.index(n)]))] for n in shown}  # each finding's frame
+    frames = sorted(set(at.values()))  # the model runs on these alone
     pixels = np.stack([model.input_config.pixels(rec.region.crop(originals[i])) for i in frames])
     runtime = get_runtime(model, engine, build=False)  # the frame pass's (ready), or the eager model
     maps = runtime.infer(model.input_tensor(pixels), cams=False, finding_cams=True).numpy().finding_cams
     for name in shown:
-        j = names.index(name)
-        at = int(np.argmax(probs[frames, j]))
-        i, cam = frames[at], maps[at, j]
-        img = originals[i]
+        j, i = names.index(name), at[name]
+        cam, img = maps[frames.index(i), j], originals[i]
         file = f"key_frame_{rank[i]}_{name}.png"
         when = f"{rec.time_s[i]:.2f} s (frame {int(rec.index[i])})"
         lines = [f"{finding_name(name)}: {percent(result.findings[name])} over the clip, {percent(probs[i, j])} "
