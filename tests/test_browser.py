@@ -489,6 +489,51 @@ def test_exam_flow(exam_server, browser, exam_clips, tmp_path, size):
     ctx.close()
 
 
+# holds back the page's handling of an upload's answer (POST .../recordings) until __releaseUpload()
+_HOLD_UPLOAD_ANSWER = """(() => {
+  const open = XMLHttpRequest.prototype.open, add = XMLHttpRequest.prototype.addEventListener;
+  let held = [];
+  window.__uploadAnswered = false;
+  window.__releaseUpload = () => { held.forEach((f) => f()); held = []; };
+  XMLHttpRequest.prototype.open = function (method, url, ...rest) {
+    this.__url = String(url); return open.call(this, method, url, ...rest);
+  };
+  XMLHttpRequest.prototype.addEventListener = function (type, fn, ...rest) {
+    if (type !== "load" || !/[/]recordings$/.test(this.__url || "")) return add.call(this, type, fn, ...rest);
+    const xhr = this;
+    return add.call(this, type, (ev) => { window.__uploadAnswered = true; held.push(() => fn.call(xhr, ev)); }, ...rest);
+  };
+})();"""
+
+
+def test_exam_names_survive_a_poll_that_lands_before_the_upload_answers(exam_server, browser, exam_clips):
+    """The page knows a recording's picked name only once the upload answers. A poll of the exam that lands
+    first draws the rows under their stored names; a later poll must put the picked names back (CI caught a
+    page that kept the stored ones). Forced here: the page's handling of the upload's answer is held back
+    while the exam is opened from the history, which follows it and draws its rows."""
+    page = browser.new_page()
+    page.add_init_script(_HOLD_UPLOAD_ANSWER)
+    errors, _ = _watch(page, exam_server)
+    page.goto(exam_server + "/")
+    page.click("#mode-exam")
+    page.fill("#exam-patient", "race")
+    page.click("#exam-create")
+    page.wait_for_selector("#exam-head:not([hidden])")
+    opener = "#exam-history-body tr:has-text('race') button:has-text('Open')"
+    page.wait_for_selector(opener)
+    page.set_input_files("#exam-files", [str(p) for p in exam_clips])
+    page.wait_for_function("() => window.__uploadAnswered", timeout=120_000)  # the server holds the recordings
+    page.click(opener)
+    page.wait_for_function("() => document.querySelectorAll('#exam-clips tr').length === 6", timeout=60_000)
+    drawn = page.eval_on_selector_all("#exam-clips .clip-name", "ns => ns.map(n => n.textContent)")
+    assert not any(n.startswith(("L", "R")) for n in drawn), drawn  # drawn before the names were known
+    page.evaluate("() => window.__releaseUpload()")
+    page.wait_for_function("""() => [...document.querySelectorAll('#exam-clips .clip-name')]
+        .every(n => /^[LR][123][.]mp4$/.test(n.textContent))""", timeout=30_000)
+    assert not errors, errors
+    page.close()
+
+
 def test_exam_outside_the_training_data_no_verdict(exam_server, browser, tmp_path):
     """Photographs named by zone: every recording withheld, so the exam has no verdict, and the page
     shows none as one (no class in bold or colour, no probabilities); the zones are not scored."""

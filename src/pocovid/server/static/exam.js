@@ -213,7 +213,11 @@
   }
 
   function fillClipRow(row, c) {
+    // the name picked in this page can arrive after the row was drawn (a poll that lands while the upload answers)
+    row.querySelector(".clip-name").textContent = clipName(c);
     const sel = row.querySelector("select");
+    sel.setAttribute("aria-label", "Zone of " + clipName(c));
+    row.querySelector("button.pick").setAttribute("aria-label", "Pick the zone of " + clipName(c) + " on the diagram");
     if (document.activeElement !== sel) sel.value = c.zone || "";
     row.classList.toggle("picking", S.selected === c.id);
     const pick = row.querySelector("button.pick");
@@ -505,10 +509,12 @@
       const m = /^#exam=([0-9a-f]{16})/.exec(location.hash);
       if (m && (!S.exam || S.exam.id !== m[1])) openExam(m[1]);
     });
+    // the exam named by the address when the page opened; read before waiting, since starting an exam meanwhile
+    // rewrites the address, and following that one here would show its recordings before their names are known
+    const m = /^#exam=([0-9a-f]{16})/.exec(location.hash);
     await (P.ready || Promise.resolve());  // the words, colours and diagram of GET api/display
     loadExamHistory();
-    const m = /^#exam=([0-9a-f]{16})/.exec(location.hash);
-    if (m) follow(m[1]);
+    if (m && !S.exam) follow(m[1]);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", init);
