@@ -106,6 +106,7 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", type=Path, help="also write the adapted stage 5's state_dict here (.pt)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -135,6 +136,9 @@ def main(argv=None) -> int:
     maps_ram = np.asarray(maps)  # 0.6 GB as float16: random access to a memmap would read the disk per frame
     adapted, losses, spreads = simsiam_stage(stage, maps_ram, args.epochs, lr=args.lr, seed=args.seed)
     t_ssl = time.time() - t0
+    if args.save:
+        torch.save({"stage5": adapted.state_dict(), "epochs": args.epochs, "lr": args.lr, "seed": args.seed,
+                    "frames": str(args.frames), "maps": str(args.maps), "loss": losses}, args.save)
     feats = {"lite0 s5 (ImageNet)": stage_features(stage.eval(), maps_ram[0]),
              "lite0 s5 SimSiam": stage_features(adapted, maps_ram[0])}
 
