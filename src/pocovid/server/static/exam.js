@@ -190,11 +190,10 @@
   }
 
   function buildClipRow(c) {
-    const sel = el("select", { class: "zone-select", "aria-label": "Zone of " + clipName(c),
+    const sel = el("select", { class: "zone-select",  // its label, as the row's name: fillClipRow
       onchange: (ev) => changeZone(c.id, ev.target.value) },
     [el("option", { value: "", text: "— none" })].concat(zones().map((z) => el("option", { value: z, text: z + " · " + zoneWords(z) }))));
     const pick = el("button", { type: "button", class: "pick", "aria-pressed": "false", text: "Pick on diagram",
-      "aria-label": "Pick the zone of " + clipName(c) + " on the diagram",
       onclick: () => {
         S.selected = S.selected === c.id ? null : c.id;
         showClips(S.exam); showDiagram(S.exam);
@@ -205,7 +204,7 @@
         }
       } });
     return el("tr", { "data-id": c.id }, [
-      el("td", { class: "name" }, [el("span", { class: "clip-name", text: clipName(c) })]),
+      el("td", { class: "name" }, [el("span", { class: "clip-name" })]),
       el("td", { class: "zone-cell" }, [sel, pick]),
       el("td", {}, [el("span", { class: "pill" })]),
       el("td", { class: "clip-result" }),
@@ -213,14 +212,16 @@
   }
 
   function fillClipRow(row, c) {
-    // the name picked in this page can arrive after the row was drawn (a poll that lands while the upload answers)
-    row.querySelector(".clip-name").textContent = clipName(c);
+    // set on every poll: the name picked in this page can arrive after the row was drawn (a poll that
+    // lands while the upload answers)
+    const name = clipName(c);
+    row.querySelector(".clip-name").textContent = name;
     const sel = row.querySelector("select");
-    sel.setAttribute("aria-label", "Zone of " + clipName(c));
-    row.querySelector("button.pick").setAttribute("aria-label", "Pick the zone of " + clipName(c) + " on the diagram");
+    sel.setAttribute("aria-label", "Zone of " + name);
     if (document.activeElement !== sel) sel.value = c.zone || "";
     row.classList.toggle("picking", S.selected === c.id);
     const pick = row.querySelector("button.pick");
+    pick.setAttribute("aria-label", "Pick the zone of " + name + " on the diagram");
     pick.setAttribute("aria-pressed", String(S.selected === c.id));
     const pill = row.querySelector(".pill");
     pill.className = "pill " + c.status;
@@ -233,7 +234,7 @@
     else if (c.withheld) res.append("No diagnosis · " + P.OUTSIDE.toLowerCase() + " (left out of the exam)");
     else res.append(className(c.diagnosis) + " " + pct(c.probability) + (c.review_recommended ? " · review recommended" : ""));
     if (c.report) res.append(" ", el("a", { href: c.report, target: "_blank", rel: "noopener", text: "report",
-      "aria-label": "Report of " + clipName(c) }));
+      "aria-label": "Report of " + name }));
   }
 
   // the lung diagram, as exam.html draws it (GET api/display: lung_diagram), coloured by zone severity
