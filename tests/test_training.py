@@ -115,6 +115,39 @@ def test_runs_on_other_split_files_share_the_frame_and_trunk_cache(dataset, tmp_
     assert res.metrics["folds"]["video"]["n_folds"] == 2
 
 
+def test_trunk_cache_from_onnx_runtime_matches_torch(run, monkeypatch):
+    """The trunk cache is computed on ONNX Runtime when it is installed (a few times torch's speed): the
+    same maps to the float16 the cache stores, augmented copies included; without it, on torch."""
+    import builtins
+
+    import torch
+
+    import pocovid.training.frames as frames_mod
+
+    model = load_model(run.model_path)
+    rng = np.random.default_rng(0)
+    grey = rng.integers(0, 256, (20, model.input_config.size, model.input_config.size), dtype=np.uint8)
+    onnx_maps = frames_mod.trunk_features(model, grey, 1, seed=3, progress=False)
+    with torch.no_grad():
+        torch_clean = model.forward_trunk(model.input_tensor(grey)).numpy().astype(np.float16)
+    np.testing.assert_allclose(onnx_maps[0].astype(np.float32), torch_clean.astype(np.float32),
+                               rtol=2e-3, atol=2e-3)
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError("no onnxruntime here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    run_fn, batch = frames_mod._trunk_runner(model, 64)
+    assert batch == 64  # torch's own batch: the fallback was taken
+    torch_maps = frames_mod.trunk_features(model, grey, 1, seed=3, progress=False)
+    np.testing.assert_allclose(onnx_maps.astype(np.float32), torch_maps.astype(np.float32), rtol=2e-3, atol=2e-3)
+    assert not np.array_equal(onnx_maps[0], onnx_maps[1])  # the augmented copy is another view
+
+
 def test_killed_final_training_leaves_no_model(dataset, tmp_path, monkeypatch):
     root, splits = dataset
 

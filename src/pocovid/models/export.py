@@ -103,27 +103,30 @@ def onnx_metadata(model, precision: str = "fp32", calibration: str | None = None
     return {k: json.dumps(jsonable(v)) for k, v in values.items()}
 
 
-def onnx_bytes(model, metadata: bool = True) -> bytes:
-    """`model`'s fp32 ONNX graph (dynamic batch), with its metadata when the `onnx` package is
-    installed (`metadata`); what the ONNX runtimes run in memory. Raises ModelError when export fails."""
+def _onnx_export(module: nn.Module, model, outputs: list[str], what: str) -> bytes:
+    """`module` (a part or view of `model`) as an fp32 ONNX graph of the normalised input, batch dynamic."""
     was = model.training
     model.eval()
     size = model.input_config.size
-    names = output_names(model)
     buf = io.BytesIO()
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             example = torch.zeros(2, 3, size, size, device=next(model.parameters()).device)
-            torch.onnx.export(_Graph(model), (example,), buf, dynamo=False,
-                              input_names=[INPUT], output_names=names, opset_version=OPSET,
-                              dynamic_axes={n: {0: "batch"} for n in [INPUT, *names]})
+            torch.onnx.export(module, (example,), buf, dynamo=False, input_names=[INPUT], output_names=outputs,
+                              opset_version=OPSET, dynamic_axes={n: {0: "batch"} for n in [INPUT, *outputs]})
     except Exception as e:
-        raise ModelError(f"cannot export the model to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
+        raise ModelError(f"cannot export {what} to ONNX ({type(e).__name__}: {str(e).splitlines()[0][:200]})") \
             from None
     finally:
         model.train(was)
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def onnx_bytes(model, metadata: bool = True) -> bytes:
+    """`model`'s fp32 ONNX graph (dynamic batch), with its metadata when the `onnx` package is
+    installed (`metadata`); what the ONNX runtimes run in memory. Raises ModelError when export fails."""
+    data = _onnx_export(_Graph(model), model, output_names(model), "the model")
     if not metadata:
         return data
     try:
@@ -133,6 +136,12 @@ def onnx_bytes(model, metadata: bool = True) -> bytes:
     proto = onnx.load_from_string(data)
     _set_metadata(proto, onnx_metadata(model))
     return proto.SerializeToString()
+
+
+def trunk_onnx_bytes(model) -> bytes:
+    """The fp32 ONNX graph (dynamic batch) of `model`'s frozen trunk alone: normalised input (B, 3, H, W)
+    -> what `forward_trunk` gives, the maps training caches. Raises ModelError when export fails."""
+    return _onnx_export(model.trunk, model, ["trunk"], "the trunk")
 
 
 def _set_metadata(proto, values: dict[str, str]) -> None:
