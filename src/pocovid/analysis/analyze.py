@@ -32,9 +32,9 @@ from pocovid.analysis.explain import gradcam_maps, heat_scale, mass_inside, over
 from pocovid.analysis.key_moments import class_key_moments, disagreement, min_gap_s
 from pocovid.analysis.ood import OUTSIDE_WORDS, OODParams, decide, frame_cues, small_mask
 from pocovid.analysis.report import NOTICE, key_frame_image, timeline_plot, write_html, write_overlay_video
-from pocovid.analysis.result import (AnalysisResult, FindingMap, FrameResult, KeyFrame, MediaSummary,
-                                     ModelSummary, OutOfDistribution, Prediction, Sampling, Segment, Severity,
-                                     Uncertainty)
+from pocovid.analysis.result import (FINDING_MAP_MIN, AnalysisResult, FindingMap, FrameResult, KeyFrame,
+                                     MediaSummary, ModelSummary, OutOfDistribution, Prediction, Sampling, Segment,
+                                     Severity, Uncertainty)
 from pocovid.analysis.uncertainty import clip_uncertainty, frame_uncertainty, threshold_of
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
@@ -371,10 +371,6 @@ def _write_key_frames(rec: RecordingOutputs, result: AnalysisResult, moments: li
                                           heat_inside_region=_nan_none(mass_inside(cam, rec.region))))
     timings["key_frames_render_s"] = time.perf_counter() - t0
     return originals
-
-
-#: a finding the clip's probability reaches this is one the result reads in it: its map is drawn
-FINDING_MAP_MIN = 0.5
 
 
 def _write_finding_maps(rec: RecordingOutputs, model, engine, result: AnalysisResult, originals: dict,

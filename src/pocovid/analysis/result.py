@@ -143,6 +143,10 @@ class KeyFrame(_Model):
     heat_inside_region: float | None
 
 
+#: a finding whose clip probability reaches this is one the result reads in the clip: its map is drawn
+FINDING_MAP_MIN = 0.5
+
+
 class FindingMap(_Model):
     finding: str
     probability: float = Field(description="the clip's probability of the finding (as in `findings`)")
@@ -183,9 +187,9 @@ class AnalysisResult(_Model):
     frames: list[FrameResult]
     key_frames: list[KeyFrame]
     finding_maps: list[FindingMap] = Field(
-        default_factory=list, description="where the model sees each finding it reads in the clip (probability >= "
-                                          "0.5): the class activation map of the finding's head on a key frame; "
-                                          "none out of distribution")
+        default_factory=list, description=f"where the model sees each finding it reads in the clip (probability >= "
+                                          f"{FINDING_MAP_MIN}): the class activation map of the finding's head on a "
+                                          "key frame; none out of distribution")
     timeline: str | None = Field(None, description="file name of the timeline plot")
     report: str | None = Field(None, description="file name of the HTML report")
     overlay_video: str | None = Field(None, description="file name of the overlay video")
