@@ -118,7 +118,7 @@ def trunk_features(model, grey: np.ndarray, n_aug: int, aug_cfg: AugmentConfig |
 def _trunk_runner(model, batch_size: int):
     """(a function grey frames -> trunk maps as numpy, the batch size it runs best at). ONNX Runtime on the
     trunk's exported graph when installed: ~5x torch's frames/s (Lite0 to stage 5 on 2 cores: 120 against 24
-    frames/s, batches of 16 against torch's best, 64), agreeing to ~2e-4, below the float16 the cache
+    frames/s, batches of 16 against torch's 64), agreeing to ~2e-4, below the float16 the cache
     stores. Torch otherwise, or when the export fails."""
     def with_torch(g):
         return model.forward_trunk(model.input_tensor(g)).numpy()
