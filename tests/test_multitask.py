@@ -291,6 +291,7 @@ def test_two_dataset_run_writes_out_of_fold_targets(trained):
     assert {r["label"] for r in preds} <= {"covid", "pneumonia", "regular"}
     info = json.loads((run / "run.json").read_text())
     assert info["targets"]["weak_labels"] == "abnormal_only" and info["exam"]["method"] == m["exams"]["method"]
+    assert info["precision"] in ("float32", "bfloat16")
 
 
 def test_trained_model_shows_findings_and_severity_in_analyze(trained, tmp_path):

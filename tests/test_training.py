@@ -148,6 +148,45 @@ def test_trunk_cache_from_onnx_runtime_matches_torch(run, monkeypatch):
     assert not np.array_equal(onnx_maps[0], onnx_maps[1])  # the augmented copy is another view
 
 
+def test_bfloat16_training_runs_the_head_in_bfloat16_and_learns(monkeypatch):
+    """precision bfloat16: the head's forward runs in bfloat16 under autocast while its weights stay
+    float32, and it learns what float32 learns; "auto" follows the CPU's native bfloat16."""
+    import torch
+
+    from pocovid.training import fit as fit_mod
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    feats = rng.normal(size=(2, len(y), 8, 4, 4)).astype(np.float16)
+    feats[:, np.arange(len(y)), y] += 2.0  # class c lights channel c: separable
+    idx = rng.permutation(len(y))
+    for dtype in (torch.float32, torch.bfloat16):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(8, 16, 3, padding=1)
+        head = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                   torch.nn.Linear(16, 3))
+        seen = []
+        conv.register_forward_hook(lambda m, i, o, seen=seen: seen.append((m.training, o.dtype)))
+        r = fit_mod.fit_head(head, feats, y, idx[:90], idx[90:], epochs=15, patience=15, lr=1e-2, weight_decay=0,
+                             batch_size=16, label_smoothing=0, seed=0, dtype=dtype)
+        assert {d for training, d in seen if training} == {dtype}
+        assert {d for training, d in seen if not training} == {torch.float32}  # validation: as inference
+        assert all(p.dtype == torch.float32 for p in head.parameters())
+        p = fit_mod.predict_head(head, feats, idx[90:])
+        assert np.mean(p.argmax(1) == y[idx[90:]]) >= 0.9, dtype
+        assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
+    monkeypatch.setattr(fit_mod, "native_bfloat16", lambda: False)
+    assert fit_mod.training_dtype("auto") == torch.float32
+    monkeypatch.setattr(fit_mod, "native_bfloat16", lambda: True)
+    assert fit_mod.training_dtype("auto") == torch.bfloat16
+    assert fit_mod.training_dtype("float32") == torch.float32
+    with pytest.raises(ValueError, match="fp8"):
+        fit_mod.training_dtype("fp8")
+    from pocovid.training.config import ConfigError
+    with pytest.raises(ConfigError, match="precision"):
+        TrainConfig.from_dict({"precision": "fp8"})
+
+
 def test_killed_final_training_leaves_no_model(dataset, tmp_path, monkeypatch):
     root, splits = dataset
 

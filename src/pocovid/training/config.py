@@ -25,6 +25,7 @@ from pocovid.evaluation.metrics import AGGREGATION_METHODS
 from pocovid.models import list_models
 from pocovid.models.exam import EXAM_METHODS
 from pocovid.training.augment import AugmentConfig
+from pocovid.training.fit import PRECISIONS
 from pocovid.training.supervision import OUTSIDE_CLASSES, WEAK_LABEL_RULES
 
 
@@ -60,6 +61,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     batch_size: int = 32
+    # head training arithmetic: auto = bfloat16 where the CPU has it natively (AMX or AVX512-BF16:
+    # ~2x faster there, emulated and slower elsewhere), float32 otherwise; predictions are float32
+    precision: str = "auto"
     label_smoothing: float = 0.1
     val_fraction: float = 0.2  # share of training patients held out for early stopping
     refit: bool = True  # then retrain on all training patients for the epochs early stopping chose
@@ -143,7 +147,7 @@ class TrainConfig:
         for name in ("findings_weight", "severity_weight"):
             _must(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         for name, known in (("weak_labels", WEAK_LABEL_RULES), ("outside_classes", OUTSIDE_CLASSES),
-                            ("exam_method", ("auto", *EXAM_METHODS))):
+                            ("exam_method", ("auto", *EXAM_METHODS)), ("precision", PRECISIONS)):
             _must(getattr(self, name) in known, name,
                   f"unknown value {getattr(self, name)!r} (known: {', '.join(known)})")
         _must(self.lr > 0, "lr", f"must be > 0, got {self.lr}")

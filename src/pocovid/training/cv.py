@@ -35,7 +35,7 @@ from pocovid.data.splits import Splits
 from pocovid.errors import PocovidError
 from pocovid.files import atomic_path, write_json
 from pocovid.training.config import TrainConfig, fingerprint
-from pocovid.training.fit import fit_head, inner_split, predict_head_outputs
+from pocovid.training.fit import fit_head, inner_split, predict_head_outputs, training_dtype
 from pocovid.training.frames import FRAMES_VERSION, FrameSet, extract_frames, trunk_features
 from pocovid.training.supervision import ClipTargets, FrameTargets, clip_targets, index_lookup
 
@@ -185,7 +185,7 @@ def _train_ensemble(model, feats, frames: FrameSet, targets: FrameTargets, clip_
         init = copy.deepcopy(head.state_dict())
         kw = dict(patience=cfg.patience, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                   label_smoothing=cfg.label_smoothing, seed=s, findings_weight=cfg.findings_weight,
-                  severity_weight=cfg.severity_weight)
+                  severity_weight=cfg.severity_weight, dtype=training_dtype(cfg.precision))
         r = fit_head(head, feats, y, tr, va, epochs=cfg.epochs, on_epoch=tick, **kw)
         bar.update(cfg.epochs - len(r.history))
         rec = {"head": m, "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss,
@@ -245,7 +245,9 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     ft = targets.frames(frames.clip_of, heads_note["findings"], bool(heads_note["severity_levels"]))
     timings["prepare_s"] = time.perf_counter() - t0
     dfp = data_fingerprint(frames)
-    run_key = dfp + fingerprint([cfg.to_dict(), targets.fingerprint_data()])
+    precision = str(training_dtype(cfg.precision)).removeprefix("torch.")  # what "auto" is on this CPU
+    # folds trained in another precision (another CPU under "auto") are not this run's
+    run_key = dfp + fingerprint([cfg.to_dict(), targets.fingerprint_data(), precision])
     head_state0 = {k: v.clone() for k, v in base.state_dict().items()}
     clip_fold = np.array([c["fold"] for c in frames.clips])
     n_frames_all = len(frames.frames)
@@ -313,6 +315,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
         if isinstance(earlier, dict):
             timings["earlier"] = earlier
     write_json(out_dir / "run.json", {"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
+                                      "precision": precision,
                                       "n_clips": len(frames.clips), "n_frames": n_frames_all,
                                       "failures": frames.failures, "targets": heads_note,
                                       **({"exam": exam} if exam else {})})

@@ -22,6 +22,27 @@ from sklearn.model_selection import StratifiedGroupKFold
 from pocovid.training.supervision import FrameTargets
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AMX tiles or AVX512-BF16), where oneDNN's
+    bfloat16 convolutions are about twice float32's speed; elsewhere they are emulated and slower."""
+    try:
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except (AttributeError, RuntimeError):  # private API: a torch without it counts as no
+        return False
+
+
+def training_dtype(precision: str) -> torch.dtype:
+    """The dtype heads train in under `precision` (a `TrainConfig.precision`)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+    if precision == "auto":
+        return torch.bfloat16 if native_bfloat16() else torch.float32
+    return getattr(torch, precision)
+
+
 @dataclass
 class FitResult:
     state_dict: dict
@@ -141,16 +162,20 @@ def multitask_loss(outputs, t: FrameTargets, idx: np.ndarray, class_w: torch.Ten
 def fit_head(head: nn.Module, feats, y, train_idx: np.ndarray, val_idx: np.ndarray, *,
              epochs: int, patience: int, lr: float, weight_decay: float, batch_size: int,
              label_smoothing: float, seed: int, on_epoch=None, findings_weight: float = 1.0,
-             severity_weight: float = 1.0) -> FitResult:
+             severity_weight: float = 1.0, dtype: torch.dtype = torch.float32) -> FitResult:
     """Train `head` (trunk features -> logits, and the findings / severity heads it has) on frames
     `train_idx`, each step drawing one of the cached augmented copies per frame; early-stop on the
     loss of frames `val_idx` (clean copies). `y`: per-frame class indices, or a `FrameTargets`
     (-1 / NaN: unknown, masked). Class imbalance: the diagnosis loss weights classes by inverse
-    frequency among the frames with a diagnosis target."""
+    frequency among the frames with a diagnosis target. `dtype` bfloat16: forward and loss under CPU
+    autocast (mixed precision: the weights, their gradients and the optimizer stay float32);
+    validation stays float32, as inference is."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     t = as_targets(y)
-    n_classes = _outputs(head, _batch(feats, np.zeros(1, int), train_idx[:1]))[0].shape[1]
+    head.eval()  # a probe for the class count: in train mode it would move batch-norm statistics
+    with torch.no_grad():
+        n_classes = _outputs(head, _batch(feats, np.zeros(1, int), train_idx[:1]))[0].shape[1]
     yk = t.y[train_idx]
     w = class_weights(yk[yk >= 0], n_classes)
     kw = dict(findings_weight=findings_weight, severity_weight=severity_weight)
@@ -167,7 +192,10 @@ def fit_head(head: nn.Module, feats, y, train_idx: np.ndarray, val_idx: np.ndarr
             if len(b) < 2:  # batch norm needs two samples
                 continue
             x = _batch(feats, rng.integers(0, n_copies, len(b)), b)
-            loss = multitask_loss(_outputs(head, x), t, b, w, label_smoothing=label_smoothing, **kw)
+            with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+                out = _outputs(head, x)
+            out = tuple(o if o is None else o.float() for o in out)
+            loss = multitask_loss(out, t, b, w, label_smoothing=label_smoothing, **kw)
             opt.zero_grad()
             loss.backward()
             opt.step()
