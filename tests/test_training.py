@@ -149,8 +149,9 @@ def test_trunk_cache_from_onnx_runtime_matches_torch(run, monkeypatch):
 
 
 def test_bfloat16_training_runs_the_head_in_bfloat16_and_learns(monkeypatch):
-    """precision bfloat16: the head's forward runs in bfloat16 under autocast while its weights stay
-    float32, and it learns what float32 learns; "auto" follows the CPU's native bfloat16."""
+    """precision bfloat16: the head's forward passes run in bfloat16 under autocast while its weights
+    stay float32 and its predictions afterwards are float32, and it learns what float32 learns;
+    "auto" follows the CPU's native bfloat16."""
     import torch
 
     from pocovid.training import fit as fit_mod
@@ -169,10 +170,12 @@ def test_bfloat16_training_runs_the_head_in_bfloat16_and_learns(monkeypatch):
         conv.register_forward_hook(lambda m, i, o, seen=seen: seen.append((m.training, o.dtype)))
         r = fit_mod.fit_head(head, feats, y, idx[:90], idx[90:], epochs=15, patience=15, lr=1e-2, weight_decay=0,
                              batch_size=16, label_smoothing=0, seed=0, dtype=dtype)
-        assert {d for training, d in seen if training} == {dtype}
-        assert {d for training, d in seen if not training} == {torch.float32}  # validation: as inference
+        assert {d for _, d in seen} == {dtype}  # training and validation passes
         assert all(p.dtype == torch.float32 for p in head.parameters())
+        assert conv.weight.is_contiguous()  # trained channels-last, handed back in the usual layout
+        seen.clear()
         p = fit_mod.predict_head(head, feats, idx[90:])
+        assert {d for _, d in seen} == {torch.float32}  # predictions: as inference
         assert np.mean(p.argmax(1) == y[idx[90:]]) >= 0.9, dtype
         assert r.history[-1]["train_loss"] < r.history[0]["train_loss"]
     monkeypatch.setattr(fit_mod, "native_bfloat16", lambda: False)
