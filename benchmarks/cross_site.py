@@ -160,7 +160,8 @@ def _with_targets(preds: Preds, tfile: Path) -> Preds:
         t = {k: d[k] for k in d.files}
     n = len(preds.clips)
     clips = [dict(c) for c in preds.clips]
-    for key in ("exam", "dataset"):
+    # label too: a run whose cache is gone lists only the scored clips in predictions.csv, not the `other` ones
+    for key in ("exam", "dataset", "label"):
         if key in t and len(t[key]) == n:
             for c, v in zip(clips, t[key]):
                 c[key] = str(v) or c.get(key, "")
