@@ -44,6 +44,7 @@ def main(argv=None) -> int:
         print(f"exam method: {extra['exam']['method']} (out-of-fold exam log loss "
               + ", ".join(f"{k} {v:.3f}" for k, v in extra["exam"]["oof_log_loss"].items()) + ")")
     extra["timings"] = run_info.get("timings")
+    extra.setdefault("precision", run_info.get("precision"))  # what "auto" trained in (runs before it: absent)
     save_model(model, args.out, training_config=meta["training_config"], data_fingerprint=meta["data_fingerprint"],
                metrics=meta["metrics"], extra=extra)
     v = cv_metrics["video"]
@@ -55,6 +56,7 @@ def main(argv=None) -> int:
         "created": meta.get("created"),
         "training_command": args.command,
         "training_config": meta["training_config"],
+        "training_precision": extra.get("precision"),
         "data": {"n_clips": extra.get("n_clips"), "n_frames": extra.get("n_frames"),
                  "fingerprint": meta["data_fingerprint"]},
         "cross_validation": {

@@ -57,6 +57,8 @@ def test_final_model_loads_and_records_its_training(run):
     meta = model.meta
     assert meta["training_config"]["max_frames"] == 3 and meta["data_fingerprint"]
     assert meta["metrics"]["video"]["balanced_accuracy"] is not None
+    # what "auto" resolved to on the machine that trained it
+    assert meta["extra"]["precision"] == json.loads((run.out_dir / "run.json").read_text())["precision"]
 
 
 def test_inner_validation_never_sees_the_test_fold(dataset, tmp_path, monkeypatch):

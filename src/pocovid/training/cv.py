@@ -277,7 +277,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                 outs = _ensemble_outputs(base, feats, test_f)
                 # the fold's model: out-of-fold explanations (CAMs) and audits need it, not just its numbers
                 save_model(base, out_dir / f"fold{k}.pt", training_config=cfg.to_dict(), data_fingerprint=dfp,
-                           extra={"fold": k, "heads": rec})
+                           extra={"fold": k, "heads": rec, "precision": precision})
                 with atomic_path(fold_file) as tmp, open(tmp, "wb") as f:
                     np.savez(f, **outs, records=json.dumps(rec), key=np.array(run_key))
                 fold_records.append(rec)
@@ -301,7 +301,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
         model_path = out_dir / "model.pt"
         summary = _metrics_summary(metrics) if metrics else None
         save_model(base, model_path, training_config=cfg.to_dict(), data_fingerprint=dfp, metrics=summary,
-                   extra={"heads": rec, "n_clips": len(frames.clips), "n_frames": n_frames_all,
+                   extra={"heads": rec, "precision": precision, "n_clips": len(frames.clips), "n_frames": n_frames_all,
                           "splits": {"n_folds": splits.n_folds, "seed": splits.seed},
                           "feature_density": feature_density(feats), "targets": heads_note,
                           "exam": exam or _exam_without_cv(cfg)})
