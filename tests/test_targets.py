@@ -262,7 +262,7 @@ def _fake_run(path, dataset_of_clip, labels, folds, probs, mode=None, targets=Tr
         np.savez(path / "cv" / "oof_targets.npz", clip_of=clip_of, finding_names=np.array(["b_lines"]),
                  findings=b[clip_of][:, None, None] * .8 + .1, severity=np.eye(4)[sev.astype(int)][clip_of][:, None],
                  truth_findings=b[:, None], truth_severity=sev, dataset=np.array(dataset_of_clip),
-                 exam=np.array([c["patient"] for c in clips]))
+                 exam=np.array([c["patient"] for c in clips]), label=np.array(labels))
     return path
 
 
@@ -296,3 +296,33 @@ def test_cross_site_prints_every_row(tmp_path, capsys, monkeypatch):
     assert sev[-6:-3] == ["1.000", "/", "1.000"] and sev[-2] == "/"  # the model, then the baseline
     assert rows["BLUES B-lines per video: F1"].split()[-2] == "1.000"
     assert "1.5 min / 2.00 GB" in rows["kfold run: wall / peak memory"]
+
+
+def test_cross_site_reads_a_run_whose_cache_is_gone(tmp_path, capsys, monkeypatch):
+    """Without the cache, clips come from predictions.csv, which lists only the scored clips: the
+    labels of the rest come from oof_targets.npz, so the BLUES patient row is the same."""
+    import csv
+    import importlib.util
+    import shutil
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
+    cs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cross_site", cs)
+    spec.loader.exec_module(cs)
+    ds = ["pocus"] * 6 + ["covid-blues"] * 4
+    labels = ["covid", "covid", "pneumonia", "pneumonia", "regular", "regular", "covid", "covid", "regular", "regular"]
+    right = np.eye(3)[[CLASSES.index(x) for x in labels]] * .7 + .1
+    k = _fake_run(tmp_path / "k", ds, labels, [0, 1, 0, 1, 0, 1, 0, 0, 1, 1], right)
+    shutil.rmtree(k / "cache")
+    with open(k / "cv" / "predictions.csv", "w", newline="") as f:  # the BLUES clips not scored: absent
+        w = csv.DictWriter(f, ["path", "label", "patient", "fold"])
+        w.writeheader()
+        for i in range(6):
+            w.writerow({"path": f"/d/pocus/c{i}.mp4", "label": labels[i], "patient": f"pocus:p{i // 2}",
+                        "fold": i % 2})
+    assert cs.main([f"m={k}", "--no-baseline"]) == 0
+    rows = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert "1.000 / 1.000" in rows["BLUES k-fold patients COVID-19 vs not: acc / AUC"]
