@@ -66,9 +66,11 @@ def inner_split(patients: np.ndarray, labels: np.ndarray, val_fraction: float, s
     return tr, va
 
 
-def _batch(feats, copies: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+def _batch(feats, copies: np.ndarray, idx: np.ndarray, channels_last: bool = False) -> torch.Tensor:
     # memmap-friendly: one row at a time (fancy indexing across two axes reads the whole block)
-    return torch.from_numpy(np.stack([feats[k, i] for k, i in zip(copies, idx)]).astype(np.float32))
+    x = torch.from_numpy(np.stack([feats[k, i] for k, i in zip(copies, idx)]).astype(np.float32))
+    # channels-last: oneDNN's convolutions skip a layout reorder each call (~10 % of a training step)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -105,10 +107,10 @@ def predict_head_outputs(head: nn.Module, feats, idx: np.ndarray, batch_size: in
 
 
 def _outputs(head: nn.Module, x: torch.Tensor):
-    """(class logits, finding logits or None, severity logits or None): a plain head gives logits only."""
-    if hasattr(head, "forward_all"):
-        return head.forward_all(x)
-    return head(x), None, None
+    """(class logits, finding logits or None, severity logits or None), float32 (also when the head
+    ran under bfloat16 autocast: the losses are computed in float32); a plain head gives logits only."""
+    out = head.forward_all(x) if hasattr(head, "forward_all") else (head(x), None, None)
+    return tuple(o if o is None else o.float() for o in out)
 
 
 def as_targets(y) -> FrameTargets:
@@ -183,8 +185,7 @@ def fit_head(head: nn.Module, feats, y, train_idx: np.ndarray, val_idx: np.ndarr
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
     n_copies = feats.shape[0]
-    # channels-last: oneDNN's convolutions skip a layout reorder each call (~10 % of a step here)
-    head.to(memory_format=torch.channels_last)
+    head.to(memory_format=torch.channels_last)  # as the batches (`_batch`)
     best, best_epoch, best_loss, bad, history = None, epochs, None, 0, []
     for epoch in range(1, epochs + 1):
         head.train()
@@ -194,10 +195,9 @@ def fit_head(head: nn.Module, feats, y, train_idx: np.ndarray, val_idx: np.ndarr
             b = perm[i:i + batch_size]
             if len(b) < 2:  # batch norm needs two samples
                 continue
-            x = _batch(feats, rng.integers(0, n_copies, len(b)), b).contiguous(memory_format=torch.channels_last)
+            x = _batch(feats, rng.integers(0, n_copies, len(b)), b, channels_last=True)
             with torch.autocast(**autocast):
                 out = _outputs(head, x)
-            out = tuple(o if o is None else o.float() for o in out)
             loss = multitask_loss(out, t, b, w, label_smoothing=label_smoothing, **kw)
             opt.zero_grad()
             loss.backward()
@@ -235,8 +235,7 @@ def _validation(head, feats, t: FrameTargets, val_idx: np.ndarray, w, kw, batch_
     probs = []
     for i in range(0, len(val_idx), batch_size):
         b = val_idx[i:i + batch_size]
-        x = _batch(feats, np.zeros(len(b), int), b).contiguous(memory_format=torch.channels_last)
-        out = tuple(o if o is None else o.float() for o in _outputs(head, x))
+        out = _outputs(head, _batch(feats, np.zeros(len(b), int), b, channels_last=True))
         probs.append(torch.softmax(out[0], 1).numpy())
         for task, (s, n) in task_sums(out, t, b, w).items():
             acc = sums.setdefault(task, [0.0, 0.0])
