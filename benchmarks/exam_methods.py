@@ -13,23 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from pocovid.models.exam import EXAM_METHODS
-from pocovid.training.cv import ClipTargets, _clip_means, choose_exam_method, exam_labels_of
+from pocovid.training.cv import exam_methods_of_run
 
 
 def blues_auc_per_method(run: Path) -> dict[str, tuple[float, int]]:
-    d = np.load(run / "cv" / "oof_targets.npz", allow_pickle=False)
-    n = len(d["paths"])
-    classes = [str(c) for c in d["classes"]]
-    t = ClipTargets(d["diagnosis_target"], np.zeros((n, 0)), d["truth_severity"], [], d["exam"].astype(str),
-                    d["zone"], d["dataset"], d["label_scope"], d["label"].astype(str))
-    labels = exam_labels_of(t, classes)
-    _, exam_p = choose_exam_method(d["clip_probs"].astype(np.float64), _clip_means(d["findings"], d["clip_of"], n),
-                                   _clip_means(d["severity"], d["clip_of"], n), t.exam, d["fold"], labels, classes,
-                                   [str(f) for f in d["finding_names"]])
+    _, exam_p, labels, classes = exam_methods_of_run(run)
     covid = classes.index("covid")
     out = {}
     for m in EXAM_METHODS:

@@ -171,6 +171,7 @@ def _train_ensemble(model, feats, frames: FrameSet, targets: FrameTargets, clip_
     patients = np.array([frames.clips[i]["patient"] for i in clip_idx])
     labels = np.array([frames.clips[i]["label"] for i in clip_idx])
     records = []
+    dtype = training_dtype(cfg.precision)
     bar = tqdm(total=len(model.heads) * cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     for m, head in enumerate(model.heads):
         s = seed * 100 + m
@@ -185,7 +186,7 @@ def _train_ensemble(model, feats, frames: FrameSet, targets: FrameTargets, clip_
         init = copy.deepcopy(head.state_dict())
         kw = dict(patience=cfg.patience, lr=cfg.lr, weight_decay=cfg.weight_decay, batch_size=cfg.batch_size,
                   label_smoothing=cfg.label_smoothing, seed=s, findings_weight=cfg.findings_weight,
-                  severity_weight=cfg.severity_weight, dtype=training_dtype(cfg.precision))
+                  severity_weight=cfg.severity_weight, dtype=dtype)
         r = fit_head(head, feats, y, tr, va, epochs=cfg.epochs, on_epoch=tick, **kw)
         bar.update(cfg.epochs - len(r.history))
         rec = {"head": m, "best_epoch": r.best_epoch, "best_val_loss": r.best_val_loss,
@@ -394,6 +395,12 @@ def _clip_means(values: np.ndarray, clip_of: np.ndarray, n_clips: int) -> np.nda
 def exam_from_run(run_dir: str | os.PathLike, exam_method: str = "auto") -> dict:
     """The exam method chosen again (`choose_exam_method`) from a finished run's out-of-fold
     outputs (`RUN/cv/oof_targets.npz`): for a run made before a method existed."""
+    return exam_methods_of_run(run_dir, exam_method)[0]
+
+
+def exam_methods_of_run(run_dir: str | os.PathLike, exam_method: str = "auto") -> tuple[dict, dict, dict, list[str]]:
+    """`choose_exam_method` on a finished run's out-of-fold outputs: (the chosen method's record,
+    method -> {exam: out-of-fold probabilities}, exam -> class index, classes)."""
     d = np.load(Path(run_dir) / "cv" / "oof_targets.npz", allow_pickle=False)
     n = len(d["paths"])
     clip_f = _clip_means(d["findings"], d["clip_of"], n)
@@ -401,10 +408,10 @@ def exam_from_run(run_dir: str | os.PathLike, exam_method: str = "auto") -> dict
     classes = [str(c) for c in d["classes"]]
     t = ClipTargets(d["diagnosis_target"], np.zeros((n, 0)), d["truth_severity"], [], d["exam"].astype(str),
                     d["zone"], d["dataset"], d["label_scope"], d["label"].astype(str))
-    exam, _ = choose_exam_method(d["clip_probs"].astype(np.float64), clip_f, clip_s, t.exam, d["fold"],
-                                 exam_labels_of(t, classes), classes, [str(f) for f in d["finding_names"]],
-                                 exam_method)
-    return exam
+    labels = exam_labels_of(t, classes)
+    exam, exam_p = choose_exam_method(d["clip_probs"].astype(np.float64), clip_f, clip_s, t.exam, d["fold"],
+                                      labels, classes, [str(f) for f in d["finding_names"]], exam_method)
+    return exam, exam_p, labels, classes
 
 
 def exam_labels_of(targets: ClipTargets, classes: list[str]) -> dict:
