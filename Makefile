@@ -36,10 +36,12 @@ chromium:
 	  { command -v apt-get >/dev/null 2>&1 && $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium could not be installed: tests/test_browser.py will skip"
 
-# lint first (seconds): ruff's settings are in pyproject.toml
+# lint first (seconds): ruff's settings are in pyproject.toml. The tests run in one process per core
+# (pytest-xdist; at most 4: each analysis uses 2 threads): on 2 AVX2 cores 413 s against 669 s in one
+TEST_WORKERS ?= auto
 test: setup chromium
 	$(BIN)/ruff check src tests benchmarks scripts
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4
 
 bench: setup
 	$(BIN)/python benchmarks/decode.py ../shared/data/pocus

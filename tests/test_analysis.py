@@ -619,7 +619,9 @@ def test_bundled_model_loads_with_its_card():
 
 def test_bundled_model_outputs_are_unchanged(tmp_path):
     """The bundled model's frame probabilities on fixed phantom clips (lossless DICOM), every
-    member, equal those recorded before the frame pass was rewritten (tests/data, 1e-5)."""
+    member, equal those recorded before the frame pass was rewritten (tests/data). To 1e-4: the CPU's
+    kernels (AVX-512 where they were recorded, AVX2 elsewhere) move float32 sums by ~1e-5; a change
+    in what the model sees moves them by far more."""
     from pathlib import Path
 
     from pocovid.inference import load, stream_predict
@@ -630,7 +632,7 @@ def test_bundled_model_outputs_are_unchanged(tmp_path):
         write_phantom(tmp_path / f"{label}.dcm", label=label, n_frames=12, seed=3)
         got = stream_predict(tmp_path / f"{label}.dcm", model).member_probs
         assert got.shape == ref[label].shape
-        assert np.abs(got - ref[label]).max() < 1e-5, label
+        assert np.abs(got - ref[label]).max() < 1e-4, label
 
 
 def test_a_cut_cine_is_analysed_and_says_so(model, tmp_path):
