@@ -91,7 +91,19 @@ def _frames_file(cache: Path, paths: list[str]) -> tuple[Path | None, list[dict]
     return None, None
 
 
-def _trunk_file(cache: Path, n_frames: int) -> Path | None:
+def _trunk_file(cache: Path, n_frames: int, frames_file: Path, config: dict) -> Path | None:
+    """The cached frozen-trunk features the baseline probes: those of the run's own config with every
+    used stage frozen. A run that fine-tunes late stages (`n_frozen` set) caches earlier maps only,
+    so it has a baseline only where the fully frozen run's cache lies beside its own. Runs whose
+    config is not recorded: the newest trunk cache of as many frames."""
+    if config.get("config"):
+        from pocovid.training.config import TrainConfig
+        from pocovid.training.cv import trunk_cache_name
+
+        cfg = replace(TrainConfig.from_dict(config["config"]), n_frozen=None)
+        f = cache / trunk_cache_name(cfg, frames_file.stem.removeprefix("frames-"))
+        if f.is_file() or config["config"].get("n_frozen") is not None:
+            return f if f.is_file() else None
     for f in sorted(cache.glob("trunk-*.npy"), key=lambda p: -p.stat().st_mtime):
         if np.load(f, mmap_mode="r").shape[1] == n_frames:
             return f
@@ -149,7 +161,7 @@ def load_run(spec: str) -> Run:
     if frames_file is not None:
         with np.load(frames_file, allow_pickle=False) as d:
             n_frames = len(d["clip_of"])
-    trunk = _trunk_file(cache, n_frames) if n_frames else None
+    trunk = _trunk_file(cache, n_frames, frames_file, config) if n_frames else None
     return Run(path, label or path.name, mode, preds, info, frames_file, trunk)
 
 
@@ -350,7 +362,7 @@ def main(argv=None) -> int:
         return 2
     runs = [load_run(s) for s in args.runs]
     for r in runs:
-        base = "" if args.no_baseline or r.trunk_file else "  (no cached trunk features: no baseline)"
+        base = "" if args.no_baseline or r.trunk_file else "  (no cached features of the frozen trunk: no baseline)"
         n_folds = len({c["fold"] for c in r.preds.clips})
         print(f"{r.label} [{r.mode}, {n_folds} folds]: {r.path}, {len(r.preds.clips)} clips, "
               f"targets {'yes' if r.preds.truth_severity is not None else 'no'}{base}")

@@ -178,6 +178,8 @@ def scores(P_dx, P_b, P_sev, t, frames) -> dict:
     """The issue's rows from out-of-fold clip probabilities."""
     from sklearn.metrics import balanced_accuracy_score, cohen_kappa_score, f1_score, roc_auc_score
 
+    from pocovid.models.outputs import severity_level
+
     r = {}
     pocus = (t.dataset == "pocus") & np.isin(t.label, CLASSES) & np.isfinite(P_dx).all(1)
     if pocus.any():
@@ -202,8 +204,9 @@ def scores(P_dx, P_b, P_sev, t, frames) -> dict:
         r["blues_bline_f1"] = f1_score(t.findings[kb, bcol] == 1, P_b[kb, 1] >= 0.5)
     ks = (t.dataset == "covid-blues") & np.isfinite(t.severity) & np.isfinite(P_sev[:, 0])
     if ks.any():
-        expected = np.rint(P_sev[ks] @ np.arange(P_sev.shape[1]))
-        r["blues_sev_kappa"] = cohen_kappa_score(t.severity[ks].astype(int), expected.astype(int), weights="quadratic")
+        # the median level, as analyze shows and `evaluate` scores it (`severity_level`)
+        level = severity_level(P_sev[ks])
+        r["blues_sev_kappa"] = cohen_kappa_score(t.severity[ks].astype(int), level, weights="quadratic")
     return r
 
 

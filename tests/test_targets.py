@@ -326,3 +326,35 @@ def test_cross_site_reads_a_run_whose_cache_is_gone(tmp_path, capsys, monkeypatc
     assert cs.main([f"m={k}", "--no-baseline"]) == 0
     rows = {line.split("  ")[0]: line for line in capsys.readouterr().out.splitlines()}
     assert "1.000 / 1.000" in rows["BLUES k-fold patients COVID-19 vs not: acc / AUC"]
+
+
+def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_path, capsys, monkeypatch):
+    """A run that fine-tunes late stages caches earlier-stage maps: its baseline is the fully frozen
+    trunk's features (the cache file of its config with every stage frozen), or none, never its own maps."""
+    import importlib.util
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from pocovid.training.config import TrainConfig
+    from pocovid.training.cv import trunk_cache_name
+
+    spec = importlib.util.spec_from_file_location(
+        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
+    cs = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cross_site", cs)
+    spec.loader.exec_module(cs)
+    ds = ["pocus"] * 6 + ["covid-blues"] * 4
+    labels = ["covid", "covid", "pneumonia", "pneumonia", "regular", "regular", "covid", "covid", "regular", "regular"]
+    right = np.eye(3)[[CLASSES.index(x) for x in labels]] * .7 + .1
+    k = _fake_run(tmp_path / "k", ds, labels, [0, 1, 0, 1, 0, 1, 0, 0, 1, 1], right)
+    cfg = TrainConfig(n_frozen=4)
+    (k / "config.json").write_text(json.dumps({"config": cfg.to_dict()}))
+    assert cs.load_run(f"ft={k}").trunk_file is None  # trunk-a.npy: this run's own (stage-4) maps
+    assert cs.main([f"ft={k}"]) == 0
+    assert "no cached features of the frozen trunk: no baseline" in capsys.readouterr().out
+    frozen = k / "cache" / trunk_cache_name(replace(cfg, n_frozen=None), "a")
+    (k / "cache" / "trunk-a.npy").rename(frozen)
+    assert cs.load_run(f"ft={k}").trunk_file == frozen
+    assert cs.main([f"ft={k}"]) == 0
+    assert "ft frozen+LR" in capsys.readouterr().out

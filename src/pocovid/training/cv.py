@@ -110,6 +110,12 @@ def _roots_of(splits: Splits, root) -> dict | None:
     return roots
 
 
+def trunk_cache_name(cfg: TrainConfig, frames_key: str) -> str:
+    """The file name of the cached trunk features of `cfg` on the frames cached as
+    `frames-{frames_key}.npz`, in the same cache folder."""
+    return f"trunk-{fingerprint(cfg.trunk_key() | {'frames': frames_key})}.npy"
+
+
 def data_fingerprint(frames: FrameSet) -> str:
     """Which recordings (paths, labels, patients, frame counts) a model saw; with several datasets a
     recording is `dataset:path` (wherever its folder lies)."""
@@ -154,8 +160,7 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
     missing = [c for c in cfg.classes if c not in present]
     if missing:
         raise PocovidError(f"no readable recording of class(es) {', '.join(missing)}: cannot train on them")
-    tkey = fingerprint(cfg.trunk_key() | {"frames": fkey})
-    tpath = cache / f"trunk-{tkey}.npy"
+    tpath = cache / trunk_cache_name(cfg, fkey)
     if tpath.exists():
         feats = np.load(tpath, mmap_mode="r")
     else:
