@@ -278,6 +278,8 @@ def test_two_dataset_run_writes_out_of_fold_targets(trained):
     other = d["label"] == "other"
     assert other.any() and (d["diagnosis_target"][other] == -1).all()
     assert not np.isnan(d["truth_severity"][other]).any()
+    # weak labels `none` (the default): a patient's diagnosis is no COVID-BLUES recording's target
+    assert (d["diagnosis_target"][blues] == -1).all() and (d["diagnosis_target"][~blues] >= 0).all()
     assert all(str(e).startswith(("covid-blues:", "pocus:")) for e in d["exam"])
     m = json.loads((run / "cv" / "metrics.json").read_text())
     assert set(m["findings"]) == set(names) and "kappa" in m["severity"]
@@ -290,7 +292,7 @@ def test_two_dataset_run_writes_out_of_fold_targets(trained):
     preds = list(csv.DictReader(open(run / "cv" / "predictions.csv", newline="")))
     assert {r["label"] for r in preds} <= {"covid", "pneumonia", "regular"}
     info = json.loads((run / "run.json").read_text())
-    assert info["targets"]["weak_labels"] == "abnormal_only" and info["exam"]["method"] == m["exams"]["method"]
+    assert info["targets"]["weak_labels"] == "none" and info["exam"]["method"] == m["exams"]["method"]
     assert info["precision"] in ("float32", "bfloat16")
 
 

@@ -75,7 +75,9 @@ class TrainConfig:
     severity_levels: int = 4  # ordinal severity head, Soldati 0-3; 0: none (also when no severity is known)
     findings_weight: float = 1.0  # loss weight of the findings' BCE (diagnosis: 1)
     severity_weight: float = 1.0  # loss weight of the ordinal severity loss
-    weak_labels: str = "abnormal_only"  # patient-level labels -> diagnosis targets: abnormal_only, all, none
+    # patient-level labels -> diagnosis targets: none, abnormal_only, all. none: better on every
+    # diagnosis row but specificity, both datasets, patient and source folds (docs/model_card.md)
+    weak_labels: str = "none"
     outside_classes: str = "targets"  # recordings of other classes: targets (findings/severity only), drop
     # clips -> exam: auto (best out-of-fold log loss), mean, max, noisy_or, logistic, logistic_signs
     exam_method: str = "auto"
