@@ -234,6 +234,21 @@ def test_evaluate_without_target_heads_has_no_target_blocks(model_file, tmp_path
 
 # ------------------------------------------------------------------ benchmarks/cross_site.py
 
+@pytest.fixture
+def cs(monkeypatch):
+    """benchmarks/cross_site.py as a module."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
+    mod = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "cross_site", mod)  # dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def _fake_run(path, dataset_of_clip, labels, folds, probs, mode=None, targets=True):
     """A run folder as `pocovid train` writes it (config.json, cv/oof_members.npz, cv/oof_targets.npz,
     cache/frames-*.npz + trunk-*.npy, run.json), two frames per clip, one member."""
@@ -266,16 +281,7 @@ def _fake_run(path, dataset_of_clip, labels, folds, probs, mode=None, targets=Tr
     return path
 
 
-def test_cross_site_prints_every_row(tmp_path, capsys, monkeypatch):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
-    cs = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cross_site", cs)  # dataclasses look their module up
-    spec.loader.exec_module(cs)
+def test_cross_site_prints_every_row(tmp_path, capsys, cs):
     ds = ["pocus"] * 6 + ["covid-blues"] * 4
     labels = ["covid", "covid", "pneumonia", "pneumonia", "regular", "regular", "covid", "covid", "regular", "regular"]
     right = np.eye(3)[[CLASSES.index(x) for x in labels]] * .7 + .1
@@ -298,20 +304,12 @@ def test_cross_site_prints_every_row(tmp_path, capsys, monkeypatch):
     assert "1.5 min / 2.00 GB" in rows["kfold run: wall / peak memory"]
 
 
-def test_cross_site_reads_a_run_whose_cache_is_gone(tmp_path, capsys, monkeypatch):
+def test_cross_site_reads_a_run_whose_cache_is_gone(tmp_path, capsys, cs):
     """Without the cache, clips come from predictions.csv, which lists only the scored clips: the
     labels of the rest come from oof_targets.npz, so the BLUES patient row is the same."""
     import csv
-    import importlib.util
     import shutil
-    import sys
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
-    cs = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cross_site", cs)
-    spec.loader.exec_module(cs)
     ds = ["pocus"] * 6 + ["covid-blues"] * 4
     labels = ["covid", "covid", "pneumonia", "pneumonia", "regular", "regular", "covid", "covid", "regular", "regular"]
     right = np.eye(3)[[CLASSES.index(x) for x in labels]] * .7 + .1
@@ -328,22 +326,14 @@ def test_cross_site_reads_a_run_whose_cache_is_gone(tmp_path, capsys, monkeypatc
     assert "1.000 / 1.000" in rows["BLUES k-fold patients COVID-19 vs not: acc / AUC"]
 
 
-def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_path, capsys, monkeypatch):
+def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_path, capsys, cs):
     """A run that fine-tunes late stages caches earlier-stage maps: its baseline is the fully frozen
     trunk's features (the cache file of its config with every stage frozen), or none, never its own maps."""
-    import importlib.util
-    import sys
     from dataclasses import replace
-    from pathlib import Path
 
     from pocovid.training.config import TrainConfig
     from pocovid.training.cv import trunk_cache_name
 
-    spec = importlib.util.spec_from_file_location(
-        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
-    cs = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cross_site", cs)
-    spec.loader.exec_module(cs)
     ds = ["pocus"] * 6 + ["covid-blues"] * 4
     labels = ["covid", "covid", "pneumonia", "pneumonia", "regular", "regular", "covid", "covid", "regular", "regular"]
     right = np.eye(3)[[CLASSES.index(x) for x in labels]] * .7 + .1
