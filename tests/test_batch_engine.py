@@ -219,6 +219,21 @@ def test_ray_engine_gives_the_local_results_and_lists_failures(ray_cluster, mode
     assert _names(tmp_path / "ray") == ["b", "c", "summary.csv", "x"]  # no hidden folder left behind
 
 
+def test_a_local_ray_start_drops_only_rays_token_default_note():
+    """Ray warns at every local start that it protects the cluster with a token (kept as it is):
+    that line is dropped, any other of its authentication warnings is not."""
+    import logging
+
+    pytest.importorskip("ray")
+    from pocovid.analysis.ray_engine import _quiet_token_default
+
+    def record(msg):
+        return logging.LogRecord("ray._private.authentication", logging.WARNING, "", 0, msg, None, None)
+
+    assert not _quiet_token_default(record("Token authentication is enabled for this Ray cluster. Set ..."))
+    assert _quiet_token_default(record("Token authentication is disabled for this Ray cluster. Anyone ..."))
+
+
 # ------------------------------------------------------------------------------ the CLI
 def test_cli_folder_with_progress_on_stderr_and_json_on_stdout(model_file, tmp_path):
     d = tmp_path / "in"

@@ -89,6 +89,12 @@ def analyze_task(holder: list, path: str, cfg: AnalysisConfig) -> tuple:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _quiet_token_default(record: logging.LogRecord) -> bool:
+    """Drop Ray's note, at every local start, that it protects the local cluster with a token (its
+    default, which pocovid keeps): the user asked for nothing, and the line reads as a problem."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
 def _start(address: str | None, workers: int | None) -> bool:
     """Connect to Ray (a cluster at `address`, or a local Ray on `workers` CPUs); True when this
     call started it (and so shuts it down)."""
@@ -98,6 +104,8 @@ def _start(address: str | None, workers: int | None) -> bool:
         raise PocovidError("the ray engine needs Ray: pip install 'pocovid[ray]'") from None
     if ray.is_initialized():
         return False
+    if not address:
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_quiet_token_default)
     kw = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     if address:
         ray.init(address=address, **kw)
