@@ -97,6 +97,26 @@ def test_run_resumes_without_retraining_finished_folds(dataset, tmp_path, monkey
     assert json.loads((tmp_path / "run.json").read_text())["timings"]["earlier"]["cv_s"] == first.timings["cv_s"]
 
 
+def test_a_stopped_final_training_keeps_the_cross_validations_record(dataset, tmp_path, monkeypatch):
+    """run.json is written when the cross-validation ends, before the final model trains: stopping
+    that (hours on a slow machine) keeps the record of what the folds took."""
+    root, splits = dataset
+    real = cv_mod._train_ensemble
+
+    def stopped(*a, **k):
+        if any(isinstance(x, str) and x == "final" for x in a):  # its tag
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(cv_mod, "_train_ensemble", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(splits, tmp_path, TrainConfig(**SMALL | {"n_heads": 1, "epochs": 1}), root=root, progress=False,
+                  final=True)
+    info = json.loads((tmp_path / "run.json").read_text())
+    assert info["timings"]["cv_s"] > 0 and "final_s" not in info["timings"] and len(info["folds"]) == splits.n_folds
+    assert not (tmp_path / "model.pt").exists() and (tmp_path / "cv" / "metrics.json").is_file()
+
+
 def test_runs_on_other_split_files_share_the_frame_and_trunk_cache(dataset, tmp_path, monkeypatch):
     root, splits = dataset
     cfg = TrainConfig(**SMALL | {"n_heads": 1, "epochs": 1})

@@ -260,6 +260,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     metrics, oof, exam = None, None, None
     fold_records = []
     resumed = False
+    earlier = _recorded_timings(out_dir)  # an earlier call's, kept if this one resumes its folds
     if cv:
         t1 = time.perf_counter()
         oof_out = None
@@ -297,6 +298,9 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
         metrics = _diagnosis_metrics(out_dir, frames, oof, oof_members, cfg)
         exam = _exam_and_targets(out_dir, frames, targets, oof_out, heads_note, splits.n_folds, cfg, metrics)
         write_json(out_dir / "cv" / "metrics.json", metrics)
+        if final:  # the cross-validation's record stands if the final model's training is stopped
+            _write_run_record(out_dir, timings | {"total_s": time.perf_counter() - t0}, fold_records, dfp,
+                              precision, frames, heads_note, exam, earlier if resumed else None)
     model_path = None
     if final:
         t2 = time.perf_counter()
@@ -312,20 +316,32 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                           "feature_density": feature_density(feats), "targets": heads_note,
                           "exam": exam or _exam_without_cv(cfg)})
     timings["total_s"] = time.perf_counter() - t0
-    timings["peak_memory_gb"] = _peak_memory_gb()
-    if resumed:  # folds trained by an earlier call: its record of what that took is kept, not overwritten
-        try:
-            earlier = json.loads((out_dir / "run.json").read_text()).get("timings")
-        except (OSError, ValueError):
-            earlier = None
-        if isinstance(earlier, dict):
-            timings["earlier"] = earlier
+    timings = _write_run_record(out_dir, timings, fold_records, dfp, precision, frames, heads_note, exam,
+                                earlier if resumed else None)
+    return RunResult(out_dir, metrics, model_path, frames, oof, timings)
+
+
+def _recorded_timings(out_dir: Path) -> dict | None:
+    try:
+        t = json.loads((out_dir / "run.json").read_text()).get("timings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return t if isinstance(t, dict) else None
+
+
+def _write_run_record(out_dir: Path, timings: dict, fold_records: list, dfp: str, precision: str,
+                      frames: FrameSet, heads_note: dict, exam: dict | None, earlier: dict | None) -> dict:
+    """Write `out_dir/run.json` (what the run took and trained; `earlier`: the timings of the call
+    that trained the folds this one resumed, kept, not overwritten); returns the timings written."""
+    timings = dict(timings, peak_memory_gb=_peak_memory_gb())
+    if earlier:
+        timings["earlier"] = earlier
     write_json(out_dir / "run.json", {"timings": timings, "folds": fold_records, "data_fingerprint": dfp,
                                       "precision": precision,
-                                      "n_clips": len(frames.clips), "n_frames": n_frames_all,
+                                      "n_clips": len(frames.clips), "n_frames": len(frames.clip_of),
                                       "failures": frames.failures, "targets": heads_note,
                                       **({"exam": exam} if exam else {})})
-    return RunResult(out_dir, metrics, model_path, frames, oof, timings)
+    return timings
 
 
 def _with_heads(trunk_model, model):
