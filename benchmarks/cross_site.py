@@ -102,8 +102,10 @@ def _trunk_file(cache: Path, n_frames: int, frames_file: Path, config: dict) -> 
 
         cfg = replace(TrainConfig.from_dict(config["config"]), n_frozen=None)
         f = cache / trunk_cache_name(cfg, frames_file.stem.removeprefix("frames-"))
-        if f.is_file() or config["config"].get("n_frozen") is not None:
-            return f if f.is_file() else None
+        if f.is_file():
+            return f
+        if config["config"].get("n_frozen") is not None:  # its own cache: earlier-stage maps only
+            return None
     for f in sorted(cache.glob("trunk-*.npy"), key=lambda p: -p.stat().st_mtime):
         if np.load(f, mmap_mode="r").shape[1] == n_frames:
             return f
