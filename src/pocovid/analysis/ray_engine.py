@@ -1,6 +1,6 @@
 """`analyze_files(..., engine="ray")`: one Ray task per recording.
 
-    ray.init(num_cpus=2)        # or let analyze_files start a local Ray (all cores, or `workers`)
+    start_ray(workers=2)        # or let analyze_files start a local Ray (all cores, or `workers`)
     analyze_files(paths, model, "out", engine="ray")
 
 The model is put into Ray's object store once; each worker process deserialises it on its first
@@ -95,7 +95,7 @@ def _quiet_token_default(record: logging.LogRecord) -> bool:
     return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
-def _start(address: str | None, workers: int | None) -> bool:
+def start_ray(address: str | None = None, workers: int | None = None) -> bool:
     """Connect to Ray (a cluster at `address`, or a local Ray on `workers` CPUs); True when this
     call started it (and so shuts it down)."""
     try:
@@ -122,7 +122,7 @@ def analyze_with_ray(todo, model, out_dir: Path, cfg: AnalysisConfig, report: Ca
 
     from pocovid.analysis.batch import BatchProgress
 
-    started = _start(address, workers)
+    started = start_ray(address, workers)
     try:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         in_flight = max(1, 2 * min(cpus, workers or cpus))
