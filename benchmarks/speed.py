@@ -1,13 +1,14 @@
 """Issue 13, "faster than real time on a laptop": every target row in one run, with the load average.
 
-    python benchmarks/speed.py [--model default|FILE] [--runtimes torch,onnx,openvino,auto]
+    python benchmarks/speed.py [--model default|FILE] [--runtimes torch,onnx,openvino,openvino-bf16,auto]
                                [--repeats 2] [--archive-n 100] [--skip-archive] [--skip-vgg]
 
 Rows (benchmarks, not timed tests; the machine may be shared: the load average is printed at each
 step, and the figures move with it):
   model          frames/s of the model on each runtime: trunk + every head + CAMs (what `analyze`
                  asks for), batches of 32 prepared frames of the clip as the frame pass feeds them;
-                 target >= 200 frames/s on 2 cores
+                 target >= 200 frames/s on 2 cores (openvino-bf16: bfloat16 where the CPU has it,
+                 an opt-in whose accuracy cost benchmarks/precision_cv.py measures)
   vgg16          frames/s of VGG-16 (the paper's backbone; random weights: speed does not depend on
                  the values) at the default cut with its pooled head, batch 32, eager, as
                  benchmarks/speed_models.py times it; target: the default model >= 25x that
@@ -104,7 +105,7 @@ def frames_per_s(infer, x: torch.Tensor, batch: int = 32, passes: int = 2) -> fl
 def model_rows(spec: str, clip: Path, runtimes: list[str], n_frames: int = 128) -> dict[str, float]:
     """frames/s per runtime on `n_frames` prepared frames of the clip (every head + CAMs)."""
     from pocovid.inference import calibration_pixels, load
-    from pocovid.models.runtime import get_runtime, runtime_name
+    from pocovid.models.runtime import base_runtime, get_runtime, runtime_name
 
     model = load(spec)
     px = calibration_pixels(model, [clip], n_frames)
@@ -112,7 +113,11 @@ def model_rows(spec: str, clip: Path, runtimes: list[str], n_frames: int = 128) 
     out = {}
     for name in runtimes:
         engine = get_runtime(model, runtime_name(model, name))
-        label = f"auto ({engine.name})" if name == "auto" else engine.name
+        label = f"auto ({engine.name})" if name == "auto" else name
+        if name != "auto" and engine.name != base_runtime(name):
+            label += f" (fell back to {engine.name})"
+        elif name != base_runtime(name) and engine.precision == "fp32":
+            label += " (fp32: this CPU has no bfloat16)"
         out[label] = frames_per_s(lambda b, e=engine: e.infer(b, cams=True), x)
     return out
 
@@ -148,7 +153,8 @@ def run_analyze(clip: Path, spec: str, runtime: str, out: Path, cache: Path, src
     s = json.loads(stages_file.read_text())
     r = json.loads((out / clip.stem / "result.json").read_text())
     s.update(wall_s=wall, timings=r["timings"], n=r["sampling"]["n_frames_analyzed"],
-             ran_on=(r.get("model_info") or {}).get("runtime"), stderr=p.stderr.strip(),
+             ran_on=" ".join(str(mi.get(k)) for k in ("runtime", "precision") if (mi := r.get("model_info") or {})),
+             stderr=p.stderr.strip(),
              start_s=s["wall_start"] - w0, exit_s=w1 - s["wall_exit"],
              cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime))
     return s
@@ -208,7 +214,7 @@ def archive_row(n: int, frames: int, workers: int, spec: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="default")
-    ap.add_argument("--runtimes", default="torch,onnx,openvino,auto")
+    ap.add_argument("--runtimes", default="torch,onnx,openvino,openvino-bf16,auto")
     ap.add_argument("--repeats", type=int, default=2, help="analyze runs per runtime after the first (default 2)")
     ap.add_argument("--archive-n", type=int, default=100, help="clips for the archive row (default 100, as the target)")
     ap.add_argument("--skip-archive", action="store_true")
@@ -217,9 +223,9 @@ def main(argv=None) -> int:
     ap.add_argument("--src", default=None, help="analyze rows: run this pocovid source folder instead, e.g. DIR/src "
                                                 "after `git archive COMMIT src | tar -x -C DIR` (before / after)")
     a = ap.parse_args(argv)
-    from pocovid.models.runtime import available_runtimes, runtime_version
+    from pocovid.models.runtime import available_runtimes, base_runtime, runtime_version
 
-    runtimes = [r for r in a.runtimes.split(",") if r == "auto" or r in available_runtimes()]
+    runtimes = [r for r in a.runtimes.split(",") if r == "auto" or base_runtime(r) in available_runtimes()]
     tmp = Path(tempfile.mkdtemp(prefix="pocovid-speed-"))
     bench = Path(tempfile.gettempdir()) / "pocovid-analyze-bench"  # the clip analyze_speed.py makes, shared
     bench.mkdir(exist_ok=True)

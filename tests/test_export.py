@@ -412,3 +412,54 @@ def test_an_int8_graph_runs_on_openvino(model, clips, tmp_path):
     assert r.model_info.runtime == "openvino" and r.model_info.precision == "int8" and r.model_info.graph == "q.onnx"
     assert want.model_info.precision == "fp32" and want.model_info.graph is None
     assert r.prediction.label == want.prediction.label
+
+
+def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips, tmp_path, monkeypatch,
+                                                         caplog):
+    """`--runtime openvino-bf16`: OpenVINO in bfloat16 where the CPU has it (its result says bf16 and
+    stays near fp32), fp32 elsewhere (and says fp32); never a candidate of `auto`; `--resume` redoes an
+    fp32 result under it; no graph file with it; without openvino, torch with a notice."""
+    pytest.importorskip("openvino", reason="openvino is not installed (pip install 'pocovid[openvino]')")
+    want_precision = rt.runtime_precision("openvino-bf16")  # bf16 on AMX / AVX512-BF16 CPUs, else fp32
+    assert rt.runtime_precision("openvino") == "fp32" and "openvino-bf16" not in rt.available_runtimes()
+    x = _frames(model, clips)
+    want = model.infer(x, cams=True, finding_cams=True).numpy()
+    engine = rt.get_runtime(model, "openvino-bf16")
+    assert engine.name == "openvino" and engine.precision == want_precision
+    assert engine is rt.get_runtime(model, "openvino-bf16") is not rt.get_runtime(model, "openvino")
+    got = engine.infer(x, cams=True)
+    tol = 1e-4 if want_precision == "fp32" else 0.05  # bfloat16 keeps 8 bits of mantissa
+    assert np.abs(got.probs - want.probs).max() <= tol and np.abs(got.findings - want.findings).max() <= tol
+
+    base = ["analyze", str(clips["covid"]), "--model", str(model_file), "--no-overlay-video", "--quiet"]
+    out = tmp_path / "a"
+    r = runner.invoke(app, [*base, "--runtime", "openvino", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    fp32 = json.loads((out / "covid" / "result.json").read_text())
+    r = runner.invoke(app, [*base, "--runtime", "openvino-bf16", "-o", str(out), "--resume", "--json"])
+    assert r.exit_code == 0, r.output
+    (res,) = json.loads(r.stdout)
+    assert res["model_info"]["runtime"] == "openvino" and res["model_info"]["precision"] == want_precision
+    redone = "1 of 1 recording(s) skipped" not in r.stderr
+    assert redone == (want_precision == "bf16"), r.stderr  # an fp32 result is kept only where bf16 is fp32
+    p_fp32, p_bf16 = fp32["prediction"]["probabilities"], res["prediction"]["probabilities"]
+    assert all(abs(p_fp32[c] - p_bf16[c]) <= tol for c in p_fp32)
+    r = runner.invoke(app, [*base, "--runtime", "openvino-bf16", "-o", str(out), "--resume"])  # now its own
+    assert r.exit_code == 0 and "1 of 1 recording(s) skipped" in r.stderr, r.output
+
+    onnx_graph = export_onnx(model, tmp_path / "m.onnx")
+    _one_line_error(runner.invoke(app, [*base, "--graph", str(onnx_graph), "--runtime", "openvino-bf16",
+                                        "-o", str(out)]), "own precision", "openvino-bf16")
+    with pytest.raises(PocovidError, match="own precision"):
+        AnalysisConfig(runtime="openvino-bf16", graph=str(onnx_graph)).check()
+    with pytest.raises(ModelError, match="own precision"):
+        rt.graph_runtime(model, "openvino-bf16", onnx_graph)
+
+    _hide(monkeypatch, "openvino")
+    monkeypatch.setattr(rt, "_NOTICED", set())
+    monkeypatch.setattr(rt, "_BUILT", rt.weakref.WeakKeyDictionary())
+    assert rt.runtime_precision("openvino-bf16") == "fp32"
+    with caplog.at_level(logging.WARNING, logger="pocovid"):
+        assert rt.get_runtime(model, "openvino-bf16").name == "torch"
+    assert any("runtime openvino-bf16 is not installed (pip install 'pocovid[openvino]')" in r.getMessage()
+               for r in caplog.records)

@@ -705,7 +705,9 @@ def analyze_cmd(
     crop: bool = typer.Option(None, "--crop/--no-crop", help="Crop to the detected scan region (default {crop})."),
     runtime: str = typer.Option(None, "--runtime", help="Where the model runs: torch, onnx (onnxruntime), openvino, "
                                 "or auto: the fastest installed, measured once on this machine; a runtime not "
-                                "installed falls back to torch (default {runtime})."),
+                                "installed falls back to torch (default {runtime}). openvino-bf16: OpenVINO in "
+                                "bfloat16 where the CPU has it (AMX, AVX512-BF16; fp32 elsewhere), faster, results "
+                                "a little off fp32 (model_info.precision: bf16); never chosen by auto."),
     graph: str = typer.Option(None, "--graph", help="An ONNX file of --model written by `pocovid export` (fp32, or "
                               "--int8) that the graph runtime runs instead of its own export: needs --runtime onnx "
                               "or openvino (auto: onnx, else openvino; not torch). Refused unless its metadata "

@@ -101,6 +101,7 @@ class RecordingOutputs:
     # frame is blank they are analysed all the same (up to a batch), so the guard can say so
     n_blank: int = 0
     runtime: str = ""  # the runtime the model ran on: torch, onnx or openvino
+    precision: str = "fp32"  # its precision: fp32, bf16 (openvino-bf16) or int8 (an int8 graph file)
 
     @property
     def probs(self) -> np.ndarray:
@@ -311,7 +312,8 @@ def _run(path, model, info, region, idx, engine, pool, timer, cams, keep_pixels,
     got = len(index)  # fewer than planned: a truncated file, keep what decoded
     return RecordingOutputs(str(path), info, region, np.array(index, np.int64), np.array(times, np.float64),
                             FrameOutput.cat(parts), pixels[:got] if pixels is not None else None, inspected,
-                            n_planned=n, runtime=str(getattr(engine, "name", "")), n_blank=n_blank)
+                            n_planned=n, runtime=str(getattr(engine, "name", "")), n_blank=n_blank,
+                            precision=str(getattr(engine, "precision", "fp32")))
 
 
 def _produce(path, info, region, idx, cfg, inspect, inspect_at, q, stop, timer, limits) -> None:

@@ -44,6 +44,7 @@ from pocovid.models import FeatureDensity, model_summary
 from pocovid.models.adaptation import adapt_clip_probs, adaptation_of
 from pocovid.models.outputs import severity_level
 from pocovid.models.runtime import CHOICES as RUNTIME_CHOICES
+from pocovid.models.runtime import REDUCED as RUNTIME_REDUCED
 from pocovid.models.runtime import get_runtime, graph_runtime
 
 EXPLAINERS = ("cam", "gradcam")
@@ -71,7 +72,8 @@ class AnalysisConfig:
     batch_size: int = 32
     max_frames: int | None = None  # at most this many frames, evenly spread (None: no limit)
     gradcam_layer: str | None = None  # Grad-CAM target module name (default: each head's last map)
-    runtime: str = "auto"  # torch, onnx, openvino, or auto: the fastest installed here (models/runtime.py)
+    # torch, onnx, openvino, or auto: the fastest installed here (models/runtime.py); openvino-bf16 by name only
+    runtime: str = "auto"
     full_screen: bool = False  # key frames and videos show the whole screen (default: the scan region only)
     show_path: bool = False  # the result and report name the file by its whole path (default: its name)
     # an exported ONNX graph of the model (`pocovid export`, fp32 or int8) that the graph runtime runs instead of
@@ -99,9 +101,9 @@ class AnalysisConfig:
             if not Path(self.graph).is_file():
                 why = "not a graph file (a folder or a device)" if os.path.exists(self.graph) else "no such graph file"
                 raise PocovidError(f"{path_text(self.graph)}: {why}")
-            if self.runtime == "torch":
-                raise PocovidError(f"{path_text(self.graph)}: an exported graph runs on runtime onnx or openvino "
-                                   "(or auto), not torch")
+            if self.runtime == "torch" or self.runtime in RUNTIME_REDUCED:
+                raise PocovidError(f"{path_text(self.graph)}: an exported graph runs at its own precision on "
+                                   f"runtime onnx or openvino (or auto), not {self.runtime}")
 
 
 def resolve_model(model, config: AnalysisConfig | None = None) -> tuple[object, str]:
@@ -231,7 +233,8 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
     input_cfg = model.input_config
     return AnalysisResult(
         file=path_text(rec.path if cfg.show_path else Path(rec.path).name), model=model_name,
-        model_info=ModelSummary(**model_summary(model), runtime=rec.runtime or None, **frame_pass_of(graph)),
+        model_info=ModelSummary(**model_summary(model), runtime=rec.runtime or None,
+                                **frame_pass_of(graph, rec.precision)),
         pocovid_version=__version__, created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         notice=NOTICE,
         prediction=Prediction(label=classes[pred], probabilities=_probs_dict(classes, clip_p),
@@ -269,11 +272,12 @@ def _conclude(rec: RecordingOutputs, model, model_name: str, cfg: AnalysisConfig
         key_frames=[], full_screen=bool(cfg.full_screen))
 
 
-def frame_pass_of(graph) -> dict:
+def frame_pass_of(graph, precision: str = "fp32") -> dict:
     """`model_info`'s precision, graph and graph_sha256 of a frame pass on `graph` (a `GraphFile`,
-    `analyze --graph`), or on the runtime's own graph or torch (None: fp32)."""
+    `analyze --graph`: its own precision), or on the runtime's own graph or torch (None) in
+    `precision` (fp32, or bf16 on openvino-bf16: `runtime.runtime_precision`)."""
     if graph is None:
-        return {"precision": "fp32", "graph": None, "graph_sha256": None}
+        return {"precision": precision, "graph": None, "graph_sha256": None}
     return {"precision": graph.precision, "graph": graph.name, "graph_sha256": graph.sha256}
 
 

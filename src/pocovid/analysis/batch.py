@@ -21,7 +21,7 @@ from pocovid.analysis.result import SCHEMA_VERSION, AnalysisResult, FailedAnalys
 from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
 from pocovid.models import model_summary
-from pocovid.models.runtime import read_graph_file
+from pocovid.models.runtime import read_graph_file, runtime_precision
 
 SUMMARY_COLUMNS = ["file", "folder", "status", "skipped", "label", "withheld", "probabilities", "entropy",
                    "member_std", "review_recommended", "out_of_distribution", "frames_disagree", "n_frames", "error"]
@@ -183,7 +183,8 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
     the recording unchanged (`record`, written with the folder, against `source`, its record now),
     the same result schema version, the same model (its `model_info`: backbone, classes, creation
     time, data fingerprint, ...; any runtime), the same frame-pass graph and precision (`cfg.graph`:
-    the same file's SHA-256; none: fp32 on the runtime's own graph), the same settings (sampling,
+    the same file's SHA-256; none: the runtime's own graph, fp32, or bf16 on openvino-bf16 where the
+    CPU has it), the same settings (sampling,
     crop, explainer, report, overlay video) and every output file there; else (None, why not)."""
     if source is None or {k: record.get(k) for k in source} != source:
         return None, "the recording changed since"
@@ -198,7 +199,8 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
     if now.created is None or r.model_info.model_copy(update=dict.fromkeys(("runtime", *frame_pass))) != now:
         # any runtime will do (the same results up to rounding); the graph and precision are compared below
         return None, "another model" if now.created else "the model was never saved (no creation time to compare)"
-    want = frame_pass_of(read_graph_file(cfg.graph, model) if cfg.graph is not None else None)
+    want = frame_pass_of(read_graph_file(cfg.graph, model) if cfg.graph is not None else None,
+                         runtime_precision(cfg.runtime))
     made = r.model_info.model_dump(include=set(frame_pass))
     made["precision"] = made["precision"] or "fp32"  # written before pocovid recorded it: fp32, no graph file
     if (made["precision"], made["graph_sha256"]) != (want["precision"], want["graph_sha256"]):  # not the name

@@ -101,10 +101,11 @@ class ModelSummary(_Model):
                                                   "`auto` chose, or the one asked for; a runtime not installed "
                                                   "falls back to torch); null: not a recording's frame pass (an "
                                                   "exam's summary) or written before schema version 5")
-    precision: str | None = Field(None, description="the frame pass's precision: fp32, or int8 when it ran an int8 "
+    precision: str | None = Field(None, description="the frame pass's precision: fp32; int8 when it ran an int8 "
                                                     "graph given with `analyze --graph` (the file's metadata says "
-                                                    "which); null: not a recording's frame pass, or written before "
-                                                    "pocovid recorded it (fp32)")
+                                                    "which); bf16 on runtime openvino-bf16 where the CPU has "
+                                                    "bfloat16; null: not a recording's frame pass, or written "
+                                                    "before pocovid recorded it (fp32)")
     graph: str | None = Field(None, description="the file name of the exported ONNX graph the frame pass ran "
                                                 "(`analyze --graph`); null: the runtime's own graph of the model, "
                                                 "or torch")

@@ -95,10 +95,11 @@ def remember_model_file(model) -> None:
 
 def cached_graph_model(path: str | os.PathLike, runtime: str, spec: str | None = None) -> GraphModel | None:
     """The model file `path` as a `GraphModel` when an earlier run cached its graph for this very
-    file, pocovid and torch, and `runtime` (onnx, openvino, or auto measured to be one of them) is
-    installed; else None (load the file). `spec`: what the result names the model by."""
-    from pocovid.models.runtime import cached_choice_of, graph_path_of, installed_version, torch_version
+    file, pocovid and torch, and `runtime` (onnx, openvino or openvino-bf16, or auto measured to be one
+    of them) is installed; else None (load the file). `spec`: what the result names the model by."""
+    from pocovid.models.runtime import base_runtime, cached_choice_of, graph_path_of, installed_version, torch_version
 
+    runtime = base_runtime(runtime)
     if runtime not in ("auto", "onnx", "openvino"):
         return None
     try:

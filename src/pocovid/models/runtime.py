@@ -7,6 +7,9 @@ Every runtime has `FrameClassifier.infer`'s contract, so nothing downstream know
 - torch:    the model itself, on the compiled trunk (models/compiled.py) when there is one
 - onnx:     onnxruntime on the model's exported graph (models/export.py)
 - openvino: OpenVINO on the same graph, fp32 (f32 inference precision: no bf16 on CPUs that have it)
+- openvino-bf16: the same in bfloat16 where the CPU multiplies it in hardware (AMX, AVX512-BF16), fp32
+            elsewhere; asked for by name only, never by `auto`: results then differ a little from
+            fp32 (docs/export.md), and most clinic laptops have no bfloat16 arithmetic
 
 The graph runtimes run one frame per call on as many parallel streams as torch has threads (each
 stream one thread): on a small CPU shared with other work that is up to twice the frames/s of one
@@ -55,8 +58,10 @@ from pocovid.models.onnx_format import (INPUT, INSTALL_HINT, ONNX_FORMAT, ONNX_F
                                         output_names)
 from pocovid.models.outputs import FrameOutput
 
-RUNTIMES = ("torch", "onnx", "openvino")
-CHOICES = ("auto", *RUNTIMES)
+RUNTIMES = ("torch", "onnx", "openvino")  # `auto` chooses among these: every one fp32
+#: runtimes in a reduced precision, asked for by name only: name -> (runtime, precision)
+REDUCED = {"openvino-bf16": ("openvino", "bf16")}
+CHOICES = ("auto", *RUNTIMES, *REDUCED)
 MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 INSTALL = {"onnx": INSTALL_HINT, "openvino": "pip install 'pocovid[openvino]'"}
 CACHE_FILE = "runtimes.json"
@@ -111,8 +116,28 @@ def threads() -> int:
     return max(1, n)
 
 
+def base_runtime(name: str) -> str:
+    """The runtime a choice runs on: "openvino" for "openvino-bf16", else `name` itself."""
+    return REDUCED[name][0] if name in REDUCED else name
+
+
+def runtime_precision(name: str) -> str:
+    """The precision the frame pass of runtime `name` (not "auto": every candidate is fp32) has on
+    this CPU: bf16 for "openvino-bf16" where OpenVINO has bfloat16 arithmetic here, else fp32."""
+    if name not in REDUCED:
+        return "fp32"
+    try:
+        import openvino as ov
+
+        native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # not installed or no CPU plugin: it falls back to torch, fp32
+        return "fp32"
+    return REDUCED[name][1] if native else "fp32"
+
+
 def runtime_version(name: str) -> str | None:
     """The installed version of a runtime, None when it cannot be imported."""
+    name = base_runtime(name)
     try:
         if name == "torch":
             return torch_version()
@@ -255,19 +280,24 @@ class OnnxRuntime(_GraphRuntime):
 
 
 class OpenVinoRuntime(_GraphRuntime):
-    """OpenVINO (CPU, f32) on the exported graph: `streams` inference streams of one thread each,
-    fed through an asynchronous queue of two requests a stream (OpenVINO's own threads)."""
+    """OpenVINO (CPU) on the exported graph: `streams` inference streams of one thread each, fed
+    through an asynchronous queue of two requests a stream (OpenVINO's own threads). `precision`
+    "fp32" (what `auto` measures) or "bf16": OpenVINO's bfloat16 inference where this CPU has it,
+    else fp32 with a notice; `self.precision` says which ran."""
 
     name = "openvino"
 
-    def __init__(self, model, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, model, path: str | os.PathLike | None = None, precision: str = "fp32") -> None:
         import openvino as ov
 
+        if precision not in ("fp32", "bf16"):
+            raise ModelError(f"OpenVINO precision fp32 or bf16, not {precision!r}")
         super().__init__(model)
         graph = _graph(model, path)
         # no pinning: OpenVINO pins its threads to the first cores on Linux, so two processes (Ray
         # workers, a server beside a batch) each on one stream share one core (half the frames/s each)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "THROUGHPUT",
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT",
                   "NUM_STREAMS": self.streams, "INFERENCE_NUM_THREADS": self.streams, "ENABLE_CPU_PINNING": False}
         core = ov.Core()
         try:  # the compiled model cached beside the graph: a later process imports it (~0.05 s, not ~0.3 s)
@@ -278,6 +308,10 @@ class OpenVinoRuntime(_GraphRuntime):
             core = ov.Core()
             self.compiled = core.compile_model(core.read_model(graph), "CPU", config)
         self.n_outputs = len(self.compiled.outputs)
+        got = str(self.compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
+        self.precision = "bf16" if "bf16" in got or "bfloat16" in got else "fp32"
+        if precision == "bf16" and self.precision != "bf16":  # a CPU without bfloat16 arithmetic
+            _notice("OpenVINO has no bfloat16 on this CPU; runtime openvino-bf16 runs fp32")
         # two requests a stream: the next frame is waiting when a stream finishes (~10 % more frames/s)
         self.queue = ov.AsyncInferQueue(self.compiled, 2 * self.streams)
         self._lock = threading.Lock()  # one queue, not to be shared by threads at once
@@ -298,7 +332,11 @@ class OpenVinoRuntime(_GraphRuntime):
         return results
 
 
-_KINDS = {"onnx": OnnxRuntime, "openvino": OpenVinoRuntime}
+def _openvino_bf16(model, path: str | os.PathLike | None = None) -> OpenVinoRuntime:
+    return OpenVinoRuntime(model, path, precision="bf16")
+
+
+_KINDS = {"onnx": OnnxRuntime, "openvino": OpenVinoRuntime, "openvino-bf16": _openvino_bf16}
 
 
 # ------------------------------------------------------------------------------------ the graph, cached
@@ -469,6 +507,8 @@ def graph_runtime_name(name: str = "auto") -> str:
         raise ModelError(f"unknown runtime {name!r} (use {', '.join(CHOICES)})")
     if name == "torch":
         raise ModelError("an exported graph runs on runtime onnx or openvino, not torch")
+    if name in REDUCED:  # the file's own precision (fp32 or int8) is what runs
+        raise ModelError(f"an exported graph runs at its own precision, on runtime onnx or openvino, not {name}")
     if name == "auto":
         got = [n for n in ("onnx", "openvino") if importlib.util.find_spec(MODULES[n]) is not None]
         if not got:
@@ -557,7 +597,7 @@ def get_runtime(model, name="torch", build: bool = True):
     if name == "torch":
         return TorchRuntime(model, build)
     if runtime_version(name) is None:
-        _notice(f"runtime {name} is not installed ({INSTALL[name]}); running on torch")
+        _notice(f"runtime {name} is not installed ({INSTALL[base_runtime(name)]}); running on torch")
         return TorchRuntime(model, build)
     try:
         rt = _built(model, name, build)

@@ -1,27 +1,33 @@
-"""What int8 costs on the cross-validation folds of a finished training run (issue 13).
+"""What a reduced precision (int8, bf16) costs on the cross-validation folds of a finished training
+run (issue 13).
 
-    python benchmarks/int8_cv.py [--run runs/mt_k5] [--splits runs/splits/mt_k5.json] [--folds 0,1,2,3,4]
-                                 [--max-clips N] [--calibration-n 16] [--torch-clips 2]
+    python benchmarks/precision_cv.py [--precision int8|bf16] [--run runs/mt_k5]
+                                      [--splits runs/splits/mt_k5.json] [--folds 0,1,2,3,4]
+                                      [--max-clips N] [--calibration-n 16] [--torch-clips 2]
 
-For each fold k: fold k's model (`RUN/fold{k}.pt`, trained without fold k) is exported to int8 ONNX
-(`pocovid.inference.export_model(..., int8=True)`), calibrated on `--calibration-n` recordings of
-the training folds only (spread evenly over them, sorted by dataset, label and path: deterministic).
-Then every recording of the test fold whose label is one of the model's classes (and of the run's
-probe; at most `--max-clips`, spread evenly, default all) goes through the frame pass
-(`stream_predict`) at the model's own sampling (its rate and frame cap) on ONNX Runtime fp32 (the
-exported graph) and on the int8 file; the first `--torch-clips` clips of each fold also on torch, to
-confirm that the fp32 graph is the model. Clip decision = argmax of the mean frame probabilities
-(the run's aggregation).
+For each fold k, fold k's model (`RUN/fold{k}.pt`, trained without fold k) runs in fp32 and in the
+reduced precision:
+- int8 (the default): the model exported to int8 ONNX (`pocovid.inference.export_model(...,
+  int8=True)`), calibrated on `--calibration-n` recordings of the training folds only (spread evenly
+  over them, sorted by dataset, label and path: deterministic), on ONNX Runtime, against ONNX
+  Runtime fp32 on the exported graph;
+- bf16: OpenVINO in bfloat16 (runtime `openvino-bf16`; needs a CPU with bfloat16 arithmetic: AMX
+  or AVX512-BF16) against OpenVINO fp32, on the same exported graph; nothing to calibrate.
+Every recording of the test fold whose label is one of the model's classes (and of the run's probe;
+at most `--max-clips`, spread evenly, default all) goes through the frame pass (`stream_predict`) at
+the model's own sampling (its rate and frame cap) on both; the first `--torch-clips` clips of each
+fold also on torch, to confirm that the fp32 graph is the model. Clip decision = argmax of the mean
+frame probabilities (the run's aggregation).
 
 Printed per fold and over all folds: clip decisions changed (which), clip balanced accuracy and
-COVID sensitivity / specificity against the clip labels, fp32 vs int8 (`classification_metrics`),
+COVID sensitivity / specificity against the clip labels, fp32 vs reduced (`classification_metrics`),
 clip / frame probability differences, frame decision agreement, findings and expected severity
 differences, how many fp32 decisions equal the run's out-of-fold ones (`RUN/cv/predictions.csv`),
 then one verdict line: nil when balanced accuracy moves by at most one clip's worth (1 / (classes x
-smallest class support)), no COVID clip right on fp32 is wrong on int8 and no clip of another class
-right on fp32 is called COVID-19 on int8. Frames/s of fp32 and int8
-on onnxruntime and OpenVINO on one batch of real frames, and the load average at start and end.
-Temporary files (int8 models, the runtimes' graph cache) go to a temporary folder, removed at the end.
+smallest class support)), no COVID clip right on fp32 is wrong in the reduced precision and no clip
+of another class right on fp32 is called COVID-19 in it. Frames/s of both on one batch of real
+frames (int8: onnxruntime and OpenVINO), and the load average at start and end. Temporary files
+(int8 models, the runtimes' graph cache) go to a temporary folder, removed at the end.
 """
 
 from __future__ import annotations
@@ -103,8 +109,8 @@ def metrics_line(y: np.ndarray, p: np.ndarray, classes: list[str]) -> tuple[str,
             f"spec {f(cov.get('specificity'))}"), m
 
 
-def report(title: str, rows: list[dict], classes: list[str], indent: str = "  ") -> dict:
-    """Print the fp32-vs-int8 figures of `rows` (one per clip); returns the verdict's parts."""
+def report(title: str, rows: list[dict], classes: list[str], indent: str = "  ", low: str = "int8") -> dict:
+    """Print the fp32-vs-`low` figures of `rows` (one per clip); returns the verdict's parts."""
     y = np.array([classes.index(r["label"]) for r in rows])
     pa = np.stack([r["a"]["p"] for r in rows])
     pb = np.stack([r["b"]["p"] for r in rows])
@@ -123,8 +129,8 @@ def report(title: str, rows: list[dict], classes: list[str], indent: str = "  ")
         print(f"{indent}  {r['name']} (label {r['label']}): {classes[a.argmax()]} {a.max():.3f} -> "
               f"{classes[b.argmax()]} {b.max():.3f}")
     print(f"{indent}fp32: {la}")
-    print(f"{indent}int8: {lb}")
-    print(f"{indent}clip probabilities |int8 - fp32|: max {d.max():.4f}, mean {d.mean():.4f}; "
+    print(f"{indent}{low}: {lb}")
+    print(f"{indent}clip probabilities |{low} - fp32|: max {d.max():.4f}, mean {d.mean():.4f}; "
           f"frame probabilities: max {fd.max():.4f}, mean {fd.mean():.4f}; frame decisions agree "
           f"{agree.mean() * 100:.1f} %")
     if rows[0]["a"]["findings"] is not None:
@@ -143,15 +149,16 @@ def report(title: str, rows: list[dict], classes: list[str], indent: str = "  ")
     support = [int((y == i).sum()) for i in range(len(classes))]
     one_clip = 1.0 / (len(classes) * min(s for s in support if s > 0))
     dba = (mb["balanced_accuracy"] or 0.0) - (ma["balanced_accuracy"] or 0.0)
-    print(f"{indent}balanced accuracy int8 - fp32: {dba:+.4f} (one clip's worth here: {one_clip:.4f}); "
-          f"COVID clips lost by int8: {lost}, gained: {gained}")
-    # clips of other classes that int8 calls COVID-19 and fp32 did not: a specificity cost
+    print(f"{indent}balanced accuracy {low} - fp32: {dba:+.4f} (one clip's worth here: {one_clip:.4f}); "
+          f"COVID clips lost by {low}: {lost}, gained: {gained}")
+    # clips of other classes that the reduced precision calls COVID-19 and fp32 did not: a specificity cost
     false_new = 0 if ci is None else int(np.sum((y != ci) & (da != ci) & (db == ci)))
     return {"dba": dba, "one_clip": one_clip, "lost": lost, "false_new": false_new}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--precision", choices=("int8", "bf16"), default="int8")
     ap.add_argument("--run", default="runs/mt_k5")
     ap.add_argument("--splits", default="runs/splits/mt_k5.json")
     ap.add_argument("--folds", default=None, help="e.g. 0,2 (default: every fold)")
@@ -159,8 +166,9 @@ def main() -> None:
     ap.add_argument("--calibration-n", type=int, default=16, help="training-fold recordings to calibrate on")
     ap.add_argument("--torch-clips", type=int, default=2, help="clips per fold also run on torch (fp32 check)")
     args = ap.parse_args()
+    low = args.precision
 
-    tmp = tempfile.TemporaryDirectory(prefix="pocovid-int8cv-")
+    tmp = tempfile.TemporaryDirectory(prefix="pocovid-precisioncv-")
     # the runtimes' graph cache (one fp32 graph per fold model) in the temporary folder, not the user's
     os.environ["POCOVID_CACHE_DIR"] = str(Path(tmp.name) / "cache")
     import torch
@@ -196,29 +204,34 @@ def main() -> None:
         def usable(it):
             return probe is None or it.probe == probe
 
-        calib_items = spread(sorted((it for it in train if usable(it)), key=lambda i: (i.dataset, i.label, i.path)),
-                             args.calibration_n)
-        calib = [splits.abspath(it) for it in calib_items]
-        int8_path = Path(tmp.name) / f"fold{k}-int8.onnx"
-        t = time.perf_counter()
-        export_model(model_file, int8_path, int8=True, calibration=calib)
-        t_export = time.perf_counter() - t
         tests = spread(sorted((it for it in test if usable(it) and it.label in classes),
                               key=lambda i: (i.label, i.dataset, i.path)), args.max_clips)
         n_all = sum(1 for it in test if usable(it) and it.label in classes)
-        print(f"\nfold {k}: model {model_file} (classes {', '.join(classes)}; {ic.rate_hz} Hz, at most "
-              f"{ic.max_frames} frames); int8 calibrated on {len(calib)} training-fold recordings "
-              f"({sum(it.kind == 'image' for it in calib_items)} images) in {t_export:.0f} s, "
-              f"{int8_path.stat().st_size / 1e6:.1f} MB; test clips {len(tests)} of {n_all}")
-        fp32 = OnnxRuntime(model)
-        int8 = OnnxRuntime(model, int8_path)
+        head = (f"\nfold {k}: model {model_file} (classes {', '.join(classes)}; {ic.rate_hz} Hz, at most "
+                f"{ic.max_frames} frames); ")
+        if low == "int8":
+            calib_items = spread(sorted((it for it in train if usable(it)),
+                                        key=lambda i: (i.dataset, i.label, i.path)), args.calibration_n)
+            calib = [splits.abspath(it) for it in calib_items]
+            int8_path = Path(tmp.name) / f"fold{k}-int8.onnx"
+            t = time.perf_counter()
+            export_model(model_file, int8_path, int8=True, calibration=calib)
+            print(f"{head}int8 calibrated on {len(calib)} training-fold recordings "
+                  f"({sum(it.kind == 'image' for it in calib_items)} images) in {time.perf_counter() - t:.0f} s, "
+                  f"{int8_path.stat().st_size / 1e6:.1f} MB; test clips {len(tests)} of {n_all}")
+            fp32, reduced = OnnxRuntime(model), OnnxRuntime(model, int8_path)
+        else:
+            fp32, reduced = OpenVinoRuntime(model), OpenVinoRuntime(model, precision="bf16")
+            if reduced.precision != "bf16":
+                raise SystemExit("OpenVINO has no bfloat16 on this CPU (AMX or AVX512-BF16 needed): nothing to measure")
+            print(f"{head}OpenVINO fp32 and bf16; test clips {len(tests)} of {n_all}")
         rows = []
         for j, it in enumerate(tests):
             path = splits.abspath(it)
             kw = dict(rate_hz=ic.rate_hz, max_frames=ic.max_frames)
             try:
                 a = stream_predict(path, model, runtime=fp32, keep_pixels=not speed_done, **kw)
-                b = stream_predict(path, model, runtime=int8, **kw)
+                b = stream_predict(path, model, runtime=reduced, **kw)
             except MediaError as e:
                 print(f"  skipped {it.dataset}:{it.path}: {e}")
                 continue
@@ -228,8 +241,8 @@ def main() -> None:
             if not speed_done and len(a.pixels) >= 8:
                 px = np.resize(a.pixels, (SPEED_BATCH, *a.pixels.shape[1:]))
                 x = model.input_tensor(px)
-                engines = {"onnx fp32": fp32.infer, "onnx int8": int8.infer}
-                if "openvino" in available_runtimes():
+                engines = {f"{fp32.name} fp32": fp32.infer, f"{reduced.name} {low}": reduced.infer}
+                if low == "int8" and "openvino" in available_runtimes():
                     engines["openvino fp32"] = OpenVinoRuntime(model).infer
                     try:
                         engines["openvino int8"] = OpenVinoRuntime(model, int8_path).infer
@@ -245,19 +258,20 @@ def main() -> None:
         if not rows:
             print("  no clips")
             continue
-        report(f"  fold {k}", rows, classes, indent="    ")
+        report(f"  fold {k}", rows, classes, indent="    ", low=low)
         print(f"    ({time.perf_counter() - t_fold:.0f} s)", flush=True)
         all_rows += rows
 
     if not all_rows:
         return
     print()
-    v = report(f"all folds ({', '.join(map(str, folds))})", all_rows, classes)
+    v = report(f"all folds ({', '.join(map(str, folds))})", all_rows, classes, low=low)
     if torch_diff:
-        print(f"  onnx fp32 vs torch on {len(torch_diff)} clips: frame probabilities max |diff| {max(torch_diff):.2e}")
+        print(f"  {fp32.name} fp32 vs torch on {len(torch_diff)} clips: frame probabilities max |diff| "
+              f"{max(torch_diff):.2e}")
     nil = abs(v["dba"]) <= v["one_clip"] + 1e-12 and v["lost"] == 0 and v["false_new"] == 0
     capped = f", at most {args.max_clips} clips a fold" if args.max_clips else ""
-    print(f"int8 accuracy cost on CV folds: {'nil' if nil else 'not nil'} (balanced accuracy {v['dba']:+.4f}, "
+    print(f"{low} accuracy cost on CV folds: {'nil' if nil else 'not nil'} (balanced accuracy {v['dba']:+.4f}, "
           f"one clip's worth {v['one_clip']:.4f}; COVID clips lost {v['lost']}; new false COVID-19 calls "
           f"{v['false_new']}; folds {', '.join(map(str, folds))}"
           f"{capped})")
