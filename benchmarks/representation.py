@@ -15,7 +15,13 @@ patient-grouped CV on the training folds only) on the same folds. Candidates:
   concatenations;
 - pooling: global average, or average + max (B-lines are narrow: a max may keep them);
 - per-clip intensity normalisation (each clip's grey levels stretched from its 1st..99th
-  percentile to 0..255 before the trunk), against gain and dynamic-range differences of scanners.
+  percentile to 0..255 before the trunk), against gain and dynamic-range differences of scanners;
+- time in the colour channels: the trunk sees grey frames copied to its 3 input channels, so the
+  channels are free to carry motion (lung sliding, B-lines moving with it, A-lines staying): `temporal`
+  puts the frames DT before and after into the first and third channel (the frame itself in the
+  middle), `motion` the frame, the frame, and its grey levels' standard deviation over +-WINDOW
+  (x4, clipped). Images (no neighbours) get the frame in every channel, a std of 0. The neighbours
+  are decoded anew from each clip at every frame, cropped to the clip's region as the frame was.
 
 Printed per candidate and split: POCUS clips (3 classes) balanced accuracy / COVID sensitivity /
 specificity; COVID-BLUES patients COVID-19 vs not (mean of the patient's clip probabilities) accuracy
@@ -57,7 +63,40 @@ CANDIDATES = {
     "lite0 s5 + site norm.": ("lite0", ["stage5"], "avg+site"),
     "lite1 s5 + site norm.": ("lite1", ["stage5"], "avg+site"),
     "lite0 s4-s7 + site norm.": ("lite0", ["stage4", "stage5", "stage6", "stage7"], "avg+site"),
+    "lite0 temporal s5": ("lite0-temporal", ["stage5"], "avg"),
+    "lite0 motion s5": ("lite0-motion", ["stage5"], "avg"),
 }
+TEMPORAL_DT, MOTION_WINDOW = 0.12, 0.3  # seconds: ~3 frames at 25 fps; the std over +-0.3 s
+_TEMPORAL: dict[int, dict] = {}  # id(FrameSet) -> temporal_frames(...)
+
+
+def temporal_frames(frames, size: int = 224) -> dict[str, np.ndarray]:
+    """Per frame of `frames` (a FrameSet), (S, S, 3) uint8 inputs with time in the channels:
+    {"temporal": (prev, frame, next), "motion": (frame, frame, 4 x std over the window)}."""
+    from pocovid.models import InputConfig
+    from pocovid.region.frames import load_clip
+
+    cfg = InputConfig(size=size)
+    out = {k: np.repeat(frames.frames[..., None], 3, axis=3) for k in ("temporal", "motion")}
+    out["motion"][..., 2] = 0
+    t0 = time.time()
+    for ci, c in enumerate(frames.clips):
+        rows = np.flatnonzero(frames.clip_of == ci)
+        if c["kind"] != "video" or not len(rows):
+            continue
+        clip = load_clip(c["path"], rate_hz=None, max_frames=None, region=c["region"], size=size)
+        grey = np.stack([cfg.pixels(f) for f in clip.frames]).astype(np.float32)
+        times = np.asarray(clip.times, np.float64)
+        for r in rows:
+            k = int(np.argmin(np.abs(times - frames.time_s[r])))
+            before = int(np.argmin(np.abs(times - (times[k] - TEMPORAL_DT))))
+            after = int(np.argmin(np.abs(times - (times[k] + TEMPORAL_DT))))
+            out["temporal"][r, ..., 0] = grey[before]
+            out["temporal"][r, ..., 2] = grey[after]
+            w = np.abs(times - times[k]) <= MOTION_WINDOW
+            out["motion"][r, ..., 2] = np.clip(4 * grey[w].std(0), 0, 255)
+    print(f"  temporal inputs of {len(frames.frames)} frames in {time.time() - t0:.0f} s", file=sys.stderr)
+    return out
 
 
 def clip_normalise(frames: np.ndarray, clip_of: np.ndarray) -> np.ndarray:
@@ -72,7 +111,8 @@ def clip_normalise(frames: np.ndarray, clip_of: np.ndarray) -> np.ndarray:
 
 
 def tap_features(variant: str, frames: np.ndarray, clip_of: np.ndarray, batch: int = 32) -> dict[str, np.ndarray]:
-    """Per frame, every tap's global average and max: {f"{tap}/avg": (N, C), f"{tap}/max": (N, C)}."""
+    """Per frame, every tap's global average and max: {f"{tap}/avg": (N, C), f"{tap}/max": (N, C)}.
+    `frames`: (N, S, S) grey or (N, S, S, 3) with time in the channels."""
     import torch
 
     from pocovid.models import InputConfig
@@ -109,7 +149,12 @@ def load_features(variant: str, frames, cache: Path) -> dict[str, np.ndarray]:
     path = cache / f"taps-{variant}.npz"
     if path.exists():
         return dict(np.load(path))
-    feats = tap_features(variant, frames.frames, frames.clip_of)
+    pixels = frames.frames
+    if (kind := variant.split("-")[-1]) in ("temporal", "motion"):
+        if id(frames) not in _TEMPORAL:  # both kinds from one decoding
+            _TEMPORAL[id(frames)] = temporal_frames(frames)
+        pixels = _TEMPORAL[id(frames)][kind]
+    feats = tap_features(variant, pixels, frames.clip_of)
     from pocovid.files import atomic_path
 
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

@@ -39,11 +39,8 @@ def shared_blues() -> Path:
 def model_file(tmp_path_factory):
     """A small model trained in seconds on phantom clips (never clinical), saved as a model file."""
     pytest.importorskip("pocovid.analysis", reason="pocovid.analysis is not in this checkout")
-    from pocovid.models import save_model
-    from pocovid.testing import quick_phantom_model
+    from pocovid.testing import quick_phantom_model, save_quick_model
 
     m = quick_phantom_model(size=96, n_heads=2, steps=40)
-    p = tmp_path_factory.mktemp("model") / "phantom.pt"
-    save_model(m, p, training_config=m.training_config, data_fingerprint="phantom",
-               metrics={"video": {"balanced_accuracy": 0.9, "n": 9}}, extra=m.meta["extra"])
-    return p
+    return save_quick_model(m, tmp_path_factory.mktemp("model") / "phantom.pt",
+                            metrics={"video": {"balanced_accuracy": 0.9, "n": 9}})

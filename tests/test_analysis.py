@@ -39,11 +39,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def model_file(model, tmp_path_factory):
-    from pocovid.models import save_model
+    from pocovid.testing import save_quick_model
 
-    p = tmp_path_factory.mktemp("model") / "quick.pt"
-    save_model(model, p, training_config=model.training_config, data_fingerprint="phantom", extra=model.meta["extra"])
-    return p
+    return save_quick_model(model, tmp_path_factory.mktemp("model") / "quick.pt")
 
 
 @pytest.fixture(scope="module")

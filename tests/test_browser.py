@@ -372,9 +372,8 @@ def exam_server(tmp_path_factory):
     """`pocovid serve` with the quick phantom model plus (untrained) findings and severity heads: an
     exam's zones get a severity, the LUS score a value (never clinical)."""
     pytest.importorskip("pocovid.analysis", reason="pocovid.analysis is not in this checkout")
-    from pocovid.models import save_model
     from pocovid.server.local import start_server, stop_server
-    from pocovid.testing import quick_phantom_model
+    from pocovid.testing import quick_phantom_model, save_quick_model
 
     m = quick_phantom_model(size=96, n_heads=2, steps=40, severity_levels=4,
                             findings=("b_lines", "a_lines", "consolidation", "effusion", "pleural_irregularity"))
@@ -382,7 +381,7 @@ def exam_server(tmp_path_factory):
         for head in m.heads:
             head.findings.bias[0] = 14.0
     model = tmp_path_factory.mktemp("model") / "phantom_exam.pt"
-    save_model(m, model, training_config=m.training_config, data_fingerprint="phantom", extra=m.meta["extra"])
+    save_quick_model(m, model)
     proc, base = start_server(tmp_path_factory.mktemp("srv"), model, None, "--threads", "1",
                               env={"POCOVID_API_TOKEN": TOKEN})
     yield base

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from pocovid.analysis import AnalysisConfig, analyze_recording
 from pocovid.cli import app
 from pocovid.errors import PocovidError
-from pocovid.models import ModelError, OrdinalHead, save_model
+from pocovid.models import ModelError, OrdinalHead
 from pocovid.models import runtime as rt
 from pocovid.phantom import write_phantom
 
@@ -59,9 +59,9 @@ def model():
 
 @pytest.fixture(scope="module")
 def model_file(model, tmp_path_factory):
-    p = tmp_path_factory.mktemp("model") / "quick.pt"
-    save_model(model, p, training_config=model.training_config, data_fingerprint="phantom", extra=model.meta["extra"])
-    return p
+    from pocovid.testing import save_quick_model
+
+    return save_quick_model(model, tmp_path_factory.mktemp("model") / "quick.pt")
 
 
 @pytest.fixture(scope="module")

@@ -41,13 +41,10 @@ FINDINGS = ("b_lines", "a_lines", "consolidation", "effusion", "pleural_irregula
 def exam_model_file(tmp_path_factory):
     """The quick phantom model with findings and severity heads, saved as a model file."""
     pytest.importorskip("pocovid.analysis", reason="pocovid.analysis is not in this checkout")
-    from pocovid.models import save_model
-    from pocovid.testing import quick_phantom_model
+    from pocovid.testing import quick_phantom_model, save_quick_model
 
     m = quick_phantom_model(size=96, n_heads=2, steps=40, findings=FINDINGS, severity_levels=4)
-    p = tmp_path_factory.mktemp("model") / "phantom_exam.pt"
-    save_model(m, p, training_config=m.training_config, data_fingerprint="phantom", extra=m.meta["extra"])
-    return p
+    return save_quick_model(m, tmp_path_factory.mktemp("model") / "phantom_exam.pt")
 
 
 @pytest.fixture(scope="module")

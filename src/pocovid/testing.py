@@ -109,6 +109,16 @@ def quick_phantom_model(size: int = 96, n_heads: int = 2, steps: int = 120, seed
     return model
 
 
+def save_quick_model(model, path: str | os.PathLike, **kw) -> Path:
+    """`model` (a `quick_phantom_model`, perhaps changed) saved as a model file at `path`, with its
+    training config, feature density and a "phantom" data fingerprint; `kw` go to `save_model`."""
+    from pocovid.models import save_model
+
+    save_model(model, path, training_config=model.training_config, data_fingerprint="phantom",
+               extra=model.meta["extra"], **kw)
+    return Path(path)
+
+
 # ------------------------------------------------------------------------------- non-lung inputs
 
 

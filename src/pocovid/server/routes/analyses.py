@@ -13,11 +13,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admin
-from pocovid.server.headers import CSP_FILES
 from pocovid.analysis.result import AnalysisResult
 from pocovid.server.results import links_for, stored_result, summarize_result
-from pocovid.server.routes.common import (AUTH_ERRORS, FILE_BODY, FILE_PROP, MAX_OFFSET, NOT_FOUND, UPLOAD_ERRORS,
-                                           multipart_doc)
+from pocovid.server.routes.common import (AUTH_ERRORS, CACHE_PRIVATE, FILE_BODY, FILE_PROP, MAX_OFFSET, NOT_FOUND,
+                                          UPLOAD_ERRORS, artifact_response, multipart_doc)
 from pocovid.server.schemas import (AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary,
                                     ErrorBody)
 from pocovid.server.storage import new_id, valid_id
@@ -26,7 +25,6 @@ from pocovid.server.uploads import UploadError, receive_form, store_upload
 log = logging.getLogger("pocovid.server")
 
 router = APIRouter(prefix="/api/analyses", tags=["analyses"])
-CACHE_PRIVATE = {"Cache-Control": "private, max-age=3600"}
 EXAM_CONFLICT = {409: {"model": ErrorBody, "description": "A recording of an exam: delete the exam"}}
 
 
@@ -126,15 +124,7 @@ def get_file(analysis_id: str, name: str, row: Row, storage: Store):
     """An artifact of a finished analysis: only names listed in its `files`."""
     if row["status"] != "done" or name not in row["files"]:
         raise HTTPException(404, "no such file")
-    base = storage.analysis_dir(analysis_id, row.get("exam")).resolve()
-    path = (base / name).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise HTTPException(404, "no such file")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    headers = dict(CACHE_PRIVATE)
-    if media_type in ("text/html", "image/svg+xml"):
-        headers["Content-Security-Policy"] = CSP_FILES
-    return FileResponse(path, media_type=media_type, headers=headers)
+    return artifact_response(storage.analysis_dir(analysis_id, row.get("exam")), name)
 
 
 @router.get("/{analysis_id}/source", responses={**NOT_FOUND, **FILE_BODY})

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import mimetypes
+from pathlib import Path
+
+from fastapi import HTTPException
+from fastapi.responses import FileResponse
+
+from pocovid.server.headers import CSP_FILES
 from pocovid.server.schemas import ErrorBody
 
 FILE_PROP = {"type": "string", "format": "binary",
@@ -21,6 +28,22 @@ AUTH_ERRORS = {401: {"model": ErrorBody, "description": "Bearer token missing"},
                403: {"model": ErrorBody, "description": "Wrong token, or no token configured on the server"}}
 NOT_FOUND = {404: {"model": ErrorBody}}
 FILE_BODY = {200: {"content": {"application/octet-stream": {}}}}
+CACHE_PRIVATE = {"Cache-Control": "private, max-age=3600"}
+
+
+def artifact_response(base: Path, name: str, cache: dict | None = None) -> FileResponse:
+    """The file `name` inside the folder `base` (an analysis's or an exam's), 404 when it resolves
+    outside it or is not a file; HTML and SVG with the artifacts' Content-Security-Policy. `cache`:
+    its Cache-Control header (default: private, an hour)."""
+    base = base.resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base) or not path.is_file():
+        raise HTTPException(404, "no such file")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    headers = dict(cache or CACHE_PRIVATE)
+    if media_type in ("text/html", "image/svg+xml"):
+        headers["Content-Security-Policy"] = CSP_FILES
+    return FileResponse(path, media_type=media_type, headers=headers)
 
 
 def multipart_doc(properties: dict, required: list[str]) -> dict:

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mimetypes
 import sqlite3
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
 from pydantic import ValidationError
 
 from pocovid.analysis.exam_result import ExamResult
@@ -20,11 +18,10 @@ from pocovid.errors import PocovidError
 from pocovid.server.db import FINISHED
 from pocovid.server.deps import Config, Db, Exams, Jobs, Store, UrlPrefix, require_admin
 from pocovid.server.exams import EXAM_HTML, EXAM_JSON, MAX_RECORDINGS, exam_file_names
-from pocovid.server.headers import CSP_FILES
 from pocovid.server.results import summarize_result
 from pocovid.server.routes.analyses import read_result
 from pocovid.server.routes.common import (AUTH_ERRORS, FILE_BODY, FILE_PROP, MAX_OFFSET, NOT_FOUND, UPLOAD_ERRORS,
-                                           multipart_doc)
+                                          artifact_response, multipart_doc)
 from pocovid.server.schemas import (ErrorBody, ExamCreate, ExamCreated, ExamLinks, ExamPage, ExamRecording,
                                     ExamStatus, ExamSummary, QueueCounts, RecordingsAdded, RefusedRecording,
                                     ZoneChange)
@@ -34,7 +31,6 @@ from pocovid.server.uploads import UploadError, receive_form, store_upload
 log = logging.getLogger("pocovid.server")
 
 router = APIRouter(prefix="/api/exams", tags=["exams"])
-CACHE_PRIVATE = {"Cache-Control": "private, max-age=3600"}
 CONFLICT = {409: {"model": ErrorBody, "description": "The exam holds as many recordings as it may"}}
 ZONES_PROP = {"type": "string", "description": "Optional: one zone per file, in order, comma-separated (R1..R3, "
                                                "L1..L3, '-' for none), as `pocovid exam --zones`. Without it each "
@@ -247,14 +243,8 @@ def get_file(name: str, row: ExamRow, db: Db, storage: Store):
     base = storage.exam_dir(row["id"]).resolve()
     if name not in exam_file_names(row, db.exam_recordings(row["id"]), base):
         raise HTTPException(404, "no such file")
-    path = (base / name).resolve()
-    if not path.is_relative_to(base) or not path.is_file():
-        raise HTTPException(404, "no such file")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    headers = dict(CACHE_PRIVATE) if name not in (EXAM_HTML, EXAM_JSON) else {"Cache-Control": "no-store"}
-    if media_type in ("text/html", "image/svg+xml"):
-        headers["Content-Security-Policy"] = CSP_FILES
-    return FileResponse(path, media_type=media_type, headers=headers)
+    # the exam's own page and JSON change while recordings are added: never cached
+    return artifact_response(base, name, {"Cache-Control": "no-store"} if name in (EXAM_HTML, EXAM_JSON) else None)
 
 
 @router.delete("/{exam_id}", status_code=204, responses={**NOT_FOUND, **AUTH_ERRORS},
