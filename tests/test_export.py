@@ -458,6 +458,7 @@ def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips
     _hide(monkeypatch, "openvino")
     monkeypatch.setattr(rt, "_NOTICED", set())
     monkeypatch.setattr(rt, "_BUILT", rt.weakref.WeakKeyDictionary())
+    monkeypatch.setattr(rt, "_openvino_has_bf16", rt.functools.cache(rt._openvino_has_bf16.__wrapped__))  # asked anew
     assert rt.runtime_precision("openvino-bf16") == "fp32"
     with caplog.at_level(logging.WARNING, logger="pocovid"):
         assert rt.get_runtime(model, "openvino-bf16").name == "torch"

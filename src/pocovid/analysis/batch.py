@@ -184,8 +184,8 @@ def finished_result(folder: Path, record: dict, source: dict | None, model,
     the same result schema version, the same model (its `model_info`: backbone, classes, creation
     time, data fingerprint, ...; any runtime), the same frame-pass graph and precision (`cfg.graph`:
     the same file's SHA-256; none: the runtime's own graph, fp32, or bf16 on openvino-bf16 where the
-    CPU has it), the same settings (sampling,
-    crop, explainer, report, overlay video) and every output file there; else (None, why not)."""
+    CPU has it), the same settings (sampling, crop, explainer, report, overlay video) and every output
+    file there; else (None, why not)."""
     if source is None or {k: record.get(k) for k in source} != source:
         return None, "the recording changed since"
     try:

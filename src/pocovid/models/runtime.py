@@ -35,6 +35,7 @@ model fingerprint in its metadata); a missing or failing runtime is then an erro
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import importlib.util
 import json
@@ -126,13 +127,18 @@ def runtime_precision(name: str) -> str:
     this CPU: bf16 for "openvino-bf16" where OpenVINO has bfloat16 arithmetic here, else fp32."""
     if name not in REDUCED:
         return "fp32"
+    return REDUCED[name][1] if _openvino_has_bf16() else "fp32"
+
+
+@functools.cache
+def _openvino_has_bf16() -> bool:
+    """OpenVINO's CPU plugin runs bfloat16 natively here (asked once per process: a new `Core` each)."""
     try:
         import openvino as ov
 
-        native = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    except Exception:  # not installed or no CPU plugin: it falls back to torch, fp32
-        return "fp32"
-    return REDUCED[name][1] if native else "fp32"
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # not installed, or no CPU plugin: it falls back to torch, fp32
+        return False
 
 
 def runtime_version(name: str) -> str | None:
