@@ -414,11 +414,10 @@ def test_an_int8_graph_runs_on_openvino(model, clips, tmp_path):
     assert r.prediction.label == want.prediction.label
 
 
-def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips, tmp_path, monkeypatch,
-                                                         caplog):
+def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips, tmp_path):
     """`--runtime openvino-bf16`: OpenVINO in bfloat16 where the CPU has it (its result says bf16 and
     stays near fp32), fp32 elsewhere (and says fp32); never a candidate of `auto`; `--resume` redoes an
-    fp32 result under it; no graph file with it; without openvino, torch with a notice."""
+    fp32 result under it; no graph file with it."""
     pytest.importorskip("openvino", reason="openvino is not installed (pip install 'pocovid[openvino]')")
     want_precision = rt.runtime_precision("openvino-bf16")  # bf16 on AMX / AVX512-BF16 CPUs, else fp32
     assert rt.runtime_precision("openvino") == "fp32" and "openvino-bf16" not in rt.available_runtimes()
@@ -455,12 +454,16 @@ def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips
     with pytest.raises(ModelError, match="own precision"):
         rt.graph_runtime(model, "openvino-bf16", onnx_graph)
 
+
+
+def test_openvino_bf16_without_openvino_runs_torch_with_a_notice(model, monkeypatch, caplog):
     _hide(monkeypatch, "openvino")
     monkeypatch.setattr(rt, "_NOTICED", set())
     monkeypatch.setattr(rt, "_BUILT", rt.weakref.WeakKeyDictionary())
     monkeypatch.setattr(rt, "_openvino_has_bf16", rt.functools.cache(rt._openvino_has_bf16.__wrapped__))  # asked anew
     assert rt.runtime_precision("openvino-bf16") == "fp32"
     with caplog.at_level(logging.WARNING, logger="pocovid"):
-        assert rt.get_runtime(model, "openvino-bf16").name == "torch"
+        engine = rt.get_runtime(model, "openvino-bf16")
+    assert engine.name == "torch" and engine.precision == "fp32"
     assert any("runtime openvino-bf16 is not installed (pip install 'pocovid[openvino]')" in r.getMessage()
                for r in caplog.records)
