@@ -221,6 +221,9 @@ def main() -> None:
                   f"{int8_path.stat().st_size / 1e6:.1f} MB; test clips {len(tests)} of {n_all}")
             fp32, reduced = OnnxRuntime(model), OnnxRuntime(model, int8_path)
         else:
+            if "openvino" not in available_runtimes():
+                raise SystemExit("--precision bf16 runs on OpenVINO, which is not installed "
+                                 "(pip install 'pocovid[openvino]')")
             fp32, reduced = OpenVinoRuntime(model), OpenVinoRuntime(model, precision="bf16")
             if reduced.precision != "bf16":
                 raise SystemExit("OpenVINO has no bfloat16 on this CPU (AMX or AVX512-BF16 needed): nothing to measure")
