@@ -733,6 +733,9 @@ def test_serve_refuses_a_network_address_without_a_token(tmp_path, monkeypatch):
     monkeypatch.setenv("POCOVID_API_TOKEN", "too-short")
     res = CliRunner().invoke(cli, ["serve", "--data-dir", str(tmp_path)])
     assert res.exit_code == 1 and "at least 16" in res.output, res.output
+    monkeypatch.delenv("POCOVID_API_TOKEN")
+    res = CliRunner().invoke(cli, ["serve", "--data-dir", str(tmp_path), "--runtime", "tpu"])
+    assert res.exit_code == 1 and "--runtime" in res.output and "unknown runtime" in res.output, res.output
 
 
 def _raises_memory_error(path, model, out_dir, config=None, progress=None):
@@ -1110,6 +1113,21 @@ class TestRealAnalysis:
             assert b["status"] == "failed" and b["error"] and "\n" not in b["error"]
             m = c.get("/api/model").json()
             assert m["name"] == "phantom.pt" and m["metrics"]["video"]["balanced_accuracy"] == 0.9
+
+    def test_the_runtime_is_a_setting_and_the_result_names_it(self, tmp_path, model_file):
+        """`pocovid serve --runtime` (ServerConfig.runtime): the analyses' frame pass runs where it says, in
+        the analysis process too, and each result names it (model_info.runtime)."""
+        _training_like_clip(tmp_path / "covid.mp4")
+        from pocovid.server.jobs import real_analyze
+
+        for runtime in ("torch", "onnx"):
+            cfg = ServerConfig(data_dir=tmp_path / runtime, model=str(model_file), overlay_video=False, runtime=runtime)
+            with Client(create_app(cfg, analyze=real_analyze)) as c:
+                a = wait_for(c, upload(c, (tmp_path / "covid.mp4").read_bytes()).json()["id"])
+                assert a["status"] == "done", a
+                assert a["result"]["model_info"]["runtime"] == runtime
+        with pytest.raises(ValueError, match="unknown runtime 'tpu'"):
+            ServerConfig(data_dir=tmp_path, runtime="tpu")
 
     def test_an_avi_gets_a_copy_that_browsers_play(self, tmp_path, model_file):
         """An AVI (or MPEG, GIF, ...) is no <video> source: the analysis writes playback.mp4 (H.264)

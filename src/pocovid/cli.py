@@ -561,6 +561,10 @@ def serve_cmd(
                                         "0: none (default {job_memory_mb})."),
     min_free_mb: float = typer.Option(None, "--min-free-mb", help="Refuse uploads (507) when the data folder's "
                                       "disk would keep less free space than this, in MB (default {min_free_mb})."),
+    runtime: str = typer.Option(None, "--runtime", help="Where the analyses' model runs: auto (the fastest "
+                                "installed, measured once on this machine), torch, onnx, openvino, or openvino-bf16 "
+                                "(bfloat16 where the CPU has it; results a little off fp32, and they say so) "
+                                "(default {runtime})."),
     threads: int = typer.Option(None, "--threads", help="Torch threads (default: CPU cores / workers)."),
     log_level: str = typer.Option("info", "--log-level", help="debug, info, warning, error."),
 ):

@@ -101,10 +101,10 @@ def create_app(config: ServerConfig | None = None, *, analyze: Callable | None =
     cfg = config or ServerConfig.from_env()
     storage = Storage(cfg.data_dir)
     db = Database(storage.db_path, timeout=cfg.db_timeout_s)
-    models = ModelProvider(cfg.model, model=model, loader=model_loader)
+    models = ModelProvider(cfg.model, model=model, loader=model_loader, runtime=cfg.runtime)
     exam_service = ExamService(db, storage, models)
     jobs = JobRunner(db, storage, models, analyze=analyze or real_analyze, workers=cfg.workers,
-                     config_factory=analysis_config or partial(default_analysis_config, cfg.overlay_video),
+                     config_factory=analysis_config or partial(default_analysis_config, cfg.overlay_video, cfg.runtime),
                      max_attempts=cfg.max_attempts, isolate=analyze is None if isolate is None else isolate,
                      memory_mb=cfg.job_memory_mb, on_finished=exam_service.recording_finished)
 

@@ -35,6 +35,9 @@ class ServerConfig:
                        name a reverse proxy passes on); anything else gets 400 (DNS rebinding)
     cors_origins:      origins allowed by CORS; empty (the default): CORS off
     overlay_video:     ask the analysis for the heatmap overlay video
+    runtime:           what runs the frame pass (`pocovid.models.runtime.CHOICES`): 'auto' (the
+                       fastest installed fp32 runtime), torch, onnx, openvino, or openvino-bf16 (by
+                       name only: bfloat16 where the CPU has it; its result says so)
     max_attempts:      a job found running at start (the server was killed, or its analysis took it
                        down) is re-run until it has been started this many times, then marked failed
     job_memory_mb:     memory limit of one analysis (its own process, RLIMIT_DATA); past it the job
@@ -53,6 +56,7 @@ class ServerConfig:
     allowed_hosts: list[str] = field(default_factory=list)
     cors_origins: list[str] = field(default_factory=list)
     overlay_video: bool = True
+    runtime: str = "auto"
     max_attempts: int = 1
     job_memory_mb: float = 3072.0
     min_free_mb: float = 1024.0
@@ -76,6 +80,10 @@ class ServerConfig:
             raise ValueError("CORS origins must be named explicitly ('*' is not accepted)")
         if any(not h or "*" in h or "/" in h for h in self.allowed_hosts):
             raise ValueError(f"allowed hosts must be plain host names or addresses, got {self.allowed_hosts}")
+        from pocovid.models.runtime import CHOICES
+
+        if self.runtime not in CHOICES:
+            raise ValueError(f"unknown runtime {self.runtime!r} (use {', '.join(CHOICES)})")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         for name in ("job_memory_mb", "min_free_mb"):

@@ -59,8 +59,10 @@ log = logging.getLogger("pocovid.server")
 class ModelProvider:
     """The model, loaded once from `spec` ('default' or a file) or given ready; a copy per thread."""
 
-    def __init__(self, spec: str = "default", model: Any = None, loader: Callable[[str], Any] | None = None):
+    def __init__(self, spec: str = "default", model: Any = None, loader: Callable[[str], Any] | None = None,
+                 runtime: str = "auto"):
         self.spec = spec
+        self.runtime = runtime  # the frame pass's runtime: a graph runtime's model needs no PyTorch
         self._model = model
         self.given = model  # the model given ready (not one loaded here): what an analysis process gets
         self.loader = loader
@@ -84,10 +86,10 @@ class ModelProvider:
                     try:
                         if self.loader is not None:
                             m = self.loader(self.spec)
-                        else:  # the service analyses on `auto` with CAM: a cached graph needs no PyTorch
+                        else:  # the service analyses with CAM: on a graph runtime a cached graph needs no PyTorch
                             from pocovid.inference import load_for_runtime
 
-                            m = load_for_runtime(self.spec, "auto")
+                            m = load_for_runtime(self.spec, self.runtime)
                     except PocovidError as e:
                         self._error = str(e)
                         raise
@@ -130,14 +132,14 @@ class ModelProvider:
                 "metrics": jsonable(meta.get("metrics"))}
 
 
-def default_analysis_config(overlay_video: bool = True):
-    """`pocovid.analysis.AnalysisConfig(overlay_video=...)`; None while that module is missing."""
+def default_analysis_config(overlay_video: bool = True, runtime: str = "auto"):
+    """`pocovid.analysis.AnalysisConfig(overlay_video=..., runtime=...)`; None while that module is missing."""
     try:
         from pocovid.analysis import AnalysisConfig
     except ImportError:
         return None
     try:
-        return AnalysisConfig(overlay_video=overlay_video)
+        return AnalysisConfig(overlay_video=overlay_video, runtime=runtime)
     except TypeError:
         return AnalysisConfig()
 
@@ -366,7 +368,7 @@ class JobRunner:
             if self._idle:
                 return self._idle.pop()
             w = ProcessWorker(self.analyze, self.models.spec, model=self.models.given, loader=self.models.loader,
-                              memory_mb=self.memory_mb)
+                              runtime=self.models.runtime, memory_mb=self.memory_mb)
             self._all.append(w)
             return w
 

@@ -80,8 +80,8 @@ def _exit_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="pocovid-parent-watch", daemon=True).start()
 
 
-def _child_main(conn, analyze: Callable, spec: str, model: Any, loader: Callable | None, memory_mb: float,
-                parent_pid: int) -> None:
+def _child_main(conn, analyze: Callable, spec: str, model: Any, loader: Callable | None, runtime: str,
+                memory_mb: float, parent_pid: int) -> None:
     """The child's loop: ('run', name, folder, out_dir, config) -> ('progress', f, stage)* then
     ('done', result JSON) or ('error', 'pocovid' | 'failed', reason); ('stop',) ends it."""
     from pocovid.analysis.result import AnalysisResult
@@ -91,7 +91,7 @@ def _child_main(conn, analyze: Callable, spec: str, model: Any, loader: Callable
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the server decides
     _exit_with_parent(parent_pid)
     limit_memory(memory_mb)
-    models = ModelProvider(spec, model=model, loader=loader)
+    models = ModelProvider(spec, model=model, loader=loader, runtime=runtime)
     while True:
         try:
             msg = conn.recv()
@@ -130,9 +130,10 @@ class ProcessWorker:
     """A child process that runs analyses one at a time (see the module docstring)."""
 
     def __init__(self, analyze: Callable, spec: str = "default", *, model: Any = None,
-                 loader: Callable | None = None, memory_mb: float = 0):
+                 loader: Callable | None = None, runtime: str = "auto", memory_mb: float = 0):
         self.analyze = analyze
         self.spec = spec
+        self.runtime = runtime
         self.model = model
         self.loader = loader
         self.memory_mb = memory_mb
@@ -143,7 +144,7 @@ class ProcessWorker:
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child_main, name="pocovid-analysis", daemon=True,
-                           args=(child, self.analyze, self.spec, self.model, self.loader, self.memory_mb,
+                           args=(child, self.analyze, self.spec, self.model, self.loader, self.runtime, self.memory_mb,
                                  os.getpid()))
         proc.start()
         child.close()
