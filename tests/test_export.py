@@ -201,7 +201,8 @@ def test_the_exported_graph_is_cached_for_later_processes(model, clips, monkeypa
 
 
 def test_int8_export_stays_within_its_tolerance(model, model_file, clips, tmp_path):
-    """Static int8 calibrated on phantom clips; the test clips (other seeds) keep their decisions."""
+    """Static int8 (NNCF, bias-corrected) calibrated on phantom clips; the test clips (other seeds) keep
+    their decisions."""
     calib = []
     for i, label in enumerate(("covid", "pneumonia", "regular")):
         calib.append(tmp_path / f"calib_{label}.mp4")
@@ -228,6 +229,10 @@ def test_int8_export_stays_within_its_tolerance(model, model_file, clips, tmp_pa
     adds = [n for n in graph.node if n.op_type == "Add"]
     assert any(set(n.input) & dequantised for n in adds if n.name.startswith("/trunk/"))
     assert not [n.name for n in adds if not n.name.startswith("/trunk/") and set(n.input) & dequantised]
+    # nor do the heads' linear layers, CAM products, pooling or ensemble mean: they stay float
+    from pocovid.models.export import INT8_FLOAT_OPS
+
+    assert not [n.name for n in graph.node if n.op_type in INT8_FLOAT_OPS and set(n.input) & dequantised]
     with pytest.raises(PocovidError, match="calibration"):
         export_model(model_file, tmp_path / "x.onnx", int8=True)
 
@@ -247,6 +252,13 @@ def _hide(monkeypatch, *modules):
         if m.split(".")[0] in modules:
             monkeypatch.delitem(sys.modules, m)
     monkeypatch.setattr(builtins, "__import__", fake)
+
+
+def test_int8_without_nncf_says_what_to_install(model_file, clips, tmp_path, monkeypatch):
+    _hide(monkeypatch, "nncf")
+    with pytest.raises(PocovidError, match=r"int8 export needs NNCF .*pip install 'pocovid\[int8\]'"):
+        export_model(model_file, tmp_path / "q.onnx", int8=True, calibration=[clips["covid"]], max_frames=8)
+    assert not (tmp_path / "q.onnx").exists()
 
 
 def test_a_missing_runtime_falls_back_to_torch_with_a_notice(model, monkeypatch, caplog):

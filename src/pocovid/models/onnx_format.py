@@ -15,11 +15,8 @@ INPUT = "input"
 #: every output the graph may have, in order (see the module docstring)
 OUTPUTS = ("log_probs", "probs", "pooled", "cams", "findings", "severity", "finding_cams")
 INSTALL_HINT = "pip install 'pocovid[onnx]'"
+INT8_INSTALL_HINT = "pip install 'pocovid[int8]'"
 PRECISIONS = ("fp32", "int8")
-#: int8: the ops quantised (a convolution with its ReLU6 / ReLU, so that the activation's range is the
-#: clipped one, and the residual additions) and the percentile of |activation| that sets each range
-INT8_OPS = ["Conv", "Clip", "Relu", "Add"]
-INT8_PERCENTILE = 99.999
 
 
 def output_names(model) -> list[str]:
