@@ -1,7 +1,8 @@
 """Issue 13, "faster than real time on a laptop": every target row in one run, with the load average.
 
     python benchmarks/speed.py [--model default|FILE] [--runtimes torch,onnx,openvino,openvino-bf16,auto]
-                               [--repeats 2] [--archive-n 100] [--skip-archive] [--skip-vgg]
+                               [--int8 RECORDING ...] [--repeats 2] [--archive-n 100] [--skip-archive]
+                               [--skip-vgg]
 
 Rows (benchmarks, not timed tests; the machine may be shared: the load average is printed at each
 step, and the figures move with it):
@@ -9,6 +10,10 @@ step, and the figures move with it):
                  asks for), batches of 32 prepared frames of the clip as the frame pass feeds them;
                  target >= 200 frames/s on 2 cores (openvino-bf16: bfloat16 where the CPU has it,
                  an opt-in whose accuracy cost benchmarks/precision_cv.py measures)
+  int8           with --int8 RECORDINGS: the model exported to int8 (`pocovid export --int8`, calibrated
+                 on those real recordings, not on the phantom clip), then the model and analyze rows
+                 once more on that file (`analyze --graph FILE --runtime onnx|openvino`); its accuracy
+                 cost is what benchmarks/precision_cv.py measures
   vgg16          frames/s of VGG-16 (the paper's backbone; random weights: speed does not depend on
                  the values) at the default cut with its pooled head, batch 32, eager, as
                  benchmarks/speed_models.py times it; target: the default model >= 25x that
@@ -102,10 +107,12 @@ def frames_per_s(infer, x: torch.Tensor, batch: int = 32, passes: int = 2) -> fl
     return len(x) / best
 
 
-def model_rows(spec: str, clip: Path, runtimes: list[str], n_frames: int = 128) -> dict[str, float]:
-    """frames/s per runtime on `n_frames` prepared frames of the clip (every head + CAMs)."""
+def model_rows(spec: str, clip: Path, runtimes: list[str], n_frames: int = 128,
+               graph: Path | None = None) -> dict[str, float]:
+    """frames/s per runtime on `n_frames` prepared frames of the clip (every head + CAMs); with
+    `graph` (an int8 file of the model) runtimes onnx and openvino on it as well."""
     from pocovid.inference import calibration_pixels, load
-    from pocovid.models.runtime import base_runtime, get_runtime, runtime_name
+    from pocovid.models.runtime import base_runtime, get_runtime, graph_runtime, runtime_name
 
     model = load(spec)
     px = calibration_pixels(model, [clip], n_frames)
@@ -119,6 +126,10 @@ def model_rows(spec: str, clip: Path, runtimes: list[str], n_frames: int = 128) 
         elif name != base_runtime(name) and engine.precision == "fp32":
             label += " (fp32: this CPU has no bfloat16)"
         out[label] = frames_per_s(lambda b, e=engine: e.infer(b, cams=True), x)
+    for name in (["onnx", "openvino"] if graph is not None else []):
+        if name in runtimes:
+            engine = graph_runtime(model, name, graph)
+            out[f"{name} int8"] = frames_per_s(lambda b, e=engine: e.infer(b, cams=True), x)
     return out
 
 
@@ -133,7 +144,8 @@ def vgg_row(batch: int = 32) -> float:
         return frames_per_s(model, x, batch, passes=2)
 
 
-def run_analyze(clip: Path, spec: str, runtime: str, out: Path, cache: Path, src: str | None = None) -> dict:
+def run_analyze(clip: Path, spec: str, runtime: str, out: Path, cache: Path, src: str | None = None,
+                graph: Path | None = None) -> dict:
     """One `pocovid analyze` in a fresh process: wall, CPU time, peak memory, stages (see _CHILD);
     `src`: the pocovid source folder to run instead of this one's (e.g. an earlier commit's)."""
     stages_file = out.parent / f"{out.name}.stages.json"
@@ -144,7 +156,8 @@ def run_analyze(clip: Path, spec: str, runtime: str, out: Path, cache: Path, src
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     w0, t = time.time(), time.perf_counter()
     p = subprocess.run([sys.executable, "-c", _CHILD, str(stages_file), ",".join(HEAVY), "analyze", str(clip),
-                        "--model", spec, "--out", str(out), "--runtime", runtime, "--quiet"],
+                        "--model", spec, "--out", str(out), "--runtime", runtime, "--quiet",
+                        *(["--graph", str(graph)] if graph else [])],
                        capture_output=True, text=True, env=env)
     wall, w1 = time.perf_counter() - t, time.time()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -185,17 +198,22 @@ def stage_line(s: dict) -> str:
     return f"{line}\n      ({side}"
 
 
-def analyze_rows(clip: Path, spec: str, runtimes: list[str], repeats: int, tmp: Path, src: str | None = None) -> None:
-    for rt in runtimes:
+def analyze_rows(clip: Path, spec: str, runtimes: list[str], repeats: int, tmp: Path, src: str | None = None,
+                 graph: Path | None = None) -> None:
+    """`runtimes` each, then (with `graph`, an int8 file) onnx and openvino on that file."""
+    runs = [(rt, None) for rt in runtimes] + [(rt, graph) for rt in ("onnx", "openvino")
+                                              if graph is not None and rt in runtimes]
+    for rt, g in runs:
+        name = f"{rt} --graph {g.name}" if g else rt
         cache = Path(tempfile.mkdtemp(prefix=f"pocovid-cache-{rt}-", dir=tmp))
         for k in range(1 + repeats):
-            s = run_analyze(clip, spec, rt, tmp / f"out-{rt}-{k}", cache, src)
+            s = run_analyze(clip, spec, rt, tmp / f"out-{rt}-{k}{'-int8' if g else ''}", cache, src, g)
             what = "first run, empty cache" if k == 0 else "cache warm"
             if "error" in s:
-                print(f"  analyze --runtime {rt} ({what}): FAILED {s['error']}")
+                print(f"  analyze --runtime {name} ({what}): FAILED {s['error']}")
                 continue
             ok = s["wall_s"] <= 4.0 and s["peak_gb"] <= 0.6
-            print(f"  analyze --runtime {rt} ({what}; ran on {s['ran_on']}): {s['wall_s']:.2f} s wall, "
+            print(f"  analyze --runtime {name} ({what}; ran on {s['ran_on']}): {s['wall_s']:.2f} s wall, "
                   f"{s['cpu_s']:.2f} s CPU, peak memory {s['peak_gb']:.2f} GB "
                   f"[target <= 4 s, <= 0.6 GB: {'OK' if ok else 'MISSED'}]; {load_avg()}")
             print(f"      {stage_line(s)}")
@@ -217,6 +235,8 @@ def main(argv=None) -> int:
     ap.add_argument("--runtimes", default="torch,onnx,openvino,openvino-bf16,auto")
     ap.add_argument("--repeats", type=int, default=2, help="analyze runs per runtime after the first (default 2)")
     ap.add_argument("--archive-n", type=int, default=100, help="clips for the archive row (default 100, as the target)")
+    ap.add_argument("--int8", nargs="+", default=None, metavar="RECORDING",
+                    help="also the model exported to int8, calibrated on these real recordings (files or folders)")
     ap.add_argument("--skip-archive", action="store_true")
     ap.add_argument("--skip-vgg", action="store_true")
     ap.add_argument("--skip-model", action="store_true")
@@ -234,9 +254,18 @@ def main(argv=None) -> int:
           f"threads, runtimes " + ", ".join(f"{n} {runtime_version(n)}" for n in available_runtimes())
           + f"; {load_avg()}")
     print(f"clip: {clip.name} (800x600, 300 frames, 30 fps, H.264); model {a.model}")
+    graph = None
+    if a.int8:
+        from pocovid.analysis.inputs import collect_recordings
+        from pocovid.inference import export_model
+
+        recordings = collect_recordings(a.int8).paths
+        t = time.perf_counter()
+        graph = export_model(a.model, tmp / "model-int8.onnx", int8=True, calibration=recordings)
+        print(f"int8: exported, calibrated on {len(recordings)} recordings, in {time.perf_counter() - t:.0f} s")
     fps = {}
     if not a.skip_model:
-        fps = model_rows(a.model, clip, [r for r in runtimes if r != "auto"])
+        fps = model_rows(a.model, clip, [r for r in runtimes if r != "auto"], graph=graph)
         for name, v in fps.items():
             print(f"  model on {name}: {v:.0f} frames/s (every head + CAMs, batches of 32) "
                   f"[target >= 200: {'OK' if v >= 200 else 'MISSED'}]")
@@ -251,7 +280,7 @@ def main(argv=None) -> int:
     if a.src:
         print(f"analyze rows on the pocovid source in {a.src}")
     try:
-        analyze_rows(clip, a.model, runtimes, a.repeats, tmp, a.src)
+        analyze_rows(clip, a.model, runtimes, a.repeats, tmp, a.src, graph)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if not a.skip_archive:
