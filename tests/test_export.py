@@ -256,7 +256,7 @@ def _hide(monkeypatch, *modules):
 
 def test_int8_without_nncf_says_what_to_install(model_file, clips, tmp_path, monkeypatch):
     _hide(monkeypatch, "nncf")
-    with pytest.raises(PocovidError, match=r"int8 export needs NNCF .*pip install 'pocovid\[int8\]'"):
+    with pytest.raises(PocovidError, match=r"int8 export needs NNCF.*pip install 'pocovid\[int8\]'"):
         export_model(model_file, tmp_path / "q.onnx", int8=True, calibration=[clips["covid"]], max_frames=8)
     assert not (tmp_path / "q.onnx").exists()
 

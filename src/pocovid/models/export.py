@@ -38,7 +38,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import fields
@@ -161,18 +160,16 @@ def _set_metadata(proto, values: dict[str, str]) -> None:
 INT8_FLOAT_OPS = ["Gemm", "MatMul", "Einsum", "ReduceMean", "GlobalAveragePool", "Flatten", "Softmax"]
 
 
-def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray], out: str | os.PathLike) -> int:
-    """Static post-training int8 quantisation of an fp32 graph over the `calibration` batches
-    (B, 3, S, S) float32 (see the module docstring); returns the number of calibration frames."""
+def quantize_int8(model, calibration: Iterable[np.ndarray]):
+    """Static post-training int8 quantisation of an fp32 graph `model` (an `onnx.ModelProto`) over the
+    `calibration` batches (B, 3, S, S) float32 (see the module docstring); the int8 ModelProto."""
     try:
         import nncf
-        import onnx
     except ImportError as e:
-        raise ModelError(f"int8 export needs NNCF and onnx ({e}; {INT8_INSTALL_HINT})") from None
+        raise ModelError(f"int8 export needs NNCF ({e}; {INT8_INSTALL_HINT})") from None
     frames = [np.ascontiguousarray(f, np.float32) for x in calibration for f in x]
     if not frames:
         raise ModelError("int8 export: no calibration frames")
-    model = onnx.load_from_string(fp32)
     # the trunk's residual additions are quantised; the heads' additions (the severity head's
     # thresholds among them) stay float, as the heads' linear layers do
     heads_adds = [n.name for n in model.graph.node if n.op_type == "Add" and not n.name.startswith("/trunk/")]
@@ -190,8 +187,7 @@ def quantize_int8(fp32: bytes, calibration: Iterable[np.ndarray], out: str | os.
                               ignored_scope=ignored)
     finally:
         log.setLevel(level)
-    onnx.save_model(q, str(out))
-    return len(frames)
+    return q
 
 
 def export_onnx(model, path: str | os.PathLike, *, calibration: Iterable[np.ndarray] | None = None,
@@ -203,15 +199,10 @@ def export_onnx(model, path: str | os.PathLike, *, calibration: Iterable[np.ndar
         import onnx
     except ImportError as e:
         raise ModelError(f"ONNX export needs the onnx package ({e}; {INSTALL_HINT})") from None
-    data = onnx_bytes(model, metadata=False)
+    proto = onnx.load_from_string(onnx_bytes(model, metadata=False))
     precision = "fp32"
     if calibration is not None:
-        with tempfile.TemporaryDirectory(prefix="pocovid-int8-") as d:
-            q = Path(d) / "int8.onnx"
-            quantize_int8(data, calibration, q)
-            data = q.read_bytes()
-        precision = "int8"
-    proto = onnx.load_from_string(data)
+        proto, precision = quantize_int8(proto, calibration), "int8"
     _set_metadata(proto, onnx_metadata(model, precision, calibration_text))
     with atomic_path(path, durable=True) as tmp:
         onnx.save_model(proto, str(tmp))
