@@ -200,15 +200,20 @@ def stage_line(s: dict) -> str:
 
 def analyze_rows(clip: Path, spec: str, runtimes: list[str], repeats: int, tmp: Path, src: str | None = None,
                  graph: Path | None = None) -> None:
-    """`runtimes` each, then (with `graph`, an int8 file) onnx and openvino on that file."""
+    """`runtimes` each, then (with `graph`, an int8 file) onnx and openvino on that file, in the
+    cache the runtime's own runs left (a site that has run analyze before: the model file's graph
+    record is there, so a `--graph` run needs no PyTorch)."""
     runs = [(rt, None) for rt in runtimes] + [(rt, graph) for rt in ("onnx", "openvino")
                                               if graph is not None and rt in runtimes]
+    caches: dict[str, Path] = {}
     for rt, g in runs:
         name = f"{rt} --graph {g.name}" if g else rt
-        cache = Path(tempfile.mkdtemp(prefix=f"pocovid-cache-{rt}-", dir=tmp))
+        warm = g is not None and rt in caches
+        cache = caches.setdefault(rt, Path(tempfile.mkdtemp(prefix=f"pocovid-cache-{rt}-", dir=tmp)))
         for k in range(1 + repeats):
             s = run_analyze(clip, spec, rt, tmp / f"out-{rt}-{k}{'-int8' if g else ''}", cache, src, g)
-            what = "first run, empty cache" if k == 0 else "cache warm"
+            what = ("first run of the file, cache of the fp32 runs" if warm else "first run, empty cache") \
+                if k == 0 else "cache warm"
             if "error" in s:
                 print(f"  analyze --runtime {name} ({what}): FAILED {s['error']}")
                 continue

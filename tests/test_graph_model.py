@@ -68,21 +68,34 @@ def test_the_second_analysis_runs_without_torch_and_agrees(clip, model_file, tmp
         if again["model_info"]["runtime"] == first["model_info"]["runtime"]:
             assert again == first, runtime
         else:  # the same frame pass on another runtime: the same decision, probabilities within 1e-4
-            assert again["prediction"]["label"] == first["prediction"]["label"]
-            for c, v in first["prediction"]["probabilities"].items():
-                assert abs(again["prediction"]["probabilities"][c] - v) <= 1e-4
+            _same_decision(again, first)
+    # an exported file given with --graph: checked against the cached graph's fingerprint, no torch
+    from pocovid.models.export import export_onnx
+
+    graph_file = export_onnx(load(model_file), tmp_path / "mine.onnx")
+    again, imported = _analyze(clip, model_file, tmp_path / "c", cache, "onnx", "--graph", str(graph_file))
+    assert imported == "IMPORTED []"
+    assert again["model_info"]["graph"] == "mine.onnx" and again["model_info"]["precision"] == "fp32"
+    _same_decision(again, first)
 
 
-def test_gradcam_torch_and_a_graph_file_still_load_the_model_file(model_file, tmp_path, monkeypatch):
+def _same_decision(a: dict, b: dict) -> None:
+    assert a["prediction"]["label"] == b["prediction"]["label"]
+    for c, v in b["prediction"]["probabilities"].items():
+        assert abs(a["prediction"]["probabilities"][c] - v) <= 1e-4
+
+
+def test_gradcam_and_torch_still_load_the_model_file(model_file, tmp_path, monkeypatch):
     monkeypatch.setenv("POCOVID_CACHE_DIR", str(tmp_path / "cache"))
     from pocovid.models.runtime import get_runtime
 
     get_runtime(load(model_file), "onnx")  # the graph exported and the file described, as a first run does
     graph_file = tmp_path / "g.onnx"
     graph_file.write_bytes(b"")
-    assert isinstance(resolve_model(str(model_file), AnalysisConfig(runtime="onnx"))[0], GraphModel)
-    for cfg in (AnalysisConfig(runtime="onnx", explainer="gradcam"), AnalysisConfig(runtime="torch"),
-                AnalysisConfig(runtime="onnx", graph=str(graph_file))):
+    # a graph file given (--graph) is checked against the cached graph's fingerprint: no torch either
+    for cfg in (AnalysisConfig(runtime="onnx"), AnalysisConfig(runtime="onnx", graph=str(graph_file))):
+        assert isinstance(resolve_model(str(model_file), cfg)[0], GraphModel), cfg
+    for cfg in (AnalysisConfig(runtime="onnx", explainer="gradcam"), AnalysisConfig(runtime="torch")):
         assert not isinstance(resolve_model(str(model_file), cfg)[0], GraphModel), cfg
     assert not isinstance(resolve_model(str(model_file))[0], GraphModel)  # no config: the exam, the service
 

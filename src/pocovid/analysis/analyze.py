@@ -108,8 +108,8 @@ class AnalysisConfig:
 
 def resolve_model(model, config: AnalysisConfig | None = None) -> tuple[object, str]:
     """(the model in eval mode, its name for the result) from a model or a spec ("default" or a
-    model file). With a `config` whose frame pass needs no PyTorch (a graph runtime, CAM, no graph
-    file given), a spec may give the model as its cached graph (`inference.load_for_runtime`)."""
+    model file). With a `config` whose frame pass needs no PyTorch (a graph runtime, CAM), a spec
+    may give the model as its cached graph (`inference.load_for_runtime`)."""
     if not isinstance(model, (str, os.PathLike)):  # a FrameClassifier, or a GraphModel
         meta = getattr(model, "meta", None) or {}
         name = meta.get("source") or (f"{getattr(model, 'backbone_name', 'model')} created {meta['created']}"
@@ -122,8 +122,9 @@ def resolve_model(model, config: AnalysisConfig | None = None) -> tuple[object, 
 
 def torch_free(config: AnalysisConfig) -> bool:
     """Whether an analysis with `config` can run on a model's cached graph alone: on a graph
-    runtime, with CAM heatmaps (Grad-CAM differentiates the PyTorch model), no graph file given."""
-    return config.runtime != "torch" and config.explainer == "cam" and config.graph is None
+    runtime, with CAM heatmaps (Grad-CAM differentiates the PyTorch model). A graph file given
+    (`--graph`) is checked against the cached graph's fingerprint, which is the model's."""
+    return config.runtime != "torch" and config.explainer == "cam"
 
 
 def _probs_dict(classes, p) -> dict:

@@ -427,7 +427,7 @@ def _graph_metadata(path: str) -> dict:
     except ImportError:
         pass
     else:
-        from pocovid.models.export import read_onnx_metadata
+        from pocovid.models.onnx_format import read_onnx_metadata
 
         return read_onnx_metadata(path)
     try:
