@@ -7,7 +7,7 @@ it by type, e.g. `db: Db`, and admin endpoints add `dependencies=[Depends(requir
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Callable
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -16,7 +16,7 @@ from pocovid.server.config import ServerConfig
 from pocovid.server.db import Database
 from pocovid.server.exams import ExamService
 from pocovid.server.jobs import JobRunner, ModelProvider
-from pocovid.server.storage import Storage
+from pocovid.server.storage import Storage, valid_id
 
 def get_config(request: Request) -> ServerConfig:
     return request.app.state.config
@@ -54,6 +54,16 @@ Jobs = Annotated[JobRunner, Depends(get_jobs)]
 Models = Annotated[ModelProvider, Depends(get_models)]
 Exams = Annotated[ExamService, Depends(get_exams)]
 UrlPrefix = Annotated[str, Depends(url_prefix)]
+
+
+def row_or_404(get: Callable[[str], dict | None], row_id: str, what: str) -> dict:
+    """The row `get(row_id)` finds for the id in a path; 404 "no such WHAT" for none (or an id that
+    is not one of ours: never looked up)."""
+    row = get(row_id) if valid_id(row_id) else None
+    if row is None:
+        raise HTTPException(404, f"no such {what}")
+    return row
+
 
 bearer = HTTPBearer(auto_error=False, description="POCOVID_API_TOKEN of the server")
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
-from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admin
+from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admin, row_or_404
 from pocovid.analysis.result import AnalysisResult
 from pocovid.server.results import links_for, stored_result, summarize_result
 from pocovid.server.routes.common import (AUTH_ERRORS, CACHE_PRIVATE, FILE_BODY, FILE_PROP, MAX_OFFSET, NOT_FOUND,
@@ -30,10 +30,7 @@ EXAM_CONFLICT = {409: {"model": ErrorBody, "description": "A recording of an exa
 
 def analysis_row(analysis_id: str, db: Db) -> dict:
     """The analysis named in the path; 404 when there is none."""
-    row = db.get_analysis(analysis_id) if valid_id(analysis_id) else None
-    if row is None:
-        raise HTTPException(404, "no such analysis")
-    return row
+    return row_or_404(db.get_analysis, analysis_id, "analysis")
 
 
 Row = Annotated[dict, Depends(analysis_row)]

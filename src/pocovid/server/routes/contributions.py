@@ -15,11 +15,11 @@ from fastapi.responses import FileResponse
 from pocovid.errors import PocovidError
 from pocovid.server import contributions as contrib
 from pocovid.server.db import Database
-from pocovid.server.deps import Config, Db, Store, UrlPrefix, require_admin
+from pocovid.server.deps import Config, Db, Store, UrlPrefix, require_admin, row_or_404
 from pocovid.server.routes.common import AUTH_ERRORS, FILE_PROP, MAX_OFFSET, NOT_FOUND, UPLOAD_ERRORS, multipart_doc
 from pocovid.server.schemas import (Contribution, ContributionCreated, ContributionOptions, ContributionPage, Decision,
                                     ErrorBody)
-from pocovid.server.storage import new_id, valid_id
+from pocovid.server.storage import new_id
 from pocovid.server.uploads import UploadError, receive_form, store_upload
 
 log = logging.getLogger("pocovid.server")
@@ -45,10 +45,7 @@ FORM_REQUIRED = ["file", "diagnosis", "source", "license", "consent"]
 
 def contribution_row(contribution_id: str, db: Db) -> dict:
     """The contribution named in the path; 404 when there is none."""
-    c = db.get_contribution(contribution_id) if valid_id(contribution_id) else None
-    if c is None:
-        raise HTTPException(404, "no such contribution")
-    return c
+    return row_or_404(db.get_contribution, contribution_id, "contribution")
 
 
 Row = Annotated[dict, Depends(contribution_row)]

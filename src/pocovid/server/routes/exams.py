@@ -16,7 +16,7 @@ from pocovid.analysis.exam_result import ExamResult
 from pocovid.analysis.zones import normalize_zone, zone_from_name
 from pocovid.errors import PocovidError
 from pocovid.server.db import FINISHED
-from pocovid.server.deps import Config, Db, Exams, Jobs, Store, UrlPrefix, require_admin
+from pocovid.server.deps import Config, Db, Exams, Jobs, Store, UrlPrefix, require_admin, row_or_404
 from pocovid.server.exams import EXAM_HTML, EXAM_JSON, MAX_RECORDINGS, exam_file_names
 from pocovid.server.results import summarize_result
 from pocovid.server.routes.analyses import read_result
@@ -40,10 +40,7 @@ ZONES_PROP = {"type": "string", "description": "Optional: one zone per file, in 
 
 def exam_row(exam_id: str, db: Db) -> dict:
     """The exam named in the path; 404 when there is none."""
-    row = db.get_exam(exam_id) if valid_id(exam_id) else None
-    if row is None:
-        raise HTTPException(404, "no such exam")
-    return row
+    return row_or_404(db.get_exam, exam_id, "exam")
 
 
 ExamRow = Annotated[dict, Depends(exam_row)]
