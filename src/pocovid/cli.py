@@ -322,7 +322,7 @@ def train_cmd(
     final: bool = typer.Option(False, "--final", help="Also train the model on all data: OUT/model.pt."),
     cv: bool = typer.Option(True, "--cv/--no-cv", help="Cross-validate over the folds (out-of-fold metrics)."),
     config: str = typer.Option(None, "--config", help="TOML file of training settings: any TrainConfig field, "
-                               "[augment] for the augmentation's; the options below override it."),
+                               "\\[augment] for the augmentation's; the options below override it."),
     backbone: str = typer.Option(None, "--backbone",
                                  help="Backbone name (default {backbone}; an unknown name lists the known ones)."),
     classes: str = typer.Option(None, "--classes", help="Classes to learn, comma-separated (default {classes})."),
@@ -689,7 +689,7 @@ def analyze_cmd(
                                 "in the output folder (same model, settings and result schema; the recording "
                                 "unchanged); redo broken or outdated ones. Default: analyse everything again."),
     engine: str = typer.Option("local", "--engine", help="local (one recording after another, in this process) "
-                               "or ray (one Ray task per recording: pip install 'pocovid[ray]')."),
+                               "or ray (one Ray task per recording: pip install 'pocovid\\[ray]')."),
     address: str = typer.Option(None, "--address", help="--engine ray: the Ray cluster to use (e.g. auto, "
                                 "ray://HOST:10001); default: start Ray on this machine."),
     workers: int = typer.Option(None, "--workers", help="--engine ray: recordings analysed at once "
