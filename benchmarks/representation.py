@@ -22,6 +22,11 @@ patient-grouped CV on the training folds only) on the same folds. Candidates:
   middle), `motion` the frame, the frame, and its grey levels' standard deviation over +-WINDOW
   (x4, clipped). Images (no neighbours) get the frame in every channel, a std of 0. The neighbours
   are decoded anew from each clip at every frame, cropped to the clip's region as the frame was.
+- the near field magnified: the severity score (Soldati) reads the pleural line (continuous,
+  indented, broken) and what lies just under it, a few dozen pixels of a deep frame. `nearfield`
+  gives the trunk the top half of each frame (the skin to mid-depth of the sector) enlarged 2x
+  (224 x 448 px, aspect kept; the trunk is convolutional), alone or its features beside the whole
+  frame's (`A&B`: both variants' features, the second's taps prefixed with its kind).
 
 Printed per candidate and split: POCUS clips (3 classes) balanced accuracy / COVID sensitivity /
 specificity; COVID-BLUES patients COVID-19 vs not (mean of the patient's clip probabilities) accuracy
@@ -65,6 +70,8 @@ CANDIDATES = {
     "lite0 s4-s7 + site norm.": ("lite0", ["stage4", "stage5", "stage6", "stage7"], "avg+site"),
     "lite0 temporal s5": ("lite0-temporal", ["stage5"], "avg"),
     "lite0 motion s5": ("lite0-motion", ["stage5"], "avg"),
+    "lite0 near field s5": ("lite0-nearfield", ["stage5"], "avg"),
+    "lite0 s5 + near field s5": ("lite0&lite0-nearfield", ["stage5", "nearfield.stage5"], "avg"),
 }
 TEMPORAL_DT, MOTION_WINDOW = 0.12, 0.3  # seconds: ~3 frames at 25 fps; the std over +-0.3 s
 _TEMPORAL: dict[int, dict] = {}  # id(FrameSet) -> temporal_frames(...)
@@ -131,7 +138,7 @@ def tap_features(variant: str, frames: np.ndarray, clip_of: np.ndarray, batch: i
     t0 = time.time()
     for i in range(0, len(frames), batch):
         g = frames[i:i + batch]
-        if g.shape[1] != cfg.size:
+        if g.shape[1] != cfg.size and g.shape[1] == g.shape[2]:
             g = np.stack([resize_frame(f, cfg.size) for f in g])
         x = cfg.tensor(g)
         for k, stage in enumerate(stages):
@@ -145,11 +152,27 @@ def tap_features(variant: str, frames: np.ndarray, clip_of: np.ndarray, batch: i
     return {k: np.concatenate(v).astype(np.float32) for k, v in out.items()}
 
 
+def near_field(frames: np.ndarray) -> np.ndarray:
+    """The top half of each (N, S, S) frame enlarged 2x: (N, S, 2S)."""
+    import cv2
+
+    s = frames.shape[1]
+    return np.stack([cv2.resize(f[: s // 2], (2 * s, s), interpolation=cv2.INTER_CUBIC) for f in frames])
+
+
 def load_features(variant: str, frames, cache: Path) -> dict[str, np.ndarray]:
+    if "&" in variant:  # several variants side by side: the later ones' taps prefixed with their kind
+        out = {}
+        for k, v in enumerate(variant.split("&")):
+            prefix = f"{v.split('-')[-1]}." if k else ""
+            out.update({prefix + key: x for key, x in load_features(v, frames, cache).items()})
+        return out
     path = cache / f"taps-{variant}.npz"
     if path.exists():
         return dict(np.load(path))
     pixels = frames.frames
+    if variant.endswith("nearfield"):
+        pixels = near_field(pixels)
     if (kind := variant.split("-")[-1]) in ("temporal", "motion"):
         if id(frames) not in _TEMPORAL:  # both kinds from one decoding
             _TEMPORAL[id(frames)] = temporal_frames(frames)
