@@ -25,8 +25,8 @@ the heads' convolutions and the trunk's residual additions, weights int8 per out
 activations per tensor (NNCF's `performance` preset for the CPU target: symmetric, the layout
 OpenVINO's int8 kernels run fastest; `mixed` was as accurate and 1.5x slower), and NNCF's full bias
 correction, which re-fits each quantised layer's bias so that its mean output on the calibration
-frames equals fp32's. The heads' linear layers, CAM products, pooling and
-softmax stay float (`INT8_FLOAT_OPS`). Bias correction is what makes it hold: without it (and with
+frames equals fp32's. The heads' linear layers, CAM products, pooling and softmax stay float
+(`INT8_FLOAT_OPS`). Bias correction is what makes it hold: without it (and with
 onnxruntime's `quantize_static`, used until 2026-12-02) the quantisation error shifted the class
 probabilities one way (real frames: COVID-19 -0.08 on average) and lost COVID clips on held-out
 folds. What it costs is measured in benchmarks/precision_cv.py and documented in docs/export.md.
