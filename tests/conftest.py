@@ -44,3 +44,11 @@ def model_file(tmp_path_factory):
     m = quick_phantom_model(size=96, n_heads=2, steps=40)
     return save_quick_model(m, tmp_path_factory.mktemp("model") / "phantom.pt",
                             metrics={"video": {"balanced_accuracy": 0.9, "n": 9}})
+
+
+@pytest.fixture(scope="module")
+def saved_model(model, tmp_path_factory):
+    """The test module's own `model` fixture, saved as a model file (for the CLI and export)."""
+    from pocovid.testing import save_quick_model
+
+    return save_quick_model(model, tmp_path_factory.mktemp("model") / "quick.pt")

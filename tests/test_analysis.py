@@ -38,13 +38,6 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def model_file(model, tmp_path_factory):
-    from pocovid.testing import save_quick_model
-
-    return save_quick_model(model, tmp_path_factory.mktemp("model") / "quick.pt")
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     """Phantom recordings whose finding is visible only in some frames, and what they show."""
     d = tmp_path_factory.mktemp("clips")
@@ -575,8 +568,8 @@ def _cli(*args):
                           text=True, timeout=300, env=env)
 
 
-def test_cli_json_is_the_only_stdout(model_file, clips, tmp_path):
-    r = _cli(clips["covid"][0], "--model", model_file, "--out", tmp_path / "o", "--json", "--rate", "5")
+def test_cli_json_is_the_only_stdout(saved_model, clips, tmp_path):
+    r = _cli(clips["covid"][0], "--model", saved_model, "--out", tmp_path / "o", "--json", "--rate", "5")
     assert r.returncode == 0, r.stderr
     (res,) = json.loads(r.stdout)  # a list, whatever the number of files
     assert res["status"] == "ok" and res["prediction"]["label"] == "covid" and res["sampling"]["rate_hz"] == 5
@@ -584,10 +577,10 @@ def test_cli_json_is_the_only_stdout(model_file, clips, tmp_path):
     assert (tmp_path / "o" / "summary.csv").is_file()
 
 
-def test_cli_batch_reports_failures_and_exits_non_zero(model_file, clips, tmp_path):
+def test_cli_batch_reports_failures_and_exits_non_zero(saved_model, clips, tmp_path):
     bad = tmp_path / "bad.avi"
     bad.write_text("nope")
-    r = _cli(clips["regular"][0], bad, "--model", model_file, "--out", tmp_path / "o", "--rate", "3")
+    r = _cli(clips["regular"][0], bad, "--model", saved_model, "--out", tmp_path / "o", "--rate", "3")
     assert r.returncode == 1
     errs = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errs) == 1 and "bad.avi" in errs[0] and "Traceback" not in r.stderr

@@ -58,13 +58,6 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def model_file(model, tmp_path_factory):
-    from pocovid.testing import save_quick_model
-
-    return save_quick_model(model, tmp_path_factory.mktemp("model") / "quick.pt")
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("clips")
     out = {}
@@ -200,14 +193,14 @@ def test_the_exported_graph_is_cached_for_later_processes(model, clips, monkeypa
     assert rt.graph_path(model).stat().st_size > 1000
 
 
-def test_int8_export_stays_within_its_tolerance(model, model_file, clips, tmp_path):
+def test_int8_export_stays_within_its_tolerance(model, saved_model, clips, tmp_path):
     """Static int8 (NNCF, bias-corrected) calibrated on phantom clips; the test clips (other seeds) keep
     their decisions."""
     calib = []
     for i, label in enumerate(("covid", "pneumonia", "regular")):
         calib.append(tmp_path / f"calib_{label}.mp4")
         write_phantom(calib[-1], label=label, n_frames=16, fps=10.0, width=240, height=200, seed=40 + i)
-    out = export_model(model_file, tmp_path / "q.onnx", int8=True, calibration=calib, max_frames=48)
+    out = export_model(saved_model, tmp_path / "q.onnx", int8=True, calibration=calib, max_frames=48)
     meta = read_onnx_metadata(out)
     assert meta["precision"] == "int8" and meta["calibration"].startswith("48 frames of 3 recording(s)")
     assert out.stat().st_size < 0.5 * export_onnx(model, tmp_path / "f.onnx").stat().st_size
@@ -234,7 +227,7 @@ def test_int8_export_stays_within_its_tolerance(model, model_file, clips, tmp_pa
 
     assert not [n.name for n in graph.node if n.op_type in INT8_FLOAT_OPS and set(n.input) & dequantised]
     with pytest.raises(PocovidError, match="calibration"):
-        export_model(model_file, tmp_path / "x.onnx", int8=True)
+        export_model(saved_model, tmp_path / "x.onnx", int8=True)
 
 
 def _hide(monkeypatch, *modules):
@@ -254,10 +247,10 @@ def _hide(monkeypatch, *modules):
     monkeypatch.setattr(builtins, "__import__", fake)
 
 
-def test_int8_without_nncf_says_what_to_install(model_file, clips, tmp_path, monkeypatch):
+def test_int8_without_nncf_says_what_to_install(saved_model, clips, tmp_path, monkeypatch):
     _hide(monkeypatch, "nncf")
     with pytest.raises(PocovidError, match=r"int8 export needs NNCF.*pip install 'pocovid\[int8\]'"):
-        export_model(model_file, tmp_path / "q.onnx", int8=True, calibration=[clips["covid"]], max_frames=8)
+        export_model(saved_model, tmp_path / "q.onnx", int8=True, calibration=[clips["covid"]], max_frames=8)
     assert not (tmp_path / "q.onnx").exists()
 
 
@@ -338,16 +331,16 @@ def test_analyze_writes_the_same_result_on_torch_and_onnx(model, clips, tmp_path
     assert [k["index"] for k in results["torch"]["key_frames"]] == [k["index"] for k in results["onnx"]["key_frames"]]
 
 
-def test_cli_export_and_analyze_runtime(model_file, clips, tmp_path):
+def test_cli_export_and_analyze_runtime(saved_model, clips, tmp_path):
     out = tmp_path / "m.onnx"
-    r = runner.invoke(app, ["export", str(model_file), "--format", "onnx", str(out)])
+    r = runner.invoke(app, ["export", str(saved_model), "--format", "onnx", str(out)])
     assert r.exit_code == 0, r.output
     assert "fp32 ONNX" in r.output and read_onnx_metadata(out)["classes"] == ["covid", "pneumonia", "regular"]
-    r = runner.invoke(app, ["export", str(model_file), "--format", "tflite", str(tmp_path / "m.tflite")])
+    r = runner.invoke(app, ["export", str(saved_model), "--format", "tflite", str(tmp_path / "m.tflite")])
     assert r.exit_code != 0 and "only onnx" in r.output
-    r = runner.invoke(app, ["export", str(model_file), str(out), "--calibration", str(clips["covid"])])
+    r = runner.invoke(app, ["export", str(saved_model), str(out), "--calibration", str(clips["covid"])])
     assert r.exit_code != 0 and "--calibration is for --int8" in r.output
-    r = runner.invoke(app, ["analyze", str(clips["covid"]), "--model", str(model_file), "--runtime", "tpu",
+    r = runner.invoke(app, ["analyze", str(clips["covid"]), "--model", str(saved_model), "--runtime", "tpu",
                             "-o", str(tmp_path / "a")])
     assert r.exit_code != 0 and "--runtime" in r.output and "unknown runtime" in r.output
 
@@ -360,7 +353,7 @@ def _one_line_error(r, *words):
     assert r.exception is None or isinstance(r.exception, SystemExit)
 
 
-def test_cli_analyze_runs_an_int8_graph_given_with_graph(model, model_file, clips, tmp_path):
+def test_cli_analyze_runs_an_int8_graph_given_with_graph(model, saved_model, clips, tmp_path):
     """`pocovid export --int8` then `pocovid analyze --graph`: the frame pass runs the file, the result
     says onnx and int8; `--resume` keeps it only for the same graph; torch, a missing file, a file that
     is not ONNX, a graph of another model (or of an unknown one) are refused with one line, exit 1."""
@@ -369,9 +362,9 @@ def test_cli_analyze_runs_an_int8_graph_given_with_graph(model, model_file, clip
     for i, label in enumerate(("covid", "pneumonia", "regular")):
         write_phantom(calib / f"{label}.mp4", label=label, n_frames=16, fps=10.0, width=240, height=200, seed=40 + i)
     q = tmp_path / "model-int8.onnx"
-    r = runner.invoke(app, ["export", str(model_file), "--int8", "--calibration", str(calib), str(q)])
+    r = runner.invoke(app, ["export", str(saved_model), "--int8", "--calibration", str(calib), str(q)])
     assert r.exit_code == 0 and "int8 ONNX" in r.output, r.output
-    base = ["analyze", str(clips["covid"]), "--model", str(model_file), "--no-overlay-video", "--quiet"]
+    base = ["analyze", str(clips["covid"]), "--model", str(saved_model), "--no-overlay-video", "--quiet"]
     out = tmp_path / "a"
     r = runner.invoke(app, [*base, "--graph", str(q), "--runtime", "onnx", "-o", str(out)])
     assert r.exit_code == 0, r.output
@@ -426,7 +419,7 @@ def test_an_int8_graph_runs_on_openvino(model, clips, tmp_path):
     assert r.prediction.label == want.prediction.label
 
 
-def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips, tmp_path):
+def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, saved_model, clips, tmp_path):
     """`--runtime openvino-bf16`: OpenVINO in bfloat16 where the CPU has it (its result says bf16 and
     stays near fp32), fp32 elsewhere (and says fp32); never a candidate of `auto`; `--resume` redoes an
     fp32 result under it; no graph file with it."""
@@ -442,7 +435,7 @@ def test_openvino_bf16_is_asked_for_by_name_and_says_so(model, model_file, clips
     tol = 1e-4 if want_precision == "fp32" else 0.05  # bfloat16 keeps 8 bits of mantissa
     assert np.abs(got.probs - want.probs).max() <= tol and np.abs(got.findings - want.findings).max() <= tol
 
-    base = ["analyze", str(clips["covid"]), "--model", str(model_file), "--no-overlay-video", "--quiet"]
+    base = ["analyze", str(clips["covid"]), "--model", str(saved_model), "--no-overlay-video", "--quiet"]
     out = tmp_path / "a"
     r = runner.invoke(app, [*base, "--runtime", "openvino", "-o", str(out)])
     assert r.exit_code == 0, r.output
