@@ -22,12 +22,16 @@ import contextlib
 import errno
 import logging
 import os
+import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from pocovid.server.storage import SNIFF_BYTES, SUPPORTED, MediaType, Storage, sniff_media
 
 log = logging.getLogger("pocovid.server")
+T = TypeVar("T")
 
 #: Room for the multipart framing on top of the file limit (plus the text fields' own limits).
 BODY_OVERHEAD = 64 * 1024
@@ -368,3 +372,31 @@ async def store_upload(f: ReceivedFile, dest: Path) -> tuple[bool, str | None]:
     finally:
         f.discard()
     return True, rep.burned_in_annotation
+
+
+def database_error(e: sqlite3.OperationalError, what: str = "upload") -> UploadError:
+    """The answer to a failed write of `what`'s row: 507 when the disk is full, else 503 (busy)."""
+    if "full" in str(e):
+        return UploadError(507, f"the server's disk is full: the {what} cannot be recorded")
+    return UploadError(503, f"the service's database is busy; the {what} was not stored (try again)")
+
+
+async def store_and_record(f: ReceivedFile, dest: Path, record: Callable[[bool], T]) -> tuple[bool, T]:
+    """`store_upload` the file to `dest`, then `record(de-identified)` its row (in a worker thread:
+    sqlite blocks). Returns (de-identified, what `record` returned). Whatever fails, the stored file
+    is removed: never a file without its row. Errors of `record` but the database's pass through."""
+    from starlette.concurrency import run_in_threadpool
+
+    stored = False
+    try:
+        deid, _ = await store_upload(f, dest)
+        row = await run_in_threadpool(record, deid)
+        stored = True
+    except sqlite3.OperationalError as e:
+        raise database_error(e) from None
+    finally:
+        if not stored:
+            f.discard()
+            with contextlib.suppress(OSError):
+                dest.unlink()
+    return deid, row

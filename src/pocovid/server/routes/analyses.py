@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import mimetypes
-import sqlite3
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 
 from pocovid.server.deps import Config, Db, Jobs, Store, UrlPrefix, require_admin, row_or_404
@@ -20,7 +17,7 @@ from pocovid.server.routes.common import (AUTH_ERRORS, CACHE_PRIVATE, FILE_BODY,
 from pocovid.server.schemas import (AnalysisCreated, AnalysisLinks, AnalysisPage, AnalysisStatus, AnalysisSummary,
                                     ErrorBody)
 from pocovid.server.storage import new_id, valid_id
-from pocovid.server.uploads import UploadError, receive_form, store_upload
+from pocovid.server.uploads import receive_form, store_and_record
 
 log = logging.getLogger("pocovid.server")
 
@@ -78,21 +75,10 @@ async def create_analysis(request: Request, response: Response, cfg: Config, db:
     f = form.file
     id_ = new_id()
     dest = storage.upload_path(id_, f.media.ext)
-    stored = False
-    try:
-        deid, _ = await store_upload(f, dest)
-        size = dest.stat().st_size
-        await run_in_threadpool(db.add_analysis, id_, kind=f.media.kind, format=f.media.name, size=size,
-                                upload=storage.relative(dest), deidentified=deid)
-        stored = True
-    except sqlite3.OperationalError as e:
-        raise (UploadError(507, "the server's disk is full: the upload cannot be recorded") if "full" in str(e)
-               else UploadError(503, "the service's database is busy; the upload was not stored (try again)")) from None
-    finally:
-        if not stored:  # no file without its row, whatever went wrong
-            f.discard()
-            with contextlib.suppress(OSError):
-                dest.unlink()
+    deid, _ = await store_and_record(f, dest, lambda deid: db.add_analysis(
+        id_, kind=f.media.kind, format=f.media.name, size=dest.stat().st_size, upload=storage.relative(dest),
+        deidentified=deid))
+    size = dest.stat().st_size
     jobs.submit(id_)
     log.info("analysis %s: queued (%s, %d bytes%s)", id_, f.media.name, size, ", de-identified" if deid else "")
     url = f"{pre}/api/analyses/{id_}"

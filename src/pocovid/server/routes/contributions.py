@@ -20,7 +20,7 @@ from pocovid.server.routes.common import AUTH_ERRORS, FILE_PROP, MAX_OFFSET, NOT
 from pocovid.server.schemas import (Contribution, ContributionCreated, ContributionOptions, ContributionPage, Decision,
                                     ErrorBody)
 from pocovid.server.storage import new_id
-from pocovid.server.uploads import UploadError, receive_form, store_upload
+from pocovid.server.uploads import UploadError, database_error, receive_form, store_upload
 
 log = logging.getLogger("pocovid.server")
 
@@ -102,9 +102,7 @@ async def create_contribution(request: Request, cfg: Config, db: Db, storage: St
             "file": storage.relative(dest), "deidentified": int(deid), "burned_in": burned_in, **fields})
         stored = True
     except sqlite3.OperationalError as e:
-        raise (UploadError(507, "the server's disk is full: the contribution cannot be recorded") if "full" in str(e)
-               else UploadError(503, "the service's database is busy; the contribution was not stored (try again)")
-               ) from None
+        raise database_error(e, "contribution") from None
     finally:
         if not stored:  # no file without its row
             dest.unlink(missing_ok=True)

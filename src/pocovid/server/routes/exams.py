@@ -3,9 +3,7 @@ follow it, read its conclusion and report, move a recording to another zone, del
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import sqlite3
 from typing import Annotated, Optional
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request, Response
@@ -26,7 +24,7 @@ from pocovid.server.schemas import (ErrorBody, ExamCreate, ExamCreated, ExamLink
                                     ExamStatus, ExamSummary, QueueCounts, RecordingsAdded, RefusedRecording,
                                     ZoneChange)
 from pocovid.server.storage import new_id, valid_id
-from pocovid.server.uploads import UploadError, receive_form, store_upload
+from pocovid.server.uploads import UploadError, receive_form, store_and_record
 
 log = logging.getLogger("pocovid.server")
 
@@ -195,23 +193,12 @@ async def _store(f, exam_id: str, zone: str | None, source: str | None, db, stor
     """Store one received file as a recording of the exam (DICOM de-identified) and queue it."""
     id_ = new_id()
     dest = storage.upload_path(id_, f.media.ext)
-    stored = False
     try:
-        deid, _ = await store_upload(f, dest)
-        row = await run_in_threadpool(db.add_analysis, id_, kind=f.media.kind, format=f.media.name,
-                                      size=dest.stat().st_size, upload=storage.relative(dest), deidentified=deid,
-                                      exam=exam_id, zone=zone, zone_source=source)
-        stored = True
+        _, row = await store_and_record(f, dest, lambda deid: db.add_analysis(
+            id_, kind=f.media.kind, format=f.media.name, size=dest.stat().st_size, upload=storage.relative(dest),
+            deidentified=deid, exam=exam_id, zone=zone, zone_source=source))
     except KeyError:
         raise UploadError(404, "no such exam (deleted during the upload)") from None
-    except sqlite3.OperationalError as e:
-        raise (UploadError(507, "the server's disk is full: the upload cannot be recorded") if "full" in str(e)
-               else UploadError(503, "the service's database is busy; the upload was not stored (try again)")) from None
-    finally:
-        if not stored:  # no file without its row, whatever went wrong
-            f.discard()
-            with contextlib.suppress(OSError):
-                dest.unlink()
     return row
 
 
