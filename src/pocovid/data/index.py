@@ -541,6 +541,86 @@ def _find_metadata(root: Path) -> Path | None:
     return None
 
 
+def _readable_root(root_in: Path) -> Path:
+    """`root_in` resolved, or PocovidError when it is not a folder that can be listed."""
+    if not root_in.exists():
+        raise PocovidError(f"{path_text(root_in)}: no such folder")
+    if not root_in.is_dir():
+        raise PocovidError(f"{path_text(root_in)}: not a folder")
+    root = root_in.resolve()
+    try:
+        with os.scandir(root):
+            pass
+    except OSError as e:
+        raise PocovidError(f"{path_text(root_in)}: cannot read folder ({_os_reason(e)})") from None
+    return root
+
+
+def _file_kind(path: Path) -> tuple[str, str | None]:
+    """What the walk does with a file: ("media", None) to index it, ("ignore", None) for documents,
+    ("skip", reason) for other types, ("fail", reason) for a media name that is not a regular file."""
+    name, ext = path.name, path.suffix.lower()
+    if ext not in MEDIA_EXTENSIONS and _is_silent(name):
+        return "ignore", None
+    not_file = _not_a_file(path)
+    if not_file is not None:
+        return ("fail" if ext in MEDIA_EXTENSIONS else "skip"), not_file
+    if ext in MEDIA_EXTENSIONS or (ext == "" and looks_like_dicom(path)):  # scanners write DICOM without one
+        return "media", None
+    if ext == "":
+        return "skip", "no file extension and not a DICOM file"
+    return "skip", f"unsupported file type '{ext}'"
+
+
+def _choose_label(rel_s: str, name: str, row: _MetaRow | None, facts, warnings: list[str]
+                  ) -> tuple[str, bool, str] | None:
+    """(label, uncertain, where from) of a file: metadata, else class folder, else file-name prefix;
+    disagreements are warned about. None when none of them gives one."""
+    name_label, name_unc = label_from_filename(name)
+    meta_label = normalize_label(row.label_text) if row is not None else None
+    meta_unc = row is not None and is_uncertain_label(row.label_text)
+    if row is not None and row.label_text and meta_label is None:
+        warnings.append(f"{rel_s}: metadata label '{row.label_text}' is not a known class; ignored")
+    candidates = [("metadata", meta_label, meta_unc), ("folder", facts.folder_label, facts.folder_uncertain),
+                  ("file name", name_label, name_unc)]
+    given = [(src, lab, unc) for src, lab, unc in candidates if lab]
+    if not given:
+        return None
+    src, label, uncertain = given[0]
+    uncertain = uncertain or any(u for _, _, u in given)
+    others = {f"{s} says {lab}" for s, lab, _ in given[1:] if lab != label}
+    if others:
+        warnings.append(f"{rel_s}: label disagreement: {src} says {label}, " + ", ".join(sorted(others))
+                        + f"; using {src}")
+    return label, bool(uncertain), src
+
+
+def _choose_probe(rel_s: str, row: _MetaRow | None, facts, warnings: list[str]) -> str:
+    """The probe: folder, else metadata, else unknown."""
+    if facts.probe and row is not None and row.probe and row.probe != facts.probe:
+        warnings.append(f"{rel_s}: probe disagreement: folder says {facts.probe}, metadata says {row.probe}; "
+                        "using the folder")
+    return facts.probe or (row.probe if row is not None else None) or "unknown"
+
+
+def _patient_group(name: str, row: _MetaRow | None, facts) -> tuple[str, str]:
+    """(patient, rule): metadata, else the patient folder, else the file-name rule."""
+    if row is not None and row.patient:
+        return (f"src{row.source}-pat{row.patient}" if row.source else f"pat{row.patient}"), "metadata"
+    if facts.patient_dir:
+        return f"dir-{_num_id(facts.patient_dir) or facts.patient_dir}", "folder"
+    key = f"file-{patient_from_filename(name)}"
+    return (f"src{row.source}-{key}" if row is not None and row.source else key), "filename"
+
+
+def _layout(dirs_seen: set[str]) -> str:
+    if dirs_seen & {"pocus_videos", "pocus_images"}:
+        return "public"
+    if any(normalize_label(d) for d in dirs_seen):
+        return "class folders"
+    return "flat"
+
+
 def index_dataset(root: str | os.PathLike, probes=None, classes=None,
                   metadata: str | os.PathLike | None = None, verify: bool = False,
                   verify_time_limit_s: float = VERIFY_TIME_LIMIT_S) -> DatasetIndex:
@@ -556,16 +636,7 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
     `PocovidError` when `root` is not a readable folder or holds no recording at all.
     """
     root_in = Path(root)
-    if not root_in.exists():
-        raise PocovidError(f"{path_text(root_in)}: no such folder")
-    if not root_in.is_dir():
-        raise PocovidError(f"{path_text(root_in)}: not a folder")
-    root = root_in.resolve()
-    try:
-        with os.scandir(root):
-            pass
-    except OSError as e:
-        raise PocovidError(f"{path_text(root_in)}: cannot read folder ({_os_reason(e)})") from None
+    root = _readable_root(root_in)
     probes, classes = parse_probes(probes), parse_classes(classes)
     from pocovid.data.blues import index_blues, is_blues_layout
 
@@ -597,81 +668,35 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
     unreadable: list[tuple[str, str]] = []
     for path in _walk(root, unreadable):
         rel = path.relative_to(root)
-        rel_s = rel.as_posix()
-        name = path.name
+        rel_s, name = rel.as_posix(), path.name
         if meta_path is not None and path.resolve() == meta_path.resolve():
             continue
-        ext = path.suffix.lower()
-        if ext not in MEDIA_EXTENSIONS and _is_silent(name):
+        kind, reason = _file_kind(path)
+        if kind == "ignore":
             continue
-        not_file = _not_a_file(path)
-        if not_file is not None:
-            if ext in MEDIA_EXTENSIONS:
-                n_media += 1
-                idx.failures.append((rel_s, not_file))
-            else:
-                idx.skipped.append((rel_s, not_file))
+        if kind == "skip":
+            idx.skipped.append((rel_s, reason))
             continue
-        if ext not in MEDIA_EXTENSIONS:
-            if ext == "" and looks_like_dicom(path):
-                pass  # DICOM without an extension, as scanners write it
-            elif ext == "":
-                idx.skipped.append((rel_s, "no file extension and not a DICOM file"))
-                continue
-            else:
-                idx.skipped.append((rel_s, f"unsupported file type '{ext}'"))
-                continue
         n_media += 1
+        if kind == "fail":
+            idx.failures.append((rel_s, reason))
+            continue
         facts = _path_facts(rel.parts[:-1])
         dirs_seen.update(d.lower() for d in rel.parts[:-1])
-        stem = path.stem if ext else name
+        stem = path.stem if path.suffix else name
         row = meta.get(stem) or meta_lower.get(stem.lower())
         if row is not None:
             matched_meta.add(row.filename)
-
-        # label: metadata, else class folder, else file-name prefix; disagreements are warned about
-        name_label, name_unc = label_from_filename(name)
-        meta_label = normalize_label(row.label_text) if row is not None else None
-        meta_unc = row is not None and is_uncertain_label(row.label_text)
-        if row is not None and row.label_text and meta_label is None:
-            warnings.append(f"{rel_s}: metadata label '{row.label_text}' is not a known class; ignored")
-        candidates = [("metadata", meta_label, meta_unc), ("folder", facts.folder_label, facts.folder_uncertain),
-                      ("file name", name_label, name_unc)]
-        given = [(src, lab, unc) for src, lab, unc in candidates if lab]
-        if not given:
+        chosen = _choose_label(rel_s, name, row, facts, warnings)
+        if chosen is None:
             idx.failures.append((rel_s, "no label: no metadata row, no class folder, and the file name has no "
                                         "class prefix (Cov, Pneu, Reg, Vir)"))
             continue
-        src, label, uncertain = given[0]
-        uncertain = uncertain or any(u for _, _, u in given)
-        others = {f"{s} says {lab}" for s, lab, _ in given[1:] if lab != label}
-        if others:
-            warnings.append(f"{rel_s}: label disagreement: {src} says {label}, " + ", ".join(sorted(others))
-                            + f"; using {src}")
-        label_from = {"file name": "filename"}.get(src, src)
-
-        # probe: folder, else metadata, else unknown
-        pr = facts.probe or (row.probe if row is not None else None) or "unknown"
-        if facts.probe and row is not None and row.probe and row.probe != facts.probe:
-            warnings.append(f"{rel_s}: probe disagreement: folder says {facts.probe}, metadata says {row.probe}; "
-                            "using the folder")
-
-        if probes is not None and pr not in probes:
+        label, uncertain, src = chosen
+        pr = _choose_probe(rel_s, row, facts, warnings)
+        if (probes is not None and pr not in probes) or (classes is not None and label not in classes):
             continue
-        if classes is not None and label not in classes:
-            continue
-
-        # patient group: metadata, else patient folder, else the file-name rule
-        if row is not None and row.patient:
-            patient, group_from = (f"src{row.source}-pat{row.patient}" if row.source else f"pat{row.patient}"), \
-                "metadata"
-        elif facts.patient_dir:
-            patient, group_from = f"dir-{_num_id(facts.patient_dir) or facts.patient_dir}", "folder"
-        else:
-            key = f"file-{patient_from_filename(name)}"
-            patient = f"src{row.source}-{key}" if row is not None and row.source else key
-            group_from = "filename"
-
+        patient, group_from = _patient_group(name, row, facts)
         info, problem = read_recording(path, verify, verify_time_limit_s)
         if problem is not None:
             idx.failures.append((rel_s, problem))
@@ -679,18 +704,17 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
         if row is not None and row.type in ("video", "image") and row.type != info.kind:
             warnings.append(f"{rel_s}: metadata Type says {row.type}, the file holds "
                             f"{info.n_frames} frame(s): indexed as {info.kind}")
-        item = DatasetItem(
-            path=rel_s, kind=info.kind, probe=pr, label=label, label_uncertain=bool(uncertain), patient=patient,
+        idx.items.append(DatasetItem(
+            path=rel_s, kind=info.kind, probe=pr, label=label, label_uncertain=uncertain, patient=patient,
             fps=round(float(info.fps), 3) if info.fps else None, n_frames=int(info.n_frames),
             width=int(info.width), height=int(info.height), format=info.format,
             source=row.source if row is not None else "",
             findings=row.findings if row is not None else Findings(), license=row.license if row is not None else "",
-            label_from=label_from, group_from=group_from, exam=patient,
-        )
+            label_from={"file name": "filename"}.get(src, src), group_from=group_from, exam=patient,
+        ))
         if row is None and meta:
             warnings.append(f"{rel_s}: no row in {meta_path.name}; label from the {src}, patient by the "
                             f"{group_from} rule")
-        idx.items.append(item)
 
     idx.failures[:0] = unreadable
     if n_media == 0:
@@ -703,13 +727,7 @@ def index_dataset(root: str | os.PathLike, probes=None, classes=None,
         if unmatched:
             warnings.append(f"{meta_path.name}: {len(unmatched)} row(s) name no file in the folder: "
                             + ", ".join(unmatched[:5]) + (" ..." if len(unmatched) > 5 else ""))
-    lower_dirs = dirs_seen
-    if lower_dirs & {"pocus_videos", "pocus_images"}:
-        idx.layout = "public"
-    elif any(normalize_label(d) for d in lower_dirs):
-        idx.layout = "class folders"
-    else:
-        idx.layout = "flat"
+    idx.layout = _layout(dirs_seen)
     in_public = {d.lower() for d in root.parts[-2:]} & {"pocus_videos", "pocus_images"}
     idx.dataset = POCUS_DATASET if idx.layout == "public" or in_public else dataset_name(root.name)
     for it in idx.items:
