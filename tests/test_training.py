@@ -204,6 +204,9 @@ def test_bfloat16_training_runs_the_head_in_bfloat16_and_learns(monkeypatch):
     assert fit_mod.training_dtype("auto") == torch.float32
     monkeypatch.setattr(fit_mod, "native_bfloat16", lambda: True)
     assert fit_mod.training_dtype("auto") == torch.bfloat16
+    # backbone stages training too: float32 (bfloat16 depthwise convolutions train slower)
+    assert fit_mod.training_dtype("auto", trains_backbone=True) == torch.float32
+    assert fit_mod.training_dtype("bfloat16", trains_backbone=True) == torch.bfloat16  # asked for by name
     assert fit_mod.training_dtype("float32") == torch.float32
     with pytest.raises(ValueError, match="fp8"):
         fit_mod.training_dtype("fp8")

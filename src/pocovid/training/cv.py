@@ -176,7 +176,7 @@ def _train_ensemble(model, feats, frames: FrameSet, targets: FrameTargets, clip_
     patients = np.array([frames.clips[i]["patient"] for i in clip_idx])
     labels = np.array([frames.clips[i]["label"] for i in clip_idx])
     records = []
-    dtype = training_dtype(cfg.precision)
+    dtype = training_dtype(cfg.precision, trains_backbone=model.n_frozen < model.cut)
     bar = tqdm(total=len(model.heads) * cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     for m, head in enumerate(model.heads):
         s = seed * 100 + m
@@ -251,7 +251,8 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     ft = targets.frames(frames.clip_of, heads_note["findings"], bool(heads_note["severity_levels"]))
     timings["prepare_s"] = time.perf_counter() - t0
     dfp = data_fingerprint(frames)
-    precision = str(training_dtype(cfg.precision)).removeprefix("torch.")  # what "auto" is on this CPU
+    precision = str(training_dtype(cfg.precision, trains_backbone=base.n_frozen < base.cut)
+                    ).removeprefix("torch.")  # what "auto" is on this CPU, for this model
     # folds trained in another precision (another CPU under "auto") are not this run's
     run_key = dfp + fingerprint([cfg.to_dict(), targets.fingerprint_data(), precision])
     head_state0 = {k: v.clone() for k, v in base.state_dict().items()}
