@@ -352,8 +352,9 @@ def train_cmd(
     weight_decay: float = typer.Option(None, "--weight-decay", help="AdamW weight decay (default {weight_decay})."),
     batch_size: int = typer.Option(None, "--batch-size", help="Frames per batch (default {batch_size})."),
     precision: str = typer.Option(None, "--precision", help="Arithmetic of head training: auto (bfloat16 where "
-                                  "the CPU has it natively, AMX or AVX512-BF16; float32 elsewhere), float32 or "
-                                  "bfloat16 (default {precision})."),
+                                  "the CPU has it natively, AMX or AVX512-BF16, and only heads train; float32 "
+                                  "elsewhere and with --freeze below the cut), float32 or bfloat16 (default "
+                                  "{precision})."),
     label_smoothing: float = typer.Option(None, "--label-smoothing",
                                           help="Label smoothing of the loss (default {label_smoothing})."),
     val_fraction: float = typer.Option(None, "--val-fraction", help="Share of training patients held out for early "

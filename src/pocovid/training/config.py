@@ -62,7 +62,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     batch_size: int = 32
     # head training arithmetic: auto = bfloat16 where the CPU has it natively (AMX or AVX512-BF16:
-    # ~2x faster there, emulated and slower elsewhere), float32 otherwise; predictions are float32
+    # ~2x faster there, emulated and slower elsewhere), float32 otherwise and whenever backbone stages
+    # train (`n_frozen` < `cut`: bfloat16 depthwise convolutions train slower); predictions are float32
     precision: str = "auto"
     label_smoothing: float = 0.1
     val_fraction: float = 0.2  # share of training patients held out for early stopping
