@@ -169,14 +169,13 @@ def prepare(splits: Splits, out_dir: Path, cfg: TrainConfig, model, root=None, p
 
 
 def _train_ensemble(model, feats, frames: FrameSet, targets: FrameTargets, clip_idx: np.ndarray, cfg: TrainConfig,
-                    seed: int, desc: str, progress: bool) -> list[dict]:
+                    seed: int, desc: str, progress: bool, dtype: torch.dtype) -> list[dict]:
     """Train every head of `model` on the frames of clips `clip_idx` (`targets`: per frame); each head
     holds out its own share of those patients for early stopping. Returns one record per head."""
     y = targets
     patients = np.array([frames.clips[i]["patient"] for i in clip_idx])
     labels = np.array([frames.clips[i]["label"] for i in clip_idx])
     records = []
-    dtype = training_dtype(cfg.precision, trains_backbone=model.n_frozen < model.cut)
     bar = tqdm(total=len(model.heads) * cfg.epochs, desc=desc, unit="epoch", disable=not progress, leave=False)
     for m, head in enumerate(model.heads):
         s = seed * 100 + m
@@ -251,8 +250,8 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     ft = targets.frames(frames.clip_of, heads_note["findings"], bool(heads_note["severity_levels"]))
     timings["prepare_s"] = time.perf_counter() - t0
     dfp = data_fingerprint(frames)
-    precision = str(training_dtype(cfg.precision, trains_backbone=base.n_frozen < base.cut)
-                    ).removeprefix("torch.")  # what "auto" is on this CPU, for this model
+    dtype = training_dtype(cfg.precision, trains_backbone=base.n_frozen < base.cut)
+    precision = str(dtype).removeprefix("torch.")  # what "auto" is on this CPU, for this model
     # folds trained in another precision (another CPU under "auto") are not this run's
     run_key = dfp + fingerprint([cfg.to_dict(), targets.fingerprint_data(), precision])
     head_state0 = {k: v.clone() for k, v in base.state_dict().items()}
@@ -281,7 +280,8 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
                     resumed = True
             if outs is None:
                 base.load_state_dict(head_state0)
-                rec = _train_ensemble(base, feats, frames, ft, train_c, cfg, cfg.seed + 1 + k, f"fold {k}", progress)
+                rec = _train_ensemble(base, feats, frames, ft, train_c, cfg, cfg.seed + 1 + k, f"fold {k}", progress,
+                                      dtype)
                 outs = _ensemble_outputs(base, feats, test_f)
                 # the fold's model: out-of-fold explanations (CAMs) and audits need it, not just its numbers
                 save_model(base, out_dir / f"fold{k}.pt", training_config=cfg.to_dict(), data_fingerprint=dfp,
@@ -307,7 +307,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
         t2 = time.perf_counter()
         base.load_state_dict(head_state0)
         all_c = np.arange(len(frames.clips))
-        rec = _train_ensemble(base, feats, frames, ft, all_c, cfg, cfg.seed + 1000, "final", progress)
+        rec = _train_ensemble(base, feats, frames, ft, all_c, cfg, cfg.seed + 1000, "final", progress, dtype)
         timings["final_s"] = time.perf_counter() - t2
         model_path = out_dir / "model.pt"
         summary = _metrics_summary(metrics) if metrics else None

@@ -75,10 +75,10 @@ async def create_analysis(request: Request, response: Response, cfg: Config, db:
     f = form.file
     id_ = new_id()
     dest = storage.upload_path(id_, f.media.ext)
-    deid, _ = await store_and_record(f, dest, lambda deid: db.add_analysis(
+    deid, row = await store_and_record(f, dest, lambda deid: db.add_analysis(
         id_, kind=f.media.kind, format=f.media.name, size=dest.stat().st_size, upload=storage.relative(dest),
         deidentified=deid))
-    size = dest.stat().st_size
+    size = row["size"]
     jobs.submit(id_)
     log.info("analysis %s: queued (%s, %d bytes%s)", id_, f.media.name, size, ", de-identified" if deid else "")
     url = f"{pre}/api/analyses/{id_}"
