@@ -39,3 +39,21 @@ def test_a_bad_file_in_a_batch_exits_1_with_one_line(tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and "bad.mp4" in errors[0] and "Traceback" not in r.stderr
     assert (tmp_path / "o" / "good" / "result.json").is_file()
+
+
+def test_no_daemon_thread_is_left_running_when_a_batch_ends(tmp_path):
+    """The abort above came from a daemon thread (matplotlib's import) still running when a batch's
+    last file failed at once; the interpreter killed it mid-import. Checked at exit, whatever the
+    timing: every thread pocovid started is finished or is one the interpreter waits for."""
+    write_phantom(tmp_path / "good.png", label="regular", seed=2)
+    (tmp_path / "bad.mp4").write_bytes(b"\x00" * 100)
+    code = ("import atexit, sys, threading\n"
+            "atexit.register(lambda: print('DAEMONS', [t.name for t in threading.enumerate() if t.daemon "
+            "and t.is_alive()], file=sys.stderr))\n"
+            f"sys.argv = ['pocovid', 'analyze', {str(tmp_path / 'good.png')!r}, {str(tmp_path / 'bad.mp4')!r}, "
+            f"'--out', {str(tmp_path / 'o')!r}, '--quiet']\n"
+            "from pocovid.cli import main\nmain()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert r.returncode == 1, r.stderr
+    assert "DAEMONS []" in r.stderr, r.stderr

@@ -454,7 +454,9 @@ _PLOTTING_IMPORT: list[threading.Thread] = []  # started once per process
 def _import_plotting_meanwhile() -> None:
     """Import matplotlib (~0.3 s) in a thread during the frame pass, whose main thread mostly waits
     on the model (the GIL is free), not after it when the timeline needs it. (Started beside the
-    region search it slowed that by as much, both being Python-bound.)"""
+    region search it slowed that by as much, both being Python-bound.) Not a daemon: the interpreter
+    joins it before it finalises; a daemon thread still importing matplotlib's C++ extensions at exit
+    (a batch whose last file fails at once) aborted the process (SIGABRT, "terminate called ...")."""
     if _PLOTTING_IMPORT or "matplotlib.figure" in sys.modules:
         return
 
@@ -465,7 +467,7 @@ def _import_plotting_meanwhile() -> None:
         except Exception:  # noqa: BLE001 - the timeline's own import says what is wrong
             pass
 
-    _PLOTTING_IMPORT.append(threading.Thread(target=imp, name="pocovid-import-plotting", daemon=True))
+    _PLOTTING_IMPORT.append(threading.Thread(target=imp, name="pocovid-import-plotting", daemon=False))
     _PLOTTING_IMPORT[0].start()
 
 
