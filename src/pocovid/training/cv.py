@@ -35,7 +35,7 @@ from pocovid.data.splits import Splits
 from pocovid.errors import PocovidError
 from pocovid.files import atomic_path, write_json
 from pocovid.training.config import TrainConfig, fingerprint
-from pocovid.training.fit import fit_head, inner_split, predict_head_outputs, training_dtype
+from pocovid.training.fit import fit_head, inner_split, predict_head_outputs, reuse_freed_memory, training_dtype
 from pocovid.training.frames import FRAMES_VERSION, FrameSet, extract_frames, trunk_features
 from pocovid.training.supervision import ClipTargets, FrameTargets, clip_targets, index_lookup
 
@@ -231,6 +231,7 @@ def train_run(splits: Splits, out_dir: str | os.PathLike, cfg: TrainConfig | Non
     cfg = cfg or TrainConfig()
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
+    reuse_freed_memory()
     timings = {}
     torch.manual_seed(cfg.seed)
     base = build_model(cfg, pretrained=pretrained, weights=weights, findings=[], severity_levels=0)
