@@ -207,25 +207,37 @@ class TorchRuntime:
         return self.model.infer(x, cams=cams, trunk=self.trunk, finding_cams=finding_cams)
 
 
-def _map_large_blocks() -> None:
-    """glibc only, once per process: blocks of 128 KiB and more (its starting threshold) are always
-    mmap'ed and go back to the system when freed. Its dynamic threshold rises to the largest block
-    freed (a decoded 800x600 frame: 1.4 MB; a batch of input: 19 MB), after which those land in the
-    heaps of the threads' arenas, which keep them: peak memory of `analyze` on an 800x600 clip on
-    openvino 0.59 -> 0.47 GB. Not for torch: its activations, allocated afresh at every layer, would
-    then be mapped and faulted in at every layer (the torch frame pass ran 1.7x slower)."""
-    if _MAPPED or not sys.platform.startswith("linux"):
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
+
+
+def set_malloc_options(options: dict[int, int]) -> None:
+    """glibc only, once per process for the same `options`: `mallopt(param, value)` for each. Any of
+    them turns glibc's dynamic thresholds off. Another C library keeps its own ways."""
+    key = tuple(sorted(options.items()))
+    if key in _MALLOC_SET or not sys.platform.startswith("linux"):
         return
-    _MAPPED.append(True)
+    _MALLOC_SET.add(key)
     try:
         import ctypes
 
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # another C library: its own ways
+        libc = ctypes.CDLL(None)
+        for param, value in options.items():
+            libc.mallopt(param, value)
+    except (OSError, AttributeError):
         pass
 
 
-_MAPPED: list[bool] = []
+_MALLOC_SET: set[tuple] = set()
+
+
+def _map_large_blocks() -> None:
+    """Blocks of 128 KiB and more (glibc's starting threshold) are always mmap'ed and go back to the
+    system when freed. Its dynamic threshold rises to the largest block freed (a decoded 800x600
+    frame: 1.4 MB; a batch of input: 19 MB), after which those land in the heaps of the threads'
+    arenas, which keep them: peak memory of `analyze` on an 800x600 clip on openvino 0.59 -> 0.47 GB.
+    Not for torch: its activations, allocated afresh at every layer, would then be mapped and faulted
+    in at every layer (the torch frame pass ran 1.7x slower)."""
+    set_malloc_options({M_MMAP_THRESHOLD: 128 * 1024})
 
 
 class _GraphRuntime:

@@ -10,7 +10,6 @@ known, so an unknown target adds nothing, not even a zero pulling the mean down.
 from __future__ import annotations
 
 import copy
-import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.model_selection import StratifiedGroupKFold
 
+from pocovid.models.runtime import M_MMAP_THRESHOLD, M_TOP_PAD, M_TRIM_THRESHOLD, set_malloc_options
 from pocovid.training.supervision import FrameTargets
 
 
@@ -37,24 +37,12 @@ def reuse_freed_memory() -> None:
     glibc's dynamic thresholds the larger ones went back and came again as fresh zeroed pages (538 M
     page faults, 15 % of the CPU time as system time, in the 103-minute fine-tuning run of
     2026-12-03; per step of stage 5 + heads 15,000 faults, 44 after). Peak memory is what the heap
-    reaches anyway; it is not returned while the process trains."""
-    if _REUSING or not sys.platform.startswith("linux"):
-        return
-    _REUSING.append(True)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        # each setting turns glibc's dynamic thresholds off; both are needed (the mmap one alone
-        # left the faults; the trim one alone put the mmap threshold back to 128 KiB: 13x the faults)
-        libc.mallopt(-3, 32 * 1024 * 1024)  # M_MMAP_THRESHOLD: its maximum on 64-bit
-        libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        libc.mallopt(-2, 64 * 1024 * 1024)  # M_TOP_PAD: grow the heap in steps of 64 MiB
-    except (OSError, AttributeError):  # another C library: its own ways
-        pass
-
-
-_REUSING: list[bool] = []
+    reaches anyway; it is not returned while the process trains. Both thresholds are needed: the
+    mmap one alone left the faults; the trim one alone put the mmap threshold back to 128 KiB (13x
+    the faults)."""
+    set_malloc_options({M_MMAP_THRESHOLD: 32 * 1024 * 1024,  # its maximum on 64-bit
+                        M_TRIM_THRESHOLD: 1 << 30,
+                        M_TOP_PAD: 64 * 1024 * 1024})  # grow the heap in steps of 64 MiB
 
 
 def native_bfloat16() -> bool:
