@@ -266,7 +266,11 @@ def test_drag_and_drop_upload(server, browser, tmp_path):
     page.dispatch_event("#dropzone", "drop", {"dataTransfer": dt})
     page.wait_for_selector("#result:not([hidden])", timeout=60_000)
     assert page.locator("#diagnosis").inner_text().strip() in (*CLASS_NAMES, "Outside what the model was trained on")
-    assert page.locator("#still").is_visible()  # an image: the key frame with its heatmap
+    # an image: the key frame with its heatmap. The <img> has no box until its picture has loaded,
+    # which may come after the result shows: wait for the load, and check it is a real picture.
+    page.wait_for_function("() => { const s = document.getElementById('still');"
+                           " return !s.hidden && s.complete && s.naturalWidth > 0; }", timeout=30_000)
+    assert page.locator("#still").is_visible()
     assert not page.locator("#timeline-section").is_visible()  # one frame: no timeline
     page.close()
 
