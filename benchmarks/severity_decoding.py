@@ -12,11 +12,18 @@ quadratic-weighted kappa and Spearman's rho of:
   cut into levels 0-3 at cutpoints fitted on the OTHER folds' videos only: matched to their level
   frequencies (`quantile`) or chosen to maximise their kappa (`kappa`), then applied to the
   held-out fold; and the plain rounding of the score.
+
+And a ceiling that needs no model: the experts' own finding labels of each video (those known for
+every scored video: on COVID-BLUES B-lines and A-lines yes/no), each combination mapped to the level
+that maximises kappa, on the other folds' videos (`experts' findings, out of fold`) and on all of them
+(`in sample`, an upper bound). A detector of those findings as good as the experts gets no further;
+the same mapping from the model's out-of-fold findings (clip mean > 0.5) shows how far it gets.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +63,23 @@ def kappa_cuts(x: np.ndarray, y: np.ndarray, levels: int, sweeps: int = 3) -> np
     return cuts
 
 
+def findings_ceiling(combo: np.ndarray, y: np.ndarray, fold: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+    """Levels predicted from the finding combination `combo` (an int per video) by the mapping,
+    combination -> level, with the best kappa: out of fold (fitted on the other folds) and in sample."""
+    codes = np.unique(combo)
+    idx = np.searchsorted(codes, combo)
+    maps = np.array(list(itertools.product(range(levels), repeat=len(codes))))  # levels ** combinations
+
+    def best(sel):
+        return maps[int(np.argmax([qwk(y[sel], m[idx[sel]]) for m in maps]))]
+
+    pred = np.zeros_like(y)
+    for k in np.unique(fold):
+        test = fold == k
+        pred[test] = best(~test)[idx[test]]
+    return pred, best(np.ones(len(y), bool))[idx]
+
+
 def decode_run(run: Path, dataset: str) -> list[tuple[str, float, float, np.ndarray]]:
     """(decoding, kappa, rho, predicted level counts) per decoding, over the videos of `dataset`."""
     z = np.load(run / "cv" / "oof_targets.npz", allow_pickle=False)
@@ -79,6 +103,17 @@ def decode_run(run: Path, dataset: str) -> list[tuple[str, float, float, np.ndar
             rows.append((f"{name}, {how} cutpoints", qwk(y, pred), rho, pred))
         rounded = np.clip(np.rint(x), 0, levels - 1).astype(int)
         rows.append((f"{name}, rounded", qwk(y, rounded), rho, rounded))
+    known = z["truth_findings"][videos]
+    cols = np.isfinite(known).all(0)
+    if cols.any():
+        combo = (known[:, cols] > 0.5) @ (1 << np.arange(cols.sum()))
+        names = "+".join(str(n) for n in z["finding_names"][cols])
+        for how, pred in zip(("out of fold", "in sample"), findings_ceiling(combo, y, fold[videos], levels)):
+            rows.append((f"experts' {names}, {how}", qwk(y, pred), spearmanr(pred, y).statistic, pred))
+        # the same route from the model's out-of-fold findings (clip mean of the ensemble's mean > 0.5)
+        seen = np.array([z["findings"][clip_of == v].mean((0, 1)) for v in videos])[:, cols]
+        pred = findings_ceiling((seen > 0.5) @ (1 << np.arange(cols.sum())), y, fold[videos], levels)[0]
+        rows.append((f"model's {names}, out of fold", qwk(y, pred), spearmanr(pred, y).statistic, pred))
     return [(n, k, r, np.bincount(p, minlength=levels)) for n, k, r, p in rows], np.bincount(y, minlength=levels)
 
 
@@ -90,9 +125,9 @@ def main() -> None:
     for run in args.runs:
         rows, counts = decode_run(run, args.dataset)
         print(f"{run}: {counts.sum()} {args.dataset} videos, experts' levels 0-3: {counts.tolist()}")
-        print(f"  {'decoding':32s} {'kappa':>6s} {'rho':>6s}  predicted levels")
+        print(f"  {'decoding':38s} {'kappa':>6s} {'rho':>6s}  predicted levels")
         for name, k, r, pred in rows:
-            print(f"  {name:32s} {k:6.3f} {r:6.3f}  {pred.tolist()}")
+            print(f"  {name:38s} {k:6.3f} {r:6.3f}  {pred.tolist()}")
 
 
 if __name__ == "__main__":
