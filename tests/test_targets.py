@@ -348,3 +348,26 @@ def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_pa
     assert cs.load_run(f"ft={k}").trunk_file == frozen
     assert cs.main([f"ft={k}"]) == 0
     assert "ft frozen+LR" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ benchmarks/severity_decoding.py
+
+def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold():
+    """The label ceiling of benchmarks/severity_decoding.py: where the findings fix the level, the
+    mapping found on the other folds recovers it exactly; where they say nothing, it cannot."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "severity_decoding", Path(__file__).resolve().parents[1] / "benchmarks" / "severity_decoding.py")
+    sd = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sd)
+    rng = np.random.default_rng(0)
+    combo = rng.integers(0, 4, 200)  # two yes/no findings per video
+    fold = np.arange(200) % 5
+    y = np.array([2, 0, 3, 1])[combo]  # the level follows from the findings
+    out_of_fold, in_sample = sd.findings_ceiling(combo, y, fold, 4)
+    assert sd.qwk(y, out_of_fold) == 1.0 and sd.qwk(y, in_sample) == 1.0
+    noise = rng.integers(0, 4, 200)  # the level has nothing to do with the findings
+    out_of_fold, in_sample = sd.findings_ceiling(combo, noise, fold, 4)
+    assert sd.qwk(noise, out_of_fold) < 0.2 and sd.qwk(noise, out_of_fold) <= sd.qwk(noise, in_sample)
