@@ -6,6 +6,11 @@ Each method (`pocovid.models.exam`) is scored again on the run's out-of-fold cli
 (`RUN/cv/oof_targets.npz`) by `choose_exam_method`, which fits the logistic combiners on the other
 folds' exams only; the AUC is over the COVID-BLUES patients whose diagnosis is one of the model's
 classes (the model card's "24 patients" row).
+
+Beside them, a reference that needs no model: the experts' own readings of the same patients'
+videos as the exam score (the LUS score, the sum of the experts' zone severities; the share of the
+videos with B-lines), COVID-19 AUC over the same 24 patients and over all 32. How far the signs
+that clinicians grade tell COVID-19 apart in this study.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from pocovid.models.exam import EXAM_METHODS
@@ -31,6 +37,24 @@ def blues_auc_per_method(run: Path) -> dict[str, tuple[float, int]]:
     return out
 
 
+def experts_reference(run: Path, dataset: str = "covid-blues") -> dict[str, tuple[float, float]]:
+    """COVID-19 AUC of the experts' readings per patient: {reading: (AUC over the patients of the
+    model's classes, AUC over all)}; from the run's cv/oof_targets.npz, no model output used."""
+    z = np.load(run / "cv" / "oof_targets.npz", allow_pickle=False)
+    names = list(z["finding_names"])
+    sel = z["dataset"] == dataset
+    exams = sorted(set(z["exam"][sel]))
+    of = [sel & (z["exam"] == e) for e in exams]
+    label = np.array([z["label"][m][0] for m in of])
+    readings = {"LUS score": np.array([np.nansum(z["truth_severity"][m]) for m in of])}
+    if "b_lines" in names:
+        b = names.index("b_lines")
+        readings["B-lines share"] = np.array([np.nanmean(z["truth_findings"][m, b]) for m in of])
+    covid, ours = label == "covid", np.isin(label, list(z["classes"]))
+    return {k: (float(roc_auc_score(covid[ours], v[ours])), float(roc_auc_score(covid, v)))
+            for k, v in readings.items()}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path, nargs="+")
@@ -38,6 +62,9 @@ def main(argv=None) -> int:
     for run in args.runs:
         got = blues_auc_per_method(run)
         print(f"{run}: " + "; ".join(f"{m} {auc:.3f} (n {k})" for m, (auc, k) in got.items()))
+    ref = experts_reference(args.runs[0])
+    print("experts' own readings, no model (AUC: the model's classes / all patients): "
+          + "; ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in ref.items()))
     return 0
 
 

@@ -371,3 +371,29 @@ def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold():
     noise = rng.integers(0, 4, 200)  # the level has nothing to do with the findings
     out_of_fold, in_sample = sd.findings_ceiling(combo, noise, fold, 4)
     assert sd.qwk(noise, out_of_fold) < 0.2 and sd.qwk(noise, out_of_fold) <= sd.qwk(noise, in_sample)
+
+
+def test_experts_reference_scores_the_experts_readings_per_patient(tmp_path):
+    """benchmarks/exam_methods.py's reference: per patient the sum of the experts' zone severities
+    and the share of videos with B-lines, as COVID-19 scores; patients outside the model's classes
+    count only in the second AUC."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "exam_methods", Path(__file__).resolve().parents[1] / "benchmarks" / "exam_methods.py")
+    em = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(em)
+    # four patients, two videos each: covid (severe, B-lines), regular (mild, none),
+    # other (severe, B-lines: ranks with covid), covid (mild, B-lines)
+    exam = np.repeat(["b:1", "b:2", "b:3", "b:4"], 2)
+    label = np.repeat(["covid", "regular", "other", "covid"], 2)
+    sev = np.array([3, 2, 0, 1, 3, 3, 2, 0], np.float32)
+    find = np.array([[1, 0], [1, 0], [0, 1], [0, 1], [1, 0], [1, 0], [1, 0], [np.nan, 1]], np.float32)
+    (tmp_path / "cv").mkdir()
+    np.savez(tmp_path / "cv" / "oof_targets.npz", dataset=np.repeat("covid-blues", 8), exam=exam, label=label,
+             truth_severity=sev, truth_findings=find, finding_names=np.array(["b_lines", "a_lines"]),
+             classes=np.array(["covid", "pneumonia", "regular"]))
+    ref = em.experts_reference(tmp_path)
+    assert ref["LUS score"] == (1.0, 0.5)  # 5 and 2 vs 1; with `other`'s 6 above both covid patients
+    assert ref["B-lines share"] == (1.0, 0.75)  # 1 and 1 vs 0; `other`'s 1 ties both
