@@ -234,19 +234,24 @@ def test_evaluate_without_target_heads_has_no_target_blocks(model_file, tmp_path
 
 # ------------------------------------------------------------------ benchmarks/cross_site.py
 
-@pytest.fixture
-def cs(monkeypatch):
-    """benchmarks/cross_site.py as a module."""
+def _benchmark(name: str, monkeypatch):
+    """benchmarks/NAME.py as a module (the benchmarks are scripts, not a package)."""
     import importlib.util
     import sys
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "cross_site", Path(__file__).resolve().parents[1] / "benchmarks" / "cross_site.py")
+        name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "cross_site", mod)  # dataclasses look their module up
+    monkeypatch.setitem(sys.modules, name, mod)  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture
+def cs(monkeypatch):
+    """benchmarks/cross_site.py as a module."""
+    return _benchmark("cross_site", monkeypatch)
 
 
 def _fake_run(path, dataset_of_clip, labels, folds, probs, mode=None, targets=True):
@@ -352,16 +357,10 @@ def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_pa
 
 # ------------------------------------------------------------------ benchmarks/severity_decoding.py
 
-def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold():
+def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold(monkeypatch):
     """The label ceiling of benchmarks/severity_decoding.py: where the findings fix the level, the
     mapping found on the other folds recovers it exactly; where they say nothing, it cannot."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "severity_decoding", Path(__file__).resolve().parents[1] / "benchmarks" / "severity_decoding.py")
-    sd = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(sd)
+    sd = _benchmark("severity_decoding", monkeypatch)
     rng = np.random.default_rng(0)
     combo = rng.integers(0, 4, 200)  # two yes/no findings per video
     fold = np.arange(200) % 5
@@ -373,17 +372,11 @@ def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold():
     assert sd.qwk(noise, out_of_fold) < 0.2 and sd.qwk(noise, out_of_fold) <= sd.qwk(noise, in_sample)
 
 
-def test_experts_reference_scores_the_experts_readings_per_patient(tmp_path):
+def test_experts_reference_scores_the_experts_readings_per_patient(tmp_path, monkeypatch):
     """benchmarks/exam_methods.py's reference: per patient the sum of the experts' zone severities
     and the share of videos with B-lines, as COVID-19 scores; patients outside the model's classes
     count only in the second AUC."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "exam_methods", Path(__file__).resolve().parents[1] / "benchmarks" / "exam_methods.py")
-    em = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(em)
+    em = _benchmark("exam_methods", monkeypatch)
     # four patients, two videos each: covid (severe, B-lines), regular (mild, none),
     # other (severe, B-lines: ranks with covid), covid (mild, B-lines)
     exam = np.repeat(["b:1", "b:2", "b:3", "b:4"], 2)
