@@ -304,9 +304,16 @@ def blues_finding_f1(p: Preds, name: str = "b_lines") -> str:
 
 
 def wall_memory(info: dict) -> str:
-    t = (info.get("timings") or {}).get("total_s")
-    peak = (info.get("timings") or {}).get("peak_memory_gb")  # `pocovid train` records it in GB
-    wall = f"{t / 60:.1f} min" if isinstance(t, (int, float)) else DASH
+    """The run's wall time and peak memory. A call that resumed an earlier one's folds (`--final`
+    added afterwards, or a stopped run) keeps that call's timings under `earlier`: the run took both."""
+    t, peak, timings = 0.0, None, info.get("timings")
+    while isinstance(timings, dict):
+        total, mem = timings.get("total_s"), timings.get("peak_memory_gb")  # `pocovid train` records GB
+        t = t + total if isinstance(total, (int, float)) and t is not None else None
+        if isinstance(mem, (int, float)):
+            peak = max(peak or 0.0, mem)
+        timings = timings.get("earlier")
+    wall = f"{t / 60:.1f} min" if t else DASH
     return f"{wall} / {peak:.2f} GB" if isinstance(peak, (int, float)) else f"{wall} / {DASH}"
 
 

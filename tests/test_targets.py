@@ -355,6 +355,17 @@ def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_pa
     assert "ft frozen+LR" in capsys.readouterr().out
 
 
+def test_cross_site_wall_time_of_a_resumed_run_counts_every_call(cs):
+    """`pocovid train ... --final` run again on finished folds keeps the first call's timings under
+    `earlier`: the run's wall time is both calls', its peak memory the larger."""
+    first = {"total_s": 600.0, "peak_memory_gb": 2.5}
+    assert cs.wall_memory({"timings": first}) == "10.0 min / 2.50 GB"
+    resumed = {"total_s": 300.0, "peak_memory_gb": 2.0, "earlier": first}
+    assert cs.wall_memory({"timings": resumed}) == "15.0 min / 2.50 GB"
+    assert cs.wall_memory({"timings": {"total_s": 60.0, "earlier": {"earlier": first}}}).startswith("— / ")
+    assert cs.wall_memory({}) == "— / —"
+
+
 # ------------------------------------------------------------------ benchmarks/severity_decoding.py
 
 def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold(monkeypatch):
