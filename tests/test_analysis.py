@@ -601,7 +601,7 @@ def test_bundled_model_loads_with_its_card():
     from pocovid.inference import DEFAULT_MODEL_FILE, load
 
     model = load("default")
-    assert model.classes == ["covid", "pneumonia", "regular"] and model.n_heads == 5
+    assert model.classes == ["covid", "pneumonia", "regular"] and model.n_heads == 2 and model.n_frozen == 5
     extra = model.meta["extra"]
     assert extra["uncertainty"]["method"] == "entropy" and extra["uncertainty"]["threshold"] > 0
     assert extra["feature_density"]["n"] > 1000
