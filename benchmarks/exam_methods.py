@@ -1,11 +1,12 @@
-"""COVID-BLUES patients' COVID-19 AUC per exam method, out of fold, from finished training runs.
+"""COVID-BLUES patients' COVID-19 AUC and accuracy per exam method, out of fold, from finished training runs.
 
     python benchmarks/exam_methods.py runs/NAME [runs/OTHER ...]
 
 Each method (`pocovid.models.exam`) is scored again on the run's out-of-fold clip outputs
 (`RUN/cv/oof_targets.npz`) by `choose_exam_method`, which fits the logistic combiners on the other
-folds' exams only; the AUC is over the COVID-BLUES patients whose diagnosis is one of the model's
-classes (the model card's "24 patients" row).
+folds' exams only; the AUC and the accuracy (COVID-19 vs not: is the exam's most likely class covid)
+are over the COVID-BLUES patients whose diagnosis is one of the model's classes (the model card's
+"24 patients" row).
 
 Beside them, a reference that needs no model: the experts' own readings of the same patients'
 videos as the exam score (the LUS score, the sum of the experts' zone severities; the share of the
@@ -25,15 +26,18 @@ from pocovid.models.exam import EXAM_METHODS
 from pocovid.training.cv import exam_methods_of_run
 
 
-def blues_auc_per_method(run: Path) -> dict[str, tuple[float, int]]:
+def blues_scores_per_method(run: Path) -> dict[str, tuple[float, float, int]]:
+    """Per exam method: COVID-19 AUC, accuracy of COVID-19 vs not (the exam's most likely class) and
+    the number of COVID-BLUES patients of the model's classes, out of fold."""
     _, exam_p, labels, classes = exam_methods_of_run(run)
     covid = classes.index("covid")
     out = {}
     for m in EXAM_METHODS:
         exams = [e for e in exam_p.get(m, {}) if e.startswith("covid-blues:")]
-        y = [labels[e] == covid for e in exams]
+        y = np.array([labels[e] == covid for e in exams])
         if len(set(y)) == 2:
-            out[m] = (float(roc_auc_score(y, [exam_p[m][e][covid] for e in exams])), len(exams))
+            p = np.array([exam_p[m][e] for e in exams])
+            out[m] = (float(roc_auc_score(y, p[:, covid])), float(np.mean((p.argmax(1) == covid) == y)), len(exams))
     return out
 
 
@@ -60,8 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("runs", type=Path, nargs="+")
     args = ap.parse_args(argv)
     for run in args.runs:
-        got = blues_auc_per_method(run)
-        print(f"{run}: " + "; ".join(f"{m} {auc:.3f} (n {k})" for m, (auc, k) in got.items()))
+        got = blues_scores_per_method(run)
+        print(f"{run}, COVID-19 AUC / accuracy: "
+              + "; ".join(f"{m} {auc:.3f} / {acc:.3f} (n {k})" for m, (auc, acc, k) in got.items()))
     ref = experts_reference(args.runs[0])
     print("experts' own readings, no model (AUC: the model's classes / all patients): "
           + "; ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in ref.items()))

@@ -383,6 +383,21 @@ def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold(monkey
     assert sd.qwk(noise, out_of_fold) < 0.2 and sd.qwk(noise, out_of_fold) <= sd.qwk(noise, in_sample)
 
 
+def test_exam_methods_score_blues_patients_auc_and_accuracy(monkeypatch):
+    """benchmarks/exam_methods.py: per method, the COVID-19 AUC and the COVID-19-vs-not accuracy of
+    the COVID-BLUES exams only (POCUS exams do not count)."""
+    em = _benchmark("exam_methods", monkeypatch)
+    classes = ["covid", "pneumonia", "regular"]
+    probs = {"covid-blues:1": [.6, .1, .3], "covid-blues:2": [.4, .1, .5], "covid-blues:3": [.5, .1, .4],
+             "covid-blues:4": [.2, .1, .7], "pocus:9": [.0, .0, 1.]}
+    labels = {"covid-blues:1": 0, "covid-blues:2": 0, "covid-blues:3": 2, "covid-blues:4": 2, "pocus:9": 0}
+    exam_p = {m: {e: np.array(p) for e, p in probs.items()} for m in em.EXAM_METHODS}
+    monkeypatch.setattr(em, "exam_methods_of_run", lambda run: (None, exam_p, labels, classes))
+    auc, acc, n = em.blues_scores_per_method("run")["mean"]
+    # covid scores .6 .4 against .5 .2: 3 of 4 pairs ranked right; argmax covid: 1 right, 2 wrong, 3 wrong, 4 right
+    assert n == 4 and auc == 0.75 and acc == 0.5
+
+
 def test_experts_reference_scores_the_experts_readings_per_patient(tmp_path, monkeypatch):
     """benchmarks/exam_methods.py's reference: per patient the sum of the experts' zone severities
     and the share of videos with B-lines, as COVID-19 scores; patients outside the model's classes
