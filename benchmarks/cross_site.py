@@ -306,15 +306,14 @@ def blues_finding_f1(p: Preds, name: str = "b_lines") -> str:
 def wall_memory(info: dict) -> str:
     """The run's wall time and peak memory. A call that resumed an earlier one's folds (`--final`
     added afterwards, or a stopped run) keeps that call's timings under `earlier`: the run took both."""
-    t, peak, timings = 0.0, None, info.get("timings")
+    calls, timings = [], info.get("timings")
     while isinstance(timings, dict):
-        total, mem = timings.get("total_s"), timings.get("peak_memory_gb")  # `pocovid train` records GB
-        t = t + total if isinstance(total, (int, float)) and t is not None else None
-        if isinstance(mem, (int, float)):
-            peak = max(peak or 0.0, mem)
+        calls.append(timings)
         timings = timings.get("earlier")
-    wall = f"{t / 60:.1f} min" if t else DASH
-    return f"{wall} / {peak:.2f} GB" if isinstance(peak, (int, float)) else f"{wall} / {DASH}"
+    totals = [c.get("total_s") for c in calls]
+    peaks = [c["peak_memory_gb"] for c in calls if isinstance(c.get("peak_memory_gb"), (int, float))]  # GB
+    wall = f"{sum(totals) / 60:.1f} min" if totals and all(isinstance(t, (int, float)) for t in totals) else DASH
+    return f"{wall} / {max(peaks):.2f} GB" if peaks else f"{wall} / {DASH}"
 
 
 ROWS = (  # (name, target, mode of the run it reads, function of (run, exam method))
