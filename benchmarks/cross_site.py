@@ -1,7 +1,8 @@
 """Every target row of issue 11 from out-of-fold predictions, side by side per model config.
 
     python benchmarks/cross_site.py lite0=runs/l0-k5 lite0=runs/l0-lodo lite0=runs/l0-loso \\
-                                    vgg16=runs/vgg-k5 vgg16=runs/vgg-lodo [--exam-method mean] [--no-baseline]
+                                    vgg16=runs/vgg-k5 vgg16=runs/vgg-lodo [--no-baseline] \\
+                                    [--exam-method mean|max|noisy_or|logistic|logistic_signs]
 
 Each argument is `[LABEL[/MODE]=]RUN`: a folder written by `pocovid train ... --splits S --out RUN`.
 Runs with the same LABEL (default: the folder's name) form one column; MODE (kfold, lodo, loso) is
@@ -265,9 +266,40 @@ def _exam_labels(p: Preds, sel: np.ndarray) -> dict:
     return out
 
 
+_LEARNED: dict = {}  # (id of a Preds, method) -> {exam: out-of-fold probabilities}: three rows ask
+
+
+def learned_exam_probs(p: Preds, method: str) -> dict[str, np.ndarray]:
+    """A learned exam combiner's (logistic, logistic_signs) out-of-fold exam probabilities, as
+    training scores them (`choose_exam_method`): for each fold, fitted on the labelled exams of the
+    other folds (both datasets), applied to every exam of the fold. Empty where the run lacks what
+    the method needs (findings and severity for logistic_signs)."""
+    key = (id(p), method)
+    if key not in _LEARNED:
+        from pocovid.models.exam import SIGN_METHODS
+        from pocovid.training.cv import choose_exam_method
+
+        ok = np.isfinite(p.probs).all(1)
+        has_signs = p.findings is not None and p.severity is not None
+        if method in SIGN_METHODS:
+            if not has_signs:
+                _LEARNED[key] = {}
+                return {}
+            ok &= np.isfinite(p.findings).all(1) & np.isfinite(p.severity).all(1)
+        exam = p.column("exam")
+        labels = {e: p.classes.index(lab) for e, lab in _exam_labels(p, ok).items() if lab in p.classes}
+        empty = np.zeros((len(p.clips), 0))
+        _, got = choose_exam_method(
+            p.probs[ok], p.findings[ok] if has_signs else empty[ok], p.severity[ok] if has_signs else empty[ok],
+            exam[ok], np.array([int(c["fold"]) for c in p.clips])[ok], labels, p.classes, p.finding_names, method)
+        _LEARNED[key] = got.get(method, {})
+    return _LEARNED[key]
+
+
 def blues_exams(p: Preds, method: str, model_classes_only: bool = False) -> dict | None:
     """COVID-19 vs not over the BLUES exams (patients): exam_metrics' covid_vs_rest block. All
-    patients (`other` ones count as not COVID-19), or those whose label is a model class."""
+    patients (`other` ones count as not COVID-19), or those whose label is a model class. `method`:
+    an aggregation of the clips' probabilities (mean, max, noisy_or) or a learned combiner."""
     from pocovid.evaluation import exam_metrics
 
     sel = (p.column("dataset") == BLUES) & np.isfinite(p.probs).all(1)
@@ -275,8 +307,15 @@ def blues_exams(p: Preds, method: str, model_classes_only: bool = False) -> dict
         sel &= np.isin(p.column("label"), p.classes)
     if not sel.any() or "covid" not in p.classes:
         return None
-    return exam_metrics(p.column("exam")[sel], p.probs[sel], _exam_labels(p, sel), p.classes,
-                        method=method)["covid_vs_rest"]
+    labels = _exam_labels(p, sel)
+    if method.startswith("logistic"):
+        got = learned_exam_probs(p, method)
+        ids = np.array([e for e in got if e in labels])
+        if not len(ids):
+            return None
+        # one "clip" per exam: its out-of-fold exam probabilities
+        return exam_metrics(ids, np.stack([got[e] for e in ids]), labels, p.classes, method="mean")["covid_vs_rest"]
+    return exam_metrics(p.column("exam")[sel], p.probs[sel], labels, p.classes, method=method)["covid_vs_rest"]
 
 
 def blues_severity_kappa(p: Preds) -> str:
@@ -360,10 +399,12 @@ def table(runs: list[Run], exam_method: str = "mean", with_baseline: bool = True
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="[LABEL[/MODE]=]RUN folder (kfold, lodo, loso)")
-    ap.add_argument("--exam-method", default="mean", help="clips -> patient: mean, max, noisy_or (default mean)")
+    ap.add_argument("--exam-method", default="mean",
+                    help="clips -> patient: mean, max, noisy_or, or a combiner fitted out of fold: logistic, "
+                         "logistic_signs (default mean)")
     ap.add_argument("--no-baseline", action="store_true", help="no frozen-trunk logistic regression columns")
     args = ap.parse_args(argv)
-    from pocovid.evaluation import EXAM_METHODS
+    from pocovid.models.exam import EXAM_METHODS
 
     if args.exam_method not in EXAM_METHODS:
         print(f"error: --exam-method: one of {', '.join(EXAM_METHODS)}", file=sys.stderr)
@@ -374,7 +415,8 @@ def main(argv=None) -> int:
         n_folds = len({c["fold"] for c in r.preds.clips})
         print(f"{r.label} [{r.mode}, {n_folds} folds]: {r.path}, {len(r.preds.clips)} clips, "
               f"targets {'yes' if r.preds.truth_severity is not None else 'no'}{base}")
-    print(f"patients: {args.exam_method} of clip probabilities\n")
+    print(f"patients: {args.exam_method} of clip probabilities\n" if not args.exam_method.startswith("logistic")
+          else f"patients: {args.exam_method} combiner, fitted on the other folds' exams\n")
     print(table(runs, args.exam_method, not args.no_baseline))
     return 0
 

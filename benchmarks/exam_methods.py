@@ -6,7 +6,7 @@ Each method (`pocovid.models.exam`) is scored again on the run's out-of-fold cli
 (`RUN/cv/oof_targets.npz`) by `choose_exam_method`, which fits the logistic combiners on the other
 folds' exams only; the AUC and the accuracy (COVID-19 vs not: is the exam's most likely class covid)
 are over the COVID-BLUES patients whose diagnosis is one of the model's classes (the model card's
-"24 patients" row).
+"24 patients" row), then over all of them (`other` patients count as not COVID-19: "32 patients").
 
 Beside them, a reference that needs no model: the experts' own readings of the same patients'
 videos as the exam score (the LUS score, the sum of the experts' zone severities; the share of the
@@ -26,18 +26,26 @@ from pocovid.models.exam import EXAM_METHODS
 from pocovid.training.cv import exam_methods_of_run
 
 
-def blues_scores_per_method(run: Path) -> dict[str, tuple[float, float, int]]:
-    """Per exam method: COVID-19 AUC, accuracy of COVID-19 vs not (the exam's most likely class) and
-    the number of COVID-BLUES patients of the model's classes, out of fold."""
+def blues_scores_per_method(run: Path) -> dict[str, dict[str, tuple[float, float, int]]]:
+    """Per exam method, out of fold, over the COVID-BLUES patients of the model's classes ("classes")
+    and over all of them ("all": `other` patients count as not COVID-19): COVID-19 AUC, accuracy of
+    COVID-19 vs not (is the exam's most likely class covid) and the number of patients."""
     _, exam_p, labels, classes = exam_methods_of_run(run)
+    z = np.load(Path(run) / "cv" / "oof_targets.npz", allow_pickle=False)
+    is_covid = {str(e): str(lab) == "covid" for e, lab in zip(z["exam"], z["label"])}
     covid = classes.index("covid")
     out = {}
     for m in EXAM_METHODS:
-        exams = [e for e in exam_p.get(m, {}) if e.startswith("covid-blues:")]
-        y = np.array([labels[e] == covid for e in exams])
-        if len(set(y)) == 2:
-            p = np.array([exam_p[m][e] for e in exams])
-            out[m] = (float(roc_auc_score(y, p[:, covid])), float(np.mean((p.argmax(1) == covid) == y)), len(exams))
+        blues = [e for e in exam_p.get(m, {}) if e.startswith("covid-blues:")]
+        got = {}
+        for group, exams in (("classes", [e for e in blues if e in labels]), ("all", blues)):
+            y = np.array([is_covid[e] for e in exams])
+            if len(set(y)) == 2:
+                p = np.array([exam_p[m][e] for e in exams])
+                got[group] = (float(roc_auc_score(y, p[:, covid])),
+                              float(np.mean((p.argmax(1) == covid) == y)), len(exams))
+        if got:
+            out[m] = got
     return out
 
 
@@ -65,8 +73,10 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     for run in args.runs:
         got = blues_scores_per_method(run)
-        print(f"{run}, COVID-19 AUC / accuracy: "
-              + "; ".join(f"{m} {auc:.3f} / {acc:.3f} (n {k})" for m, (auc, acc, k) in got.items()))
+        for group in ("classes", "all"):
+            print(f"{run}, COVID-19 AUC / accuracy, {group} patients: "
+                  + "; ".join(f"{m} {g[group][0]:.3f} / {g[group][1]:.3f} (n {g[group][2]})"
+                              for m, g in got.items() if group in g))
     ref = experts_reference(args.runs[0])
     print("experts' own readings, no model (AUC: the model's classes / all patients): "
           + "; ".join(f"{k} {a:.3f} / {b:.3f}" for k, (a, b) in ref.items()))

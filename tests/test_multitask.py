@@ -288,6 +288,9 @@ def test_two_dataset_run_writes_out_of_fold_targets(trained):
     assert set(m["exam_methods"]) == {"mean", "max", "noisy_or", "logistic", "logistic_signs"}
     rows = list(csv.DictReader(open(run / "cv" / "patients.csv", newline="")))
     assert rows and {"exam", "label", "predicted", "p_covid", "lus_score", "dataset"} <= set(rows[0])
+    # every patient, those of no model class ('other') too, with their label
+    assert {r["exam"] for r in rows} == set(d["exam"].astype(str))
+    assert {r["exam"] for r in rows if r["label"] == "other"} == set(d["exam"][other].astype(str))
     # predictions.csv scores only the trained classes
     preds = list(csv.DictReader(open(run / "cv" / "predictions.csv", newline="")))
     assert {r["label"] for r in preds} <= {"covid", "pneumonia", "regular"}

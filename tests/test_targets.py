@@ -355,6 +355,28 @@ def test_cross_site_baseline_of_a_fine_tuning_run_probes_the_frozen_trunk(tmp_pa
     assert "ft frozen+LR" in capsys.readouterr().out
 
 
+def test_cross_site_learned_exam_combiner_scores_every_blues_patient_out_of_fold(tmp_path, capsys, cs):
+    """--exam-method logistic_signs: the combiner is fitted on the other folds' labelled exams and
+    applied to every exam of the fold, so the all-patients row counts the `other` patients (not
+    COVID-19) that the model's classes leave unlabelled; a run without findings gets none."""
+    ds = ["pocus"] * 12 + ["covid-blues"] * 16
+    labels = ["covid", "pneumonia", "regular"] * 4 + ["covid"] * 6 + ["regular"] * 4 + ["other"] * 6
+    # the clip outputs are uninformative on BLUES; the B-lines / severity outputs tell COVID-19 apart
+    probs = np.eye(3)[[CLASSES.index(x) if x in CLASSES else 2 for x in labels]] * .7 + .1
+    probs[12:] = [.3, .2, .5]
+    folds = [i % 2 for i in range(12)] + [(i // 2) % 2 for i in range(16)]
+    k = _fake_run(tmp_path / "k", ds, labels, folds, probs)
+    p = cs.load_run(f"m={k}").preds
+    mean, signs = cs.blues_exams(p, "mean"), cs.blues_exams(p, "logistic_signs")
+    assert mean["n"] == signs["n"] == 8  # 3 COVID-19, 2 regular, 3 other patients (2 clips each)
+    assert mean["auc"] == 0.5 and signs["auc"] == 1.0
+    assert cs.blues_exams(p, "logistic_signs", model_classes_only=True)["n"] == 5
+    assert cs.main([f"m={k}", "--no-baseline", "--exam-method", "logistic_signs"]) == 0
+    assert "logistic_signs combiner, fitted on the other folds' exams" in capsys.readouterr().out
+    no_targets = _fake_run(tmp_path / "n", ds, labels, folds, probs, targets=False)
+    assert cs.blues_exams(cs.load_run(f"m={no_targets}").preds, "logistic_signs") is None
+
+
 def test_cross_site_wall_time_of_a_resumed_run_counts_every_call(cs):
     """`pocovid train ... --final` run again on finished folds keeps the first call's timings under
     `earlier`: the run's wall time is both calls', its peak memory the larger."""
@@ -383,19 +405,25 @@ def test_findings_ceiling_maps_finding_combinations_to_levels_out_of_fold(monkey
     assert sd.qwk(noise, out_of_fold) < 0.2 and sd.qwk(noise, out_of_fold) <= sd.qwk(noise, in_sample)
 
 
-def test_exam_methods_score_blues_patients_auc_and_accuracy(monkeypatch):
+def test_exam_methods_score_blues_patients_auc_and_accuracy(tmp_path, monkeypatch):
     """benchmarks/exam_methods.py: per method, the COVID-19 AUC and the COVID-19-vs-not accuracy of
-    the COVID-BLUES exams only (POCUS exams do not count)."""
+    the COVID-BLUES exams only (POCUS exams do not count), over the patients of the model's classes
+    and over all of them (an `other` patient, unlabelled for the model, counts as not COVID-19)."""
     em = _benchmark("exam_methods", monkeypatch)
     classes = ["covid", "pneumonia", "regular"]
     probs = {"covid-blues:1": [.6, .1, .3], "covid-blues:2": [.4, .1, .5], "covid-blues:3": [.5, .1, .4],
-             "covid-blues:4": [.2, .1, .7], "pocus:9": [.0, .0, 1.]}
+             "covid-blues:4": [.2, .1, .7], "covid-blues:5": [.7, .1, .2], "pocus:9": [.0, .0, 1.]}
     labels = {"covid-blues:1": 0, "covid-blues:2": 0, "covid-blues:3": 2, "covid-blues:4": 2, "pocus:9": 0}
     exam_p = {m: {e: np.array(p) for e, p in probs.items()} for m in em.EXAM_METHODS}
     monkeypatch.setattr(em, "exam_methods_of_run", lambda run: (None, exam_p, labels, classes))
-    auc, acc, n = em.blues_scores_per_method("run")["mean"]
+    (tmp_path / "cv").mkdir()
+    np.savez(tmp_path / "cv" / "oof_targets.npz", exam=np.array(list(probs)),
+             label=np.array(["covid", "covid", "regular", "regular", "other", "covid"]))
+    got = em.blues_scores_per_method(tmp_path)["mean"]
     # covid scores .6 .4 against .5 .2: 3 of 4 pairs ranked right; argmax covid: 1 right, 2 wrong, 3 wrong, 4 right
-    assert n == 4 and auc == 0.75 and acc == 0.5
+    assert got["classes"] == (0.75, 0.5, 4)
+    # the `other` patient 5 scores .7, above both COVID-19 patients, and is called COVID-19: wrong
+    assert got["all"] == (0.5, 0.4, 5)
 
 
 def test_experts_reference_scores_the_experts_readings_per_patient(tmp_path, monkeypatch):

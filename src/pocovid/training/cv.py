@@ -459,7 +459,8 @@ def choose_exam_method(clip_p: np.ndarray, clip_f: np.ndarray, clip_s: np.ndarra
     """Each exam method scored out of fold on the clips' out-of-fold outputs (class, finding and
     severity probabilities per clip; a logistic combination is fitted on the OTHER folds' exams), the
     one with the lowest exam log loss chosen (`exam_method` 'auto') and refitted on every exam.
-    Returns (the model file's `extra["exam"]`, method -> {exam: probabilities})."""
+    Returns (the model file's `extra["exam"]`, method -> {exam: probabilities}, every exam of a fold
+    that holds a labelled one, unlabelled exams such as COVID-BLUES's `other` patients included)."""
     from pocovid.models.exam import EXAM_METHODS, SIGN_METHODS, exam_probabilities, fit_exam_combiner
 
     has_signs = clip_f.shape[1] > 0 and clip_s.shape[1] > 0
@@ -475,8 +476,10 @@ def choose_exam_method(clip_p: np.ndarray, clip_f: np.ndarray, clip_s: np.ndarra
     for m in methods:
         got = {}
         for k in np.unique(fold):
-            sel = scored & (fold == k)
-            if not sel.any():
+            # every exam of the fold gets probabilities (patients.csv lists the unlabelled ones too);
+            # the combiners are fitted, and the methods scored, on labelled exams only
+            sel = fold == k
+            if not (sel & scored).any():
                 continue
             params = None
             if m.startswith("logistic"):
@@ -489,12 +492,12 @@ def choose_exam_method(clip_p: np.ndarray, clip_f: np.ndarray, clip_s: np.ndarra
             got.update(zip(ids.tolist(), p))
         if got:
             exam_p[m] = got
-    losses = {m: float(np.mean([-np.log(max(p[labels[e]], 1e-12)) for e, p in got.items()]))
+    losses = {m: float(np.mean([-np.log(max(p[labels[e]], 1e-12)) for e, p in got.items() if e in labels]))
               for m, got in exam_p.items()}
     chosen = min(losses, key=losses.get) if losses else "mean"
     exam = {"method": chosen, "selected_by": ("lowest out-of-fold exam log loss" if exam_method == "auto"
                                               else "TrainConfig.exam_method"),
-            "oof_log_loss": losses, "n_exams": len(exam_p.get(chosen, {}))}
+            "oof_log_loss": losses, "n_exams": sum(e in labels for e in exam_p.get(chosen, {}))}
     if chosen.startswith("logistic"):
         exam["params"] = fit(chosen, scored)
     return exam, exam_p
@@ -575,8 +578,14 @@ def _target_metrics(out_dir: Path, metrics: dict, targets: ClipTargets, heads: d
         extra = {"dataset": [dataset[str(e)] for e in ids], "n_clips": [n_clips[str(e)] for e in ids]}
         if lus is not None:
             extra["lus_score"] = [round(float(lus[str(e)]), 3) for e in ids]
+        # patients.csv names every patient's label, one outside the classes ('other') too
+        named = {e: classes[i] for e, i in labels.items()}
+        for e in ids:
+            labs = set(targets.label[targets.exam == e].astype(str))
+            if e not in named and len(labs) == 1:
+                named[e] = labs.pop()
         write_patients(out_dir / "cv" / "patients.csv",
-                       tm.exam_table(ids, np.stack([got[e] for e in ids]), labels, classes, method="mean",
+                       tm.exam_table(ids, np.stack([got[e] for e in ids]), named, classes, method="mean",
                                      extra=extra), classes)
 
 
