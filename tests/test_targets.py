@@ -134,12 +134,15 @@ def test_exam_aggregation_methods():
     ids, p, n = aggregate_exams(EXAMS, CLIP_P, CLASSES, "mean")
     assert ids.tolist() == ["a", "b", "c"] and n.tolist() == [2, 1, 2]
     assert p[0] == pytest.approx([.4, .15, .45])
+    # the definitions of pocovid.models.exam, which `pocovid exam` uses: a disease scores its strongest
+    # clip (max) or any clip (noisy-or), 'regular' its weakest (min) or all clips (product); normalised
     _, p, _ = aggregate_exams(EXAMS, CLIP_P, CLASSES, "max")
-    # covid .7; the rest (mean .15 : .45) share .3 -> .075, .225
-    assert p[0] == pytest.approx([.7, .075, .225])
+    assert p[0] == pytest.approx([.7, .2, .1], abs=1e-5)  # covid .7, pneumonia .2, regular min(.1, .8)
     _, p, _ = aggregate_exams(EXAMS, CLIP_P, CLASSES, "noisy_or")
-    assert p[0, 0] == pytest.approx(1 - .3 * .9)  # 0.73
-    assert p[2, 0] == pytest.approx(1 - .7 * .7)  # 0.51
+    a = [1 - .3 * .9, 1 - .8 * .9, .1 * .8]  # .73, .28, .08
+    c = [1 - .7 * .7, 1 - .8 * .8, .5 * .5]  # .51, .36, .25
+    assert p[0] == pytest.approx(np.array(a) / sum(a), abs=1e-5)
+    assert p[2] == pytest.approx(np.array(c) / sum(c), abs=1e-5)
     assert np.allclose(p.sum(axis=1), 1.0)
     with pytest.raises(ValueError, match="methods"):
         aggregate_exams(EXAMS, CLIP_P, CLASSES, "median")
@@ -218,6 +221,59 @@ def test_evaluate_writes_exams_findings_and_severity(model_file, tmp_path, monke
     preds = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv", newline="")))
     assert {"f_b_lines", "f_a_lines", "severity", "severity_expected"} <= set(preds[0])
     assert preds[0]["severity"] == "1" and float(preds[0]["severity_expected"]) == pytest.approx(1.3)
+
+
+def test_evaluate_scores_the_exam_method_of_the_model_file(model_file, tmp_path, monkeypatch):
+    """`pocovid evaluate` calls each exam as `pocovid exam` does: the model file's fitted combiner
+    (here logistic_signs, reading the recordings' findings and severity), and says where it came from."""
+    import csv
+    from types import SimpleNamespace
+
+    from pocovid import inference
+    from pocovid.evaluation import evaluate_folder
+    from pocovid.models.exam import exam_probabilities, fit_exam_combiner
+    from pocovid.phantom.blues import write_blues_dataset
+
+    root = write_blues_dataset(tmp_path / "covid-blues", width=48, height=48, n_frames=3)
+    load, predict = inference.load, inference.predict_recording
+    rng = np.random.default_rng(0)
+    names = ["b_lines", "a_lines", "consolidation"]
+    n = 60
+    params = fit_exam_combiner(rng.dirichlet(np.ones(3), n), [f"e{i // 4}" for i in range(n)],
+                               {f"e{e}": e % 3 for e in range(n // 4)}, CLASSES, findings=rng.uniform(0, 1, (n, 3)),
+                               severity=rng.dirichlet(np.ones(4), n), finding_names=names)
+    seen = {}
+
+    def load_with_combiner(spec):
+        m = load(spec)
+        m.findings, m.severity_levels = names, 4
+        m.meta = {**(m.meta or {}), "extra": {"exam": {"method": "logistic_signs", "params": params}}}
+        return m
+
+    def predict_with_heads(model, path, *a, **k):
+        rec = predict(model, path, *a, **k)
+        n_frames, m = rec.outputs.log_probs.shape[:2]
+        f = rng.uniform(0.05, 0.95, 3)
+        s = rng.dirichlet(np.ones(4))
+        rec.outputs.findings = np.broadcast_to(f, (n_frames, m, 3)).copy()
+        rec.outputs.severity = np.broadcast_to(s, (n_frames, m, 4)).copy()
+        seen[str(path)] = SimpleNamespace(f=f, s=s)
+        return rec
+
+    monkeypatch.setattr(inference, "load", load_with_combiner)
+    monkeypatch.setattr(inference, "predict_recording", predict_with_heads)
+    m = evaluate_folder(model_file, root, tmp_path / "ev", progress=False, max_frames=2)
+    ex = m["exams"]
+    assert ex["method"] == "logistic_signs" and ex["method_source"].startswith("model file")
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "patients.csv", newline="")))
+    preds = list(csv.DictReader(open(tmp_path / "ev" / "predictions.csv", newline="")))
+    for row in rows:  # each patient's probabilities: the combiner on its recordings' outputs
+        mine = [r for r in preds if r["patient"] == row["patient"]]
+        clip_p = np.array([[float(r[f"p_{c}"]) for c in CLASSES] for r in mine])
+        sign = [next(v for k, v in seen.items() if k.endswith(r["path"])) for r in mine]
+        _, want = exam_probabilities(clip_p, ["x"] * len(mine), "logistic_signs", classes=CLASSES, params=params,
+                                     findings=np.array([x.f for x in sign]), severity=np.array([x.s for x in sign]))
+        assert [float(row[f"p_{c}"]) for c in CLASSES] == pytest.approx(want[0], abs=1e-3)
 
 
 def test_evaluate_without_target_heads_has_no_target_blocks(model_file, tmp_path):

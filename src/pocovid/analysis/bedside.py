@@ -45,7 +45,7 @@ from pocovid.errors import PocovidError
 from pocovid.files import path_text, write_text
 from pocovid.models import model_summary
 from pocovid.models import exam as exam_model
-from pocovid.models.exam import EXAM_METHODS, exam_probabilities, exam_uncertainty, lus_score
+from pocovid.models.exam import exam_method_of, exam_probabilities, exam_uncertainty, lus_score
 
 SEVERITY_MAX = 3  # Soldati levels 0-3
 DRIVER_MIN = 0.01  # a zone drives the diagnosis when it raises its probability by at least 1 percentage point
@@ -64,21 +64,6 @@ class ExamConfig:
         self.analysis.check()
         if not 0 < self.review_below <= 1:
             raise PocovidError(f"review_below must be in (0, 1], got {self.review_below}")
-
-
-def exam_method_of(model) -> tuple[str, dict | None, str]:
-    """(method, params, where it came from): the exam combination the model file carries in
-    `meta["extra"]["exam"]` (chosen when the model was trained), else "mean"."""
-    ex = ((getattr(model, "meta", None) or {}).get("extra") or {}).get("exam") or {}
-    method, params = ex.get("method"), ex.get("params")
-    classes = list(model.classes)
-    fitted = str(method).startswith("logistic")  # the logistic methods carry fitted parameters
-    if method in EXAM_METHODS and not fitted:
-        return method, None, f"model file ({ex.get('selected_by') or 'as trained'})"
-    if method in EXAM_METHODS and params and list(params.get("classes", classes)) == classes:
-        return method, params, f"model file ({ex.get('selected_by') or 'as trained'})"
-    why = "names no exam method" if not method else f"has exam method {method!r} without usable parameters"
-    return "mean", None, f"default: the model file {why}"
 
 
 def analyze_exam(files, model, out_dir: str | os.PathLike, config: ExamConfig | None = None, *, zones=None,

@@ -13,12 +13,13 @@ from pocovid.errors import PocovidError
 
 def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | list,
                     out_dir: str | os.PathLike | None = None, *, probes=None, classes=None,
-                    aggregation: str = "mean", exam_aggregation: str = "mean", rate_hz: float | None = None,
+                    aggregation: str = "mean", exam_aggregation: str | None = None, rate_hz: float | None = None,
                     max_frames: int | None = None, progress: bool = True) -> dict:
     """Predict every labelled recording under `root` (layouts of `pocovid data index`), compute frame-,
     video- and exam-level metrics (and, for a model with findings / severity heads, those targets per
     recording where the data know them), and write them to `out_dir` (metrics.json, predictions.csv,
-    patients.csv, plots). `exam_aggregation`: clips -> exam (`pocovid.evaluation.EXAM_METHODS`).
+    patients.csv, plots). `exam_aggregation`: clips -> exam (mean, max, noisy_or); None: the model
+    file's own exam method (`pocovid.models.exam.exam_method_of`), the call `pocovid exam` makes.
 
     Recordings whose label is not one of the model's classes (or of `classes`), and recordings that
     cannot be read, are skipped and listed in `metrics["skipped"]`. `root` may be a list of folders:
@@ -84,7 +85,7 @@ def evaluate_folder(model_spec: str | os.PathLike, root: str | os.PathLike | lis
         metrics["video"]["n_frames"] = len(ys)
         metrics["adaptation"] = adaptation_of(model)
     metrics.update(_target_metrics(model, [it for it, _ in done], rec_findings, rec_severity))
-    exams = _exam_rows(done, model_classes, exam_aggregation)
+    exams = _exam_rows(done, model, exam_aggregation, rec_findings, rec_severity)
     metrics["exams"] = exams["metrics"]
     metrics["skipped"] = skipped
     metrics["model"] = str(model_spec)
@@ -145,12 +146,16 @@ def _yes_no(v) -> float:
     return np.nan if v is None else float(bool(v))
 
 
-def _exam_rows(done: list, classes: list[str], method: str) -> dict:
+def _exam_rows(done: list, model, method: str | None, findings: list, severity: list) -> dict:
     """{"metrics": exam_metrics, "rows": exam_table rows (+ patient, dataset)} of the read recordings;
-    an exam's label is its recordings' patient-level label (`pocovid.data.index.exam_label`)."""
+    an exam's label is its recordings' patient-level label (`pocovid.data.index.exam_label`). `method`
+    None: the model file's exam method, with its fitted parameters and, for the methods that read the
+    signs, the recordings' findings and severity (mean when they are missing)."""
     from pocovid.data.index import exam_label
     from pocovid.evaluation.targets import exam_metrics, exam_table
+    from pocovid.models.exam import SIGN_METHODS, exam_method_of
 
+    classes = list(model.classes)
     exam_ids = np.array([it.exam or it.patient for it, _ in done])
     clip_p = np.stack([p for _, p in done])
     groups: dict[str, list] = {}
@@ -158,8 +163,19 @@ def _exam_rows(done: list, classes: list[str], method: str) -> dict:
         groups.setdefault(it.exam or it.patient, []).append(it)
     labels = {ex: exam_label(its) for ex, its in groups.items()}
     extra = {"patient": [it.patient for it, _ in done], "dataset": [it.dataset for it, _ in done]}
-    return {"metrics": exam_metrics(exam_ids, clip_p, labels, classes, method=method),
-            "rows": exam_table(exam_ids, clip_p, labels, classes, method=method, extra=extra)}
+    params, source = None, "given"
+    if method is None:
+        method, params, source = exam_method_of(model)
+    combiner = {"params": params}
+    if method in SIGN_METHODS:
+        if any(f is None for f in findings) or any(s is None for s in severity):
+            method, combiner, source = "mean", {}, f"default: the model file's {method} needs findings and severity"
+        else:
+            combiner.update(findings=np.stack(findings), severity=np.stack(severity))
+    metrics = exam_metrics(exam_ids, clip_p, labels, classes, method=method, **combiner)
+    metrics["method_source"] = source
+    return {"metrics": metrics,
+            "rows": exam_table(exam_ids, clip_p, labels, classes, method=method, extra=extra, **combiner)}
 
 
 def _aggregate(p: np.ndarray, method: str) -> np.ndarray:

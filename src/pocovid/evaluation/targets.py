@@ -21,11 +21,10 @@ from sklearn.metrics import cohen_kappa_score, confusion_matrix, f1_score, roc_a
 
 from pocovid.evaluation.metrics import _groups, _num, _unique_ids, classification_metrics
 from pocovid.files import jsonable
+from pocovid.models.exam import EXAM_METHODS, exam_probabilities
 from pocovid.models.outputs import severity_level
 
-#: Ways of turning the clip probabilities of one exam into the exam's (`aggregate_exams`).
-EXAM_METHODS = ("mean", "max", "noisy_or")
-#: The class the binary exam block and the "max" / "noisy_or" methods are about.
+#: The class the binary exam block is about.
 POSITIVE_CLASS = "covid"
 #: Severity levels (Soldati score).
 SEVERITY_LEVELS = (0, 1, 2, 3)
@@ -171,16 +170,15 @@ def _kappa(y: np.ndarray, pred: np.ndarray) -> float | None:
 
 # -------------------------------------------------------------------------------------- exams
 
-def aggregate_exams(exam_ids: Sequence, clip_probs: np.ndarray, classes: Sequence[str], method: str = "mean"
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def aggregate_exams(exam_ids: Sequence, clip_probs: np.ndarray, classes: Sequence[str], method: str = "mean", *,
+                    params: dict | None = None, findings: np.ndarray | None = None,
+                    severity: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(exam ids in order of first appearance, (n_exams, C) probabilities, clips per exam).
 
-    Methods (p = the clips' probabilities of one exam, c = `POSITIVE_CLASS`):
-      - "mean": mean over the clips of each class;
-      - "max": p_c = the largest p_c of the clips (one COVID-looking zone makes a COVID exam); the
-        other classes share 1 - p_c in proportion to their mean over the clips;
-      - "noisy_or": p_c = 1 - prod(1 - p_c) (the exam is COVID if any clip is), the rest as in "max".
-    """
+    `method`: one of `pocovid.models.exam.EXAM_METHODS`, computed by its `exam_probabilities` (the
+    one definition `pocovid exam` and the service use): mean, max, noisy_or, or a fitted combiner
+    (logistic, logistic_signs: `params` from the model file; `findings` / `severity`: the clips'
+    finding and severity probabilities, which logistic_signs reads)."""
     if method not in EXAM_METHODS:
         raise ValueError(f"unknown exam aggregation {method!r}; methods: {', '.join(EXAM_METHODS)}")
     classes = [str(c) for c in classes]
@@ -192,30 +190,11 @@ def aggregate_exams(exam_ids: Sequence, clip_probs: np.ndarray, classes: Sequenc
     ids, first_pos, inverse = _groups(exam_ids)
     if len(ids) != len(p):
         raise ValueError(f"{len(ids)} exam ids for {len(p)} clips")
-    n_exams = len(first_pos)
-    counts = np.bincount(inverse, minlength=n_exams)
-    mean = np.zeros((n_exams, len(classes)))
-    np.add.at(mean, inverse, p)
-    mean /= np.maximum(counts, 1)[:, None]
-    if method == "mean":
-        agg = mean
-    else:
-        if POSITIVE_CLASS not in classes:
-            raise ValueError(f"exam aggregation {method!r} needs the class {POSITIVE_CLASS!r} (classes: {classes})")
-        c = classes.index(POSITIVE_CLASS)
-        if method == "max":
-            pos = np.full(n_exams, -np.inf)
-            np.maximum.at(pos, inverse, p[:, c])
-        else:
-            log_not = np.zeros(n_exams)
-            np.add.at(log_not, inverse, np.log(np.clip(1.0 - p[:, c], 1e-12, None)))
-            pos = 1.0 - np.exp(log_not)
-        pos = np.clip(pos, 0.0, 1.0)
-        rest = np.delete(mean, c, axis=1)
-        rs = rest.sum(axis=1, keepdims=True)
-        rest = np.where(rs > 0, rest / np.where(rs > 0, rs, 1.0), 1.0 / max(rest.shape[1], 1))
-        agg = np.insert(rest * (1.0 - pos)[:, None], c, pos, axis=1)
-    return _unique_ids(exam_ids, ids, first_pos), agg, counts
+    counts = np.bincount(inverse, minlength=len(first_pos))
+    # exams numbered by first appearance: exam_probabilities returns them in that order, 0, 1, ...
+    _, probs = exam_probabilities(p, inverse, method, classes=classes, params=params, findings=findings,
+                                  severity=severity)
+    return _unique_ids(exam_ids, ids, first_pos), probs, counts
 
 
 def _exam_label(exam_labels: Mapping, exam: Any, classes: list[str]) -> str:
@@ -229,12 +208,12 @@ def _exam_label(exam_labels: Mapping, exam: Any, classes: list[str]) -> str:
 
 
 def exam_table(exam_ids: Sequence, clip_probs: np.ndarray, exam_labels: Mapping, classes: Sequence[str],
-               method: str = "mean", extra: Mapping[str, Sequence] | None = None) -> list[dict]:
+               method: str = "mean", extra: Mapping[str, Sequence] | None = None, **combiner) -> list[dict]:
     """One row per exam for `patients.csv`: exam, label ('' when unknown), predicted (argmax),
     p_<class>..., n_clips, then each `extra` column (one value per clip, e.g. patient, dataset; the
-    exam's first clip's value is kept)."""
+    exam's first clip's value is kept). `combiner`: params / findings / severity of `aggregate_exams`."""
     classes = [str(c) for c in classes]
-    ids, probs, counts = aggregate_exams(exam_ids, clip_probs, classes, method)
+    ids, probs, counts = aggregate_exams(exam_ids, clip_probs, classes, method, **combiner)
     _, first_pos, _ = _groups(exam_ids)
     extra_cols = {}
     for col, values in (extra or {}).items():
@@ -255,8 +234,9 @@ def exam_table(exam_ids: Sequence, clip_probs: np.ndarray, exam_labels: Mapping,
 
 
 def exam_metrics(exam_ids: np.ndarray, clip_probs: np.ndarray, exam_labels: dict, classes: list[str],
-                 method: str = "mean") -> dict:
-    """Exam-level diagnosis: each exam's clips aggregated (`aggregate_exams`, `method`), then
+                 method: str = "mean", **combiner) -> dict:
+    """Exam-level diagnosis: each exam's clips aggregated (`aggregate_exams`, `method`, `combiner`:
+    its params / findings / severity), then
 
       - "classification": `classification_metrics` over the exams whose label is one of `classes`;
       - "covid_vs_rest": COVID-19 vs not over every exam with a known label (a label outside
@@ -268,7 +248,7 @@ def exam_metrics(exam_ids: np.ndarray, clip_probs: np.ndarray, exam_labels: dict
     `exam_labels`: exam id -> class name (or index into `classes`); exams without one are left out.
     """
     classes = [str(c) for c in classes]
-    ids, probs, _ = aggregate_exams(exam_ids, clip_probs, classes, method)
+    ids, probs, _ = aggregate_exams(exam_ids, clip_probs, classes, method, **combiner)
     labels = [_exam_label(exam_labels, ex, classes) for ex in ids.tolist()]
     known = np.array([bool(lab) for lab in labels], dtype=bool)
     in_classes = np.array([lab in classes for lab in labels], dtype=bool)

@@ -36,6 +36,21 @@ NORMAL_CLASS = "regular"
 _EPS = 1e-6
 
 
+def exam_method_of(model) -> tuple[str, dict | None, str]:
+    """(method, params, where it came from): the exam combination the model file carries in
+    `meta["extra"]["exam"]` (chosen when the model was trained), else "mean"."""
+    ex = ((getattr(model, "meta", None) or {}).get("extra") or {}).get("exam") or {}
+    method, params = ex.get("method"), ex.get("params")
+    classes = list(model.classes)
+    fitted = str(method).startswith("logistic")  # the logistic methods carry fitted parameters
+    if method in EXAM_METHODS and not fitted:
+        return method, None, f"model file ({ex.get('selected_by') or 'as trained'})"
+    if method in EXAM_METHODS and params and list(params.get("classes", classes)) == classes:
+        return method, params, f"model file ({ex.get('selected_by') or 'as trained'})"
+    why = "names no exam method" if not method else f"has exam method {method!r} without usable parameters"
+    return "mean", None, f"default: the model file {why}"
+
+
 def _groups(exam_ids) -> tuple[np.ndarray, np.ndarray]:
     """(unique exam ids in first-seen order, index of each clip's exam)."""
     ids = np.asarray(exam_ids)
