@@ -291,6 +291,7 @@ def test_two_dataset_run_writes_out_of_fold_targets(trained):
     # every patient, those of no model class ('other') too, with their label
     assert {r["exam"] for r in rows} == set(d["exam"].astype(str))
     assert {r["exam"] for r in rows if r["label"] == "other"} == set(d["exam"][other].astype(str))
+    assert m["exams"]["covid_vs_rest"]["n"] == len(rows)  # an 'other' patient counts as not COVID-19
     # predictions.csv scores only the trained classes
     preds = list(csv.DictReader(open(run / "cv" / "predictions.csv", newline="")))
     assert {r["label"] for r in preds} <= {"covid", "pneumonia", "regular"}

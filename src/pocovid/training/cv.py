@@ -563,11 +563,18 @@ def _target_metrics(out_dir: Path, metrics: dict, targets: ClipTargets, heads: d
         if per:
             metrics["severity_by_dataset"] = per
     if exam_p:
+        # every patient's label, one outside the classes ('other') too: such a patient counts as not
+        # COVID-19 in the exam figures and is listed in patients.csv
+        named = {e: classes[i] for e, i in labels.items()}
+        for e in {e for got in exam_p.values() for e in got} - set(named):
+            labs = set(targets.label[targets.exam == e].astype(str))
+            if len(labs) == 1:
+                named[e] = labs.pop()
         # every method's out-of-fold exam probabilities, scored as one "clip" per exam
         per = {}
         for m, got in exam_p.items():
             ids = np.array(list(got))
-            per[m] = dict(tm.exam_metrics(ids, np.stack([got[e] for e in ids]), labels, classes, method="mean"),
+            per[m] = dict(tm.exam_metrics(ids, np.stack([got[e] for e in ids]), named, classes, method="mean"),
                           method=m)
         metrics["exams"] = per[chosen]
         metrics["exam_methods"] = per
@@ -578,12 +585,6 @@ def _target_metrics(out_dir: Path, metrics: dict, targets: ClipTargets, heads: d
         extra = {"dataset": [dataset[str(e)] for e in ids], "n_clips": [n_clips[str(e)] for e in ids]}
         if lus is not None:
             extra["lus_score"] = [round(float(lus[str(e)]), 3) for e in ids]
-        # patients.csv names every patient's label, one outside the classes ('other') too
-        named = {e: classes[i] for e, i in labels.items()}
-        for e in ids:
-            labs = set(targets.label[targets.exam == e].astype(str))
-            if e not in named and len(labs) == 1:
-                named[e] = labs.pop()
         write_patients(out_dir / "cv" / "patients.csv",
                        tm.exam_table(ids, np.stack([got[e] for e in ids]), named, classes, method="mean",
                                      extra=extra), classes)
