@@ -266,7 +266,7 @@ def _exam_labels(p: Preds, sel: np.ndarray) -> dict:
     return out
 
 
-_LEARNED: dict = {}  # (id of a Preds, method) -> {exam: out-of-fold probabilities}: three rows ask
+_LEARNED: dict = {}  # (id of a Preds, method) -> (that Preds, {exam: probabilities}): three rows ask
 
 
 def learned_exam_probs(p: Preds, method: str) -> dict[str, np.ndarray]:
@@ -274,26 +274,27 @@ def learned_exam_probs(p: Preds, method: str) -> dict[str, np.ndarray]:
     training scores them (`choose_exam_method`): for each fold, fitted on the labelled exams of the
     other folds (both datasets), applied to every exam of the fold. Empty where the run lacks what
     the method needs (findings and severity for logistic_signs)."""
-    key = (id(p), method)
-    if key not in _LEARNED:
-        from pocovid.models.exam import SIGN_METHODS
-        from pocovid.training.cv import choose_exam_method
+    from pocovid.models.exam import SIGN_METHODS
+    from pocovid.training.cv import choose_exam_method
 
+    key = (id(p), method)
+    if key in _LEARNED and _LEARNED[key][0] is p:  # the Preds is kept too, so its id is not reused
+        return _LEARNED[key][1]
+    has_signs = p.findings is not None and p.severity is not None
+    got: dict = {}
+    if has_signs or method not in SIGN_METHODS:
         ok = np.isfinite(p.probs).all(1)
-        has_signs = p.findings is not None and p.severity is not None
         if method in SIGN_METHODS:
-            if not has_signs:
-                _LEARNED[key] = {}
-                return {}
             ok &= np.isfinite(p.findings).all(1) & np.isfinite(p.severity).all(1)
-        exam = p.column("exam")
         labels = {e: p.classes.index(lab) for e, lab in _exam_labels(p, ok).items() if lab in p.classes}
         empty = np.zeros((len(p.clips), 0))
-        _, got = choose_exam_method(
-            p.probs[ok], p.findings[ok] if has_signs else empty[ok], p.severity[ok] if has_signs else empty[ok],
-            exam[ok], np.array([int(c["fold"]) for c in p.clips])[ok], labels, p.classes, p.finding_names, method)
-        _LEARNED[key] = got.get(method, {})
-    return _LEARNED[key]
+        _, by_method = choose_exam_method(
+            p.probs[ok], (p.findings if has_signs else empty)[ok], (p.severity if has_signs else empty)[ok],
+            p.column("exam")[ok], np.array([int(c["fold"]) for c in p.clips])[ok], labels, p.classes,
+            p.finding_names, method)
+        got = by_method.get(method, {})
+    _LEARNED[key] = (p, got)
+    return got
 
 
 def blues_exams(p: Preds, method: str, model_classes_only: bool = False) -> dict | None:
