@@ -606,6 +606,10 @@ def test_bundled_model_loads_with_its_card():
     assert extra["uncertainty"]["method"] == "entropy" and extra["uncertainty"]["threshold"] > 0
     assert extra["feature_density"]["n"] > 1000
     assert DEFAULT_MODEL_FILE.stat().st_size < 20e6
+    # the exam method is the one that did best on exams of a site it was not fitted on
+    exam = extra["exam"]
+    assert "across sites" in exam["selected_by"]
+    assert exam["method"] == min(exam["cross_site_log_loss"], key=exam["cross_site_log_loss"].get)
 
 
 def test_bundled_model_outputs_are_unchanged(tmp_path):

@@ -386,3 +386,18 @@ def test_exam_on_one_real_blues_patient(shared_blues, tmp_path):
     assert exam.verdict.method == load("default").meta["extra"]["exam"]["method"]
     assert (tmp_path / "exam.html").is_file()
     jsonschema.validate(json.loads((tmp_path / "exam.json").read_text(encoding="utf-8")), exam_schema())
+
+
+def test_exam_method_across_sites_is_the_lowest_mean_log_loss_over_the_runs(monkeypatch):
+    """The bundled exam method is chosen on cross-site runs: the mean of each method's out-of-fold
+    exam log loss over them; a method one run lacks is not a candidate."""
+    from pocovid.training import cv
+
+    losses = {"lodo": {"mean": 0.9, "max": 0.8, "logistic": 2.7},
+              "loso": {"mean": 0.7, "max": 0.9, "logistic": 0.1, "logistic_signs": 0.05}}
+    monkeypatch.setattr(cv, "exam_from_run", lambda run: {"oof_log_loss": losses[run]})
+    method, mean = cv.exam_method_across_sites(["lodo", "loso"])
+    assert method == "mean" and mean == pytest.approx({"mean": 0.8, "max": 0.85, "logistic": 1.4})
+    assert cv.exam_method_across_sites(["loso"])[0] == "logistic_signs"
+    with pytest.raises(ValueError):
+        cv.exam_method_across_sites([])

@@ -421,6 +421,21 @@ def exam_from_run(run_dir: str | os.PathLike, exam_method: str = "auto") -> dict
     return exam_methods_of_run(run_dir, exam_method)[0]
 
 
+def exam_method_across_sites(runs) -> tuple[str, dict[str, float]]:
+    """(method, method -> mean exam log loss): the exam method that does best on exams of sites it
+    was not fitted on, from finished leave-one-dataset-out / leave-one-source-out runs (each fold's
+    combiner fitted on the other folds' exams, `choose_exam_method`), averaged over the runs. A
+    combiner that reads a dataset's clip count or prevalence wins on random patient folds and loses
+    here, where a new hospital's exams are."""
+    from pocovid.models.exam import EXAM_METHODS
+
+    losses = [exam_from_run(r)["oof_log_loss"] for r in runs]
+    if not losses:
+        raise ValueError("no cross-site run given")
+    mean = {m: float(np.mean([loss[m] for loss in losses])) for m in EXAM_METHODS if all(m in x for x in losses)}
+    return min(mean, key=mean.get), mean
+
+
 def exam_methods_of_run(run_dir: str | os.PathLike, exam_method: str = "auto") -> tuple[dict, dict, dict, list[str]]:
     """`choose_exam_method` on a finished run's out-of-fold outputs: (the chosen method's record,
     method -> {exam: out-of-fold probabilities}, exam -> class index, classes)."""
