@@ -266,9 +266,6 @@ def _exam_labels(p: Preds, sel: np.ndarray) -> dict:
     return out
 
 
-_LEARNED: dict = {}  # (id of a Preds, method) -> (that Preds, {exam: probabilities}): three rows ask
-
-
 def learned_exam_probs(p: Preds, method: str) -> dict[str, np.ndarray]:
     """A learned exam combiner's (logistic, logistic_signs) out-of-fold exam probabilities, as
     training scores them (`choose_exam_method`): for each fold, fitted on the labelled exams of the
@@ -277,9 +274,6 @@ def learned_exam_probs(p: Preds, method: str) -> dict[str, np.ndarray]:
     from pocovid.models.exam import SIGN_METHODS
     from pocovid.training.cv import choose_exam_method
 
-    key = (id(p), method)
-    if key in _LEARNED and _LEARNED[key][0] is p:  # the Preds is kept too, so its id is not reused
-        return _LEARNED[key][1]
     has_signs = p.findings is not None and p.severity is not None
     got: dict = {}
     if has_signs or method not in SIGN_METHODS:
@@ -293,7 +287,6 @@ def learned_exam_probs(p: Preds, method: str) -> dict[str, np.ndarray]:
             p.column("exam")[ok], np.array([int(c["fold"]) for c in p.clips])[ok], labels, p.classes,
             p.finding_names, method)
         got = by_method.get(method, {})
-    _LEARNED[key] = (p, got)
     return got
 
 

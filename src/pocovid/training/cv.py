@@ -580,11 +580,8 @@ def _target_metrics(out_dir: Path, metrics: dict, targets: ClipTargets, heads: d
     if exam_p:
         # every patient's label, one outside the classes ('other') too: such a patient counts as not
         # COVID-19 in the exam figures and is listed in patients.csv
-        named = {e: classes[i] for e, i in labels.items()}
-        for e in {e for got in exam_p.values() for e in got} - set(named):
-            labs = set(targets.label[targets.exam == e].astype(str))
-            if len(labs) == 1:
-                named[e] = labs.pop()
+        every = classes + sorted(set(map(str, targets.label)) - set(classes) - {""})
+        named = {e: every[i] for e, i in exam_labels_of(targets, every).items()}
         # every method's out-of-fold exam probabilities, scored as one "clip" per exam
         per = {}
         for m, got in exam_p.items():
